@@ -1,0 +1,54 @@
+# One-liners. Every target sets up .venv by itself; pass PY=python3 to use an existing interpreter instead
+# (the GPU machine: no network, torch already there). CPU machines get the CPU build of torch, never CUDA.
+VENV   := .venv
+PY     ?= $(VENV)/bin/python
+MODEL  ?= v1
+ARGS   ?=
+SETUP  := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed,)
+TORCH  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo "torch==2.13.0 triton==3.6.0")
+
+.PHONY: setup test bench bench-cpu plots train sample eval compare kernel-bench gpu-test lint format clean
+
+setup: $(SETUP)
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+test: $(SETUP)
+	$(PY) -m pytest -q
+
+bench: $(SETUP)
+	$(PY) -m bench.sweep $(ARGS)
+
+plots: $(SETUP)
+	$(PY) -m bench.report
+
+train: $(SETUP)
+	$(PY) -m models.train --model $(MODEL) $(ARGS)
+
+sample: $(SETUP)
+	$(PY) -m models.sample $(ARGS)
+
+eval: $(SETUP)
+	$(PY) -m bench.evaluate $(ARGS)
+
+compare: $(SETUP)
+	$(PY) -m bench.compare $(ARGS)
+
+kernel-bench: $(SETUP)
+	$(PY) -m bench.attention_kernel $(ARGS)
+
+gpu-test: $(SETUP)
+	$(PY) -m pytest -q -m gpu -p no:cacheprovider
+
+lint: $(SETUP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: $(SETUP)
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -1,0 +1,28 @@
+"""V1 (Mamba) / V4 (Transformer) sparse-neural-field flow-matching models."""
+
+from models.common import ConfigError, count_parameters
+from models.v1_mamba import MambaDiffusion, V1Config, v1_config
+from models.v4_transformer import TransformerDiffusion, V4Config, v4_config
+
+MODELS = {"v1": (MambaDiffusion, v1_config), "v4": (TransformerDiffusion, v4_config)}
+
+
+def build_model(model: str, preset: str = "default", overrides: dict | None = None, env=None):
+    """'v1' | 'v4' → model, from a preset + the spec's env vars + overrides."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; choose v1 (Mamba) or v4 (Transformer)")
+    cls, make_cfg = MODELS[model]
+    return cls(make_cfg(preset, overrides, env))
+
+
+__all__ = [
+    "ConfigError",
+    "MambaDiffusion",
+    "TransformerDiffusion",
+    "V1Config",
+    "V4Config",
+    "build_model",
+    "count_parameters",
+    "v1_config",
+    "v4_config",
+]

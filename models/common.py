@@ -1,0 +1,269 @@
+"""Parts shared by V1 (Mamba) and V4 (Transformer).
+
+Both models read a sparse field the same way:
+
+    input pixels  (coords, values)  ─┐
+                                     ├─ Fourier features + value → tokens (+ time embedding)
+    query pixels  (coords, x_t)     ─┘
+    tokens = [inputs ; queries]  (row-major within each part)
+          → encoder (V1: Mamba blocks, V4: positional encoding + Transformer layers)
+          → split → queries cross-attend to inputs → linear decoder → velocity at the queries
+
+Only the encoder differs; everything here is common, so any difference measured between the models
+is the encoder's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTN_BACKENDS = ("seed", "sdpa", "triton")
+
+
+class ConfigError(ValueError):
+    """Bad user input (config, CLI, data, checkpoint). CLIs print its message on one line and exit 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Coordinates, time and position
+# ----------------------------------------------------------------------------------------------
+
+
+class FourierFeatures(nn.Module):
+    """Random Fourier features of 2-D coordinates in [0, 1]² (Tancik et al. 2020): [sin 2πxB, cos 2πxB].
+
+    B is a fixed Gaussian matrix (a buffer, saved in checkpoints) drawn from its own seed, so two models
+    built with the same config see the same features whatever the global RNG state.
+    """
+
+    def __init__(self, in_dim: int = 2, num_features: int = 128, scale: float = 10.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("B", torch.randn(in_dim, num_features, generator=g) * scale)
+        self.out_dim = 2 * num_features
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        proj = 2 * math.pi * coords.float() @ self.B  # (B, N, F)
+        return torch.cat([proj.sin(), proj.cos()], dim=-1)  # (B, N, 2F)
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoids of (any) real positions: (...,) -> (..., dim), fp32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions.float()[..., None] * freqs  # (..., half)
+    out = torch.zeros(*positions.shape, dim, device=positions.device)
+    out[..., 0 : 2 * half : 2] = angles.sin()  # even channels: sin, odd: cos (the spec's layout)
+    out[..., 1 : 2 * half : 2] = angles.cos()
+    return out
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Flow time t ∈ [0, 1] → sinusoid of 1000·t → 2-layer MLP. (B,) -> (B, dim)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoid(1000.0 * t, self.dim))
+
+
+class PositionalEncoding(nn.Module):
+    """Sinusoidal sequence-position encoding that works at ANY length.
+
+    The spec's version precomputes max_len=5000 rows and fails at 128×128 (N = 16,384). Here the table is a
+    non-persistent cache that grows on demand, so nothing about length is baked into checkpoints.
+    """
+
+    def __init__(self, d_model: int, dropout: float = 0.1):
+        super().__init__()
+        self.d_model = d_model
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("pe", torch.zeros(0, d_model), persistent=False)
+
+    def table(self, n: int, device: torch.device) -> torch.Tensor:
+        if self.pe.shape[0] < n or self.pe.device != device:
+            self.pe = sinusoid(torch.arange(n, device=device), self.d_model)  # (n, d_model)
+        return self.pe[:n]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, N, D)
+        return self.dropout(x + self.table(x.shape[1], x.device).to(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention with selectable backend
+# ----------------------------------------------------------------------------------------------
+
+
+def check_attn_backend(backend: str) -> str:
+    if backend not in ATTN_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTN_BACKENDS)}")
+    return backend
+
+
+def _triton_attention():
+    try:
+        from kernels.flash_attention import attention
+    except ImportError as e:  # triton missing or broken
+        raise ConfigError(f"attention backend 'triton' is unavailable ({e}); pip install triton") from e
+    return attention
+
+
+class Attention(nn.MultiheadAttention):
+    """nn.MultiheadAttention (batch_first) whose core can run on three backends.
+
+    Parameters and their names are nn.MultiheadAttention's, so one checkpoint loads under any backend.
+      seed   — nn.MultiheadAttention called as the spec calls it (need_weights left on): the faithful baseline
+               that materialises the (Nq × Nk) attention weights.
+      sdpa   — torch scaled_dot_product_attention (flash / cuDNN / memory-efficient, chosen by torch).
+      triton — our fused FlashAttention-2 kernel (kernels/flash_attention.py).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, backend: str = "sdpa"):
+        super().__init__(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.backend = check_attn_backend(backend)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        if self.backend == "seed":
+            out, _weights = super().forward(query, key, value)  # need_weights=True, as in the spec
+            return out
+        B, Nq, E = query.shape
+        Nk, H = key.shape[1], self.num_heads
+        if query is key and key is value:  # self-attention: one projection GEMM
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            w_q, w_kv = self.in_proj_weight.split([E, 2 * E])
+            b_q, b_kv = self.in_proj_bias.split([E, 2 * E])
+            q = F.linear(query, w_q, b_q)  # (B, Nq, E)
+            if key is value:
+                k, v = F.linear(key, w_kv, b_kv).chunk(2, dim=-1)  # (B, Nk, E) each
+            else:
+                k = F.linear(key, w_kv[:E], b_kv[:E])
+                v = F.linear(value, w_kv[E:], b_kv[E:])
+        q = q.view(B, Nq, H, E // H).transpose(1, 2)  # (B, H, Nq, Dh)
+        k = k.view(B, Nk, H, E // H).transpose(1, 2)  # (B, H, Nk, Dh)
+        v = v.view(B, Nk, H, E // H).transpose(1, 2)  # (B, H, Nk, Dh)
+        p = self.dropout if self.training else 0.0
+        if self.backend == "sdpa":
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            o = _triton_attention()(q, k, v, dropout_p=p)
+        o = o.transpose(1, 2).reshape(B, Nq, E)  # (B, Nq, E)
+        return self.out_proj(o)
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared shell of both models
+# ----------------------------------------------------------------------------------------------
+
+
+class SparseFieldModel(nn.Module):
+    """Embedding of the sparse field, and the cross-attention decoder. Subclasses define `encode(seq)`.
+
+    forward(noisy_values, query_coords, t, input_coords, input_values) → velocity at the query points:
+      noisy_values (B, Nq, C), query_coords (B, Nq, 2), t (B,), input_coords (B, Nin, 2), input_values (B, Nin, C)
+    """
+
+    name = "base"  # checkpoint prefix, set by subclasses
+    version = "v0"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.fourier_features = FourierFeatures(2, cfg.num_fourier, cfg.fourier_scale)
+        f = self.fourier_features.out_dim
+        self.query_proj = nn.Linear(f + cfg.value_channels, d)
+        self.input_proj = nn.Linear(f + cfg.value_channels, d)
+        self.time_embed = SinusoidalTimeEmbedding(d)
+        # Queries read the encoded inputs. A residual + LayerNorm around it keeps each query's own (noisy)
+        # value in reach of the decoder; without it the velocity x1 − x0 cannot be formed from x_t.
+        self.query_cross_attn = Attention(d, cfg.num_heads, dropout=cfg.dropout, backend=cfg.attn_backend)
+        self.cross_norm = nn.LayerNorm(d)
+        self.decoder = nn.Linear(d, cfg.value_channels)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        raise NotImplementedError
+
+    def forward(self, noisy_values, query_coords, t, input_coords, input_values):
+        query_tokens = self.query_proj(torch.cat([self.fourier_features(query_coords), noisy_values], -1))
+        input_tokens = self.input_proj(torch.cat([self.fourier_features(input_coords), input_values], -1))
+        t_embed = self.time_embed(t).unsqueeze(1)  # (B, 1, D)
+        seq = torch.cat([input_tokens + t_embed, query_tokens + t_embed], dim=1)  # (B, Nin + Nq, D)
+        seq = self.encode(seq)
+        n_in = input_tokens.shape[1]
+        input_seq, query_seq = seq[:, :n_in], seq[:, n_in:]  # (B, Nin, D), (B, Nq, D)
+        out = self.query_cross_attn(query_seq, input_seq, input_seq)  # (B, Nq, D)
+        return self.decoder(self.cross_norm(query_seq + out))  # (B, Nq, C)
+
+    def set_attn_backend(self, backend: str) -> None:
+        check_attn_backend(backend)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.backend = backend
+        self.cfg = replace(self.cfg, attn_backend=backend)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs: presets, environment variables (the spec's), CLI flags
+# ----------------------------------------------------------------------------------------------
+
+# The spec's environment variables → config fields (model) or training-argument names.
+ENV_MODEL = {"D_MODEL": "d_model", "NUM_LAYERS": "num_layers", "NUM_HEADS": "num_heads",
+             "DIM_FEEDFORWARD": "dim_feedforward", "DROPOUT": "dropout"}  # fmt: skip
+ENV_TRAIN = {"BATCH_SIZE": "batch_size", "LR": "lr", "EPOCHS": "epochs"}
+
+
+def _cast(field_type, raw, name):
+    type_name = field_type if isinstance(field_type, str) else field_type.__name__
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(type_name, str)
+    try:
+        if kind is bool:
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def build_config(cls, presets: dict, preset: str = "default", overrides: dict | None = None, env=None):
+    """Preset, then the spec's environment variables, then explicit overrides (CLI flags) — last wins."""
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    cfg = replace(cls(), **presets[preset])
+    types = {f.name: f.type for f in fields(cls)}
+    env = os.environ if env is None else env
+    updates = {}
+    for var, field in ENV_MODEL.items():
+        if field in types and env.get(var):
+            updates[field] = _cast(types[field], env[var], var)
+    for key, val in (overrides or {}).items():
+        if val is None:
+            continue
+        if key not in types:
+            raise ConfigError(f"unknown config field {key!r} for {cls.__name__}")
+        updates[key] = _cast(types[key], val, key)
+    cfg = replace(cfg, **updates)
+    cfg.validate()
+    return cfg
+
+
+def validate_common(cfg) -> None:
+    if cfg.d_model <= 0 or cfg.num_layers <= 0 or cfg.num_heads <= 0:
+        raise ConfigError("d_model, num_layers and num_heads must be positive")
+    if cfg.d_model % cfg.num_heads:
+        raise ConfigError(f"d_model={cfg.d_model} is not divisible by num_heads={cfg.num_heads}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout={cfg.dropout} must be in [0, 1)")
+    check_attn_backend(cfg.attn_backend)

@@ -1,0 +1,188 @@
+"""Sparse neural fields from real photographs. Nothing is downloaded at run time.
+
+Each sample is a square crop of a photograph rendered at `resolution`×`resolution`. A random fraction of its
+pixels (default 20%) is observed: (input_coords, input_values); the rest are the queries the model must
+produce: (query_coords, query_values). So N_in + N_q = H·W (N = 1,024 at 32×32, as the spec counts).
+
+Coordinates are pixel centres in the continuous frame [0, 1]², (x, y) = ((col + ½)/W, (row + ½)/H), so the same
+crop can be rendered at any resolution (zero-shot super-resolution). Values are in [-1, 1]. Tokens are in
+row-major order within each part.
+
+Default source: the photographs that ship inside scikit-image's wheel, split into train and held-out
+validation images. `--data DIR` takes any folder of PNG/JPEG images instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from models.common import ConfigError
+
+# Photographs bundled in scikit-image's wheel (skimage/data/*). Validation images are never trained on.
+SKIMAGE_TRAIN = [
+    "astronaut.png", "camera.png", "rocket.jpg", "ihc.png", "hubble_deep_field.jpg", "retina.jpg",
+    "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "cell.png", "motorcycle_right.png",
+    "page.png", "text.png", "clock_motion.png",
+]  # fmt: skip
+SKIMAGE_VAL = ["chelsea.png", "coffee.png", "motorcycle_left.png"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MAX_SOURCE_SIDE = 512  # sources are pre-shrunk so their short side is at most this (renders stay cheap)
+MIN_CROP = 0.35  # a crop's side is uniform in [MIN_CROP, 1] × the source's short side
+
+
+def check_resolution(resolution) -> int:
+    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer):
+        raise ConfigError(f"resolution must be an integer, got {resolution!r}")
+    if resolution < 8:
+        raise ConfigError(f"resolution must be >= 8, got {resolution}")
+    return int(resolution)
+
+
+def check_fraction(observed_frac) -> float:
+    try:
+        f = float(observed_frac)
+    except (TypeError, ValueError):
+        raise ConfigError(f"observed fraction must be a number in (0, 1), got {observed_frac!r}") from None
+    if not 0.0 < f < 1.0:
+        raise ConfigError(f"observed fraction must be in (0, 1), got {observed_frac}")
+    return f
+
+
+def _load(path: Path) -> torch.Tensor:
+    """An image file → (3, H, W) float in [-1, 1], short side shrunk to MAX_SOURCE_SIDE."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = MAX_SOURCE_SIDE / min(im.size)
+            if scale < 1:
+                im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ConfigError(f"cannot read image {path}: {e}") from None
+    if min(arr.shape[:2]) < 8:
+        raise ConfigError(f"image {path} is smaller than 8 pixels")
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def load_images(data_dir: str | None = None, split: str = "train") -> list[torch.Tensor]:
+    """Source images for a split. data_dir=None: scikit-image's bundled photographs."""
+    if split not in ("train", "val"):
+        raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+    if data_dir is None:
+        import skimage.data
+
+        root = Path(skimage.data.__file__).parent
+        names = SKIMAGE_TRAIN if split == "train" else SKIMAGE_VAL
+        return [_load(root / n) for n in names]
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ConfigError(f"data folder {data_dir} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(files) < 2:
+        raise ConfigError(f"data folder {data_dir} holds {len(files)} PNG/JPEG images; need at least 2")
+    n_val = max(1, len(files) // 10)  # a fixed, seed-independent split: every 10th file is held out
+    val = files[:: max(1, len(files) // n_val)][:n_val]
+    chosen = val if split == "val" else [f for f in files if f not in set(val)]
+    return [_load(p) for p in chosen]
+
+
+def pixel_coords(resolution: int, device=None) -> torch.Tensor:
+    """Pixel centres of a resolution² grid in row-major order: (N, 2) as (x, y) in [0, 1]."""
+    c = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
+
+
+@dataclass(frozen=True)
+class Crop:
+    image: int  # index into the source images
+    top: float  # crop window in the source, as fractions of its height / width
+    left: float
+    side_h: float
+    side_w: float
+    flip: bool  # horizontal flip
+
+
+def render(image: torch.Tensor, crop: Crop, resolution: int) -> torch.Tensor:
+    """Render a crop of one source image at resolution² (antialiased bilinear). -> (3, r, r)."""
+    _, H, W = image.shape
+    t, l = round(crop.top * H), round(crop.left * W)
+    h, w = max(1, round(crop.side_h * H)), max(1, round(crop.side_w * W))
+    patch = image[:, t : t + h, l : l + w]
+    out = F.interpolate(patch[None], size=(resolution, resolution), mode="bilinear", antialias=True)[0]
+    return (out.flip(-1) if crop.flip else out).clamp(-1, 1)
+
+
+def split_pixels(n_pixels: int, observed_frac: float, generator: torch.Generator):
+    """Random disjoint (input, query) pixel indices covering all n_pixels, each sorted (row-major)."""
+    n_in = min(max(1, round(observed_frac * n_pixels)), n_pixels - 1)
+    perm = torch.randperm(n_pixels, generator=generator)
+    return perm[:n_in].sort().values, perm[n_in:].sort().values
+
+
+class SparseFieldDataset(Dataset):
+    """Random crops of `images` at `resolution`, each with a random observed subset of pixels.
+
+    Deterministic under `seed`: crop i is fixed by (seed, i); its observed pixels by (seed, epoch, i), so
+    `set_epoch` draws new masks each epoch (training) while epoch 0 stays fixed (validation).
+    """
+
+    def __init__(self, images, resolution=32, num_samples=2048, observed_frac=0.2, seed=0, augment=True):
+        self.resolution = check_resolution(resolution)
+        self.observed_frac = check_fraction(observed_frac)
+        if num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        if not images:
+            raise ConfigError("no source images")
+        self.images, self.seed, self.epoch = images, seed, 0
+        rng = np.random.default_rng(seed)
+        self.crops = []
+        for i in range(num_samples):
+            img = images[i % len(images)]
+            _, H, W = img.shape
+            side = rng.uniform(MIN_CROP, 1.0) * min(H, W)  # square crop, in pixels
+            self.crops.append(
+                Crop(
+                    image=i % len(images),
+                    top=rng.uniform(0, 1 - side / H),
+                    left=rng.uniform(0, 1 - side / W),
+                    side_h=side / H,
+                    side_w=side / W,
+                    flip=bool(augment and rng.random() < 0.5),
+                )
+            )
+        self.dense = torch.stack([self.render(i, self.resolution) for i in range(num_samples)])  # (n, 3, r, r)
+        self.coords = pixel_coords(self.resolution)  # (N, 2)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def render(self, i: int, resolution: int) -> torch.Tensor:
+        """Sample i's crop at any resolution (the ground truth for super-resolution). -> (3, r, r)."""
+        crop = self.crops[i]
+        return render(self.images[crop.image], crop, check_resolution(resolution))
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(i))) & 0x7FFF_FFFF_FFFF)
+        values = self.dense[i].flatten(1).t()  # (N, 3), row-major
+        inp, qry = split_pixels(values.shape[0], self.observed_frac, g)
+        return {
+            "input_coords": self.coords[inp],  # (N_in, 2)
+            "input_values": values[inp],  # (N_in, 3)
+            "query_coords": self.coords[qry],  # (N_q, 2)
+            "query_values": values[qry],  # (N_q, 3)
+            "input_index": inp,  # (N_in,) flat pixel indices
+            "query_index": qry,  # (N_q,)
+            "index": i,
+        }

@@ -1,0 +1,178 @@
+"""The Mamba mixer (Gu & Dao 2023) with two backends, side by side.
+
+  mamba_ssm  — `mamba_ssm.Mamba` with its fused CUDA kernels (causal-conv1d + selective scan).
+  reference  — `MambaRef` below: pure PyTorch, runs anywhere, same parameter names and shapes as
+               `mamba_ssm.Mamba` (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so one checkpoint
+               loads into either.
+
+The selective scan h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t is computed by
+`selective_scan_ref` in chunks: inside a chunk a Hillis–Steele doubling scan (log2 T vectorised steps, no
+Python loop over time), across chunks the state is carried. Each chunk runs under activation checkpointing,
+so training memory is O(B·d_inner·d_state·L/T) for the carried states instead of O(B·d_inner·d_state·L).
+`selective_scan_naive` is the slow, obviously-correct loop the tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from models.common import ConfigError
+
+try:  # optional compiled dependency
+    from mamba_ssm import Mamba as MambaCUDA
+except Exception:  # ImportError, or a CUDA/ABI mismatch raised at import
+    MambaCUDA = None
+
+MIXER_BACKENDS = ("auto", "mamba_ssm", "reference")
+INSTALL_HINT = "pip install mamba-ssm causal-conv1d --no-build-isolation (needs a CUDA GPU and toolchain)"
+
+
+def resolve_mixer_backend(backend: str) -> str:
+    """'auto' → mamba_ssm when it is importable and CUDA is present, else the reference."""
+    if backend not in MIXER_BACKENDS:
+        raise ConfigError(f"unknown mixer backend {backend!r}; choose one of {', '.join(MIXER_BACKENDS)}")
+    if backend == "auto":
+        return "mamba_ssm" if (MambaCUDA is not None and torch.cuda.is_available()) else "reference"
+    if backend == "mamba_ssm" and MambaCUDA is None:
+        raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# Selective scan: slow loop, and the chunked reference
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepare(u, delta, A, delta_bias, delta_softplus):
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u.float(), delta, A.float()
+
+
+def _finish(y, u, D, z, dtype):
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(dtype)
+
+
+def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """One time step at a time. u, delta, z: (b, d, L); A: (d, n); B, C: (b, n, L); D: (d,)."""
+    dtype = u.dtype
+    u, delta, A = _prepare(u, delta, A, delta_bias, delta_softplus)
+    b, d, L = u.shape
+    h = u.new_zeros(b, d, A.shape[1])  # (b, d, n)
+    ys = []
+    for t in range(L):
+        decay = torch.exp(delta[:, :, t, None] * A)  # (b, d, n)
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t].float()
+        ys.append((h * C[:, None, :, t].float()).sum(-1))  # (b, d)
+    return _finish(torch.stack(ys, dim=-1), u, D, z, dtype)
+
+
+def _scan_chunk(h0, u, delta, A, B, C):
+    """Scan one chunk of T steps from state h0 (b, d, n). Returns y (b, d, T) and the final state."""
+    T = u.shape[-1]
+    a = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, T, n) per-step decay
+    x = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1).float()  # (b, d, T, n) per-step input
+    k = 1
+    while k < T:  # inclusive doubling scan of (a, x) under (a1, x1)∘(a2, x2) = (a1·a2, a2·x1 + x2)
+        x = torch.cat([x[:, :, :k], x[:, :, k:] + a[:, :, k:] * x[:, :, :-k]], dim=2)
+        a = torch.cat([a[:, :, :k], a[:, :, k:] * a[:, :, :-k]], dim=2)
+        k *= 2
+    h = x + a * h0.unsqueeze(2)  # (b, d, T, n): a is now the decay accumulated since the chunk start
+    y = torch.einsum("bdtn,bnt->bdt", h, C.float())  # (b, d, T)
+    return y, h[:, :, -1]
+
+
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 64
+):
+    """Same signature and result as mamba_ssm's selective_scan_fn (no return_last_state), in fp32."""
+    dtype = u.dtype
+    with torch.autocast(u.device.type, enabled=False):
+        u, delta, A = _prepare(u, delta, A, delta_bias, delta_softplus)
+        b, d, L = u.shape
+        h = u.new_zeros(b, d, A.shape[1])  # (b, d, n)
+        ys = []
+        for s in range(0, L, chunk_size):
+            args = (h, u[..., s : s + chunk_size], delta[..., s : s + chunk_size], A)
+            args += (B[..., s : s + chunk_size], C[..., s : s + chunk_size])
+            if torch.is_grad_enabled():
+                y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
+            else:
+                y, h = _scan_chunk(*args)
+            ys.append(y)
+        return _finish(torch.cat(ys, dim=-1), u, D, z, dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The mixer module
+# ----------------------------------------------------------------------------------------------
+
+
+class MambaRef(nn.Module):
+    """Pure-PyTorch Mamba mixer, mamba_ssm.Mamba's parameters and init. (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        # Initialisation as in mamba_ssm: dt_proj so that softplus(bias) is log-uniform in [dt_min, dt_max].
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)  # (d_inner, n)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        L = hidden.shape[1]
+        xz = self.in_proj(hidden)  # (B, L, 2·d_inner)
+        x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) each
+        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (B, d_inner, L), causal depthwise conv
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
+        dt, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias is added in the scan
+        A = -torch.exp(self.A_log.float())  # (d_inner, n)
+        y = selective_scan_ref(
+            x,
+            dt,
+            A,
+            Bm.transpose(1, 2),  # (B, n, L)
+            Cm.transpose(1, 2),  # (B, n, L)
+            self.D,
+            z=z.transpose(1, 2),  # (B, d_inner, L)
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+        )  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2).to(hidden.dtype))  # (B, L, D)
+
+
+def make_mixer(backend: str, d_model: int, d_state: int, d_conv: int, expand: int) -> nn.Module:
+    """A Mamba mixer on the resolved backend ('mamba_ssm' or 'reference')."""
+    if backend == "mamba_ssm":
+        if MambaCUDA is None:
+            raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")
+        return MambaCUDA(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
+    return MambaRef(d_model, d_state=d_state, d_conv=d_conv, expand=expand)

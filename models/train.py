@@ -1,0 +1,331 @@
+"""Flow-matching training of V1 (Mamba) or V4 (Transformer) on sparse neural fields.
+
+Flow matching (Lipman et al. 2023), rectified path: x_t = (1 − t)·x0 + t·x1 with x0 ~ N(0, I) and x1 the true
+query values; the model predicts the velocity x1 − x0 at the query points, given the observed pixels.
+
+    python -m models.train --model v4 --resolution 32 --epochs 10
+    BATCH_SIZE=32 NUM_HEADS=4 python -m models.train --model v4      # the spec's environment variables
+    python -m models.train --model v4 --resume                        # continue from *_latest.pth
+
+Writes checkpoints_<name>/<name>_{best,latest,epoch_XXXX}.pth (atomically), <name>_log.csv and
+<name>_loss.png, where <name> is `mamba` (V1) or `transformer_v4` (V4), as the spec names them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from models import MODELS, build_model, count_parameters
+from models.checkpoint import model_from_checkpoint, save_checkpoint
+from models.common import ENV_TRAIN, ConfigError
+from models.data import SparseFieldDataset, check_fraction, check_resolution, load_images
+from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pick_device
+
+# ----------------------------------------------------------------------------------------------
+# The objective
+# ----------------------------------------------------------------------------------------------
+
+
+def flow_matching_loss(model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MSE between predicted and true velocity at a random time on the straight noise→data path."""
+    x1 = batch["query_values"]  # (B, Nq, C)
+    B = x1.shape[0]
+    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+    t = torch.rand(B, generator=generator, device=x1.device)
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
+    v = model(xt, batch["query_coords"], t, batch["input_coords"], batch["input_values"])
+    return F.mse_loss(v.float(), x1 - x0)
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; nothing on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validation_loss(model, loader, device, amp=True, seed=1234) -> float:
+    """Mean loss over the validation set with fixed noise and times (comparable across epochs and models)."""
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    total, n = 0.0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast_for(device, amp):
+            loss = flow_matching_loss(model, batch, g)
+        bs = batch["query_values"].shape[0]
+        total, n = total + loss.item() * bs, n + bs
+    model.train()
+    return total / max(n, 1)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def _rng_state():
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def plot_loss_curve(log_csv, out_png) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.read_csv(log_csv)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(df["step"], df["train_loss"], marker="o", label="train")
+    ax.plot(df["step"], df["val_loss"], marker="s", label="validation")
+    ax.set(xlabel="step", ylabel="flow-matching MSE", yscale="log", title=Path(log_csv).stem)
+    ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, out_png, dpi=120)
+    plt.close(fig)
+
+
+def train(args) -> dict:
+    """Train one model; returns a summary dict. Every input is checked before anything is written."""
+    device = pick_device(args.device)
+    check_resolution(args.resolution)
+    check_fraction(args.observed_frac)
+    for name in ("batch_size", "epochs", "train_samples", "val_samples"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise ConfigError(f"--lr must be > 0, got {args.lr}")
+    cls = MODELS[args.model][0] if args.model in MODELS else None
+    if cls is None:
+        raise ConfigError(f"unknown model {args.model!r}; choose v1 (Mamba) or v4 (Transformer)")
+    ckpt_dir = Path(args.out_dir) / f"checkpoints_{cls.name}"
+    latest = ckpt_dir / f"{cls.name}_latest.pth"
+    backends = {"attn_backend": args.attn_backend}
+    if args.model == "v1":
+        backends["mixer_backend"] = args.mixer_backend
+
+    # Model, resumed or fresh.
+    if args.resume:
+        model, ckpt = model_from_checkpoint(latest, args.model, device, **backends)
+    else:
+        if ckpt_dir.exists() and any(ckpt_dir.glob("*.pth")) and not args.overwrite:
+            raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite")
+        overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "dropout")}
+        if args.model == "v4":
+            overrides["dim_feedforward"] = args.dim_feedforward
+        model = build_model(args.model, args.preset, {**overrides, **backends}).to(device)
+        ckpt = None
+
+    # Data (checked before anything is written).
+    train_ds = SparseFieldDataset(
+        load_images(args.data, "train"), args.resolution, args.train_samples, args.observed_frac, args.seed
+    )
+    val_ds = SparseFieldDataset(
+        load_images(args.data, "val"), args.resolution, args.val_samples, args.observed_frac,
+        args.seed + 1, augment=False,
+    )  # fmt: skip
+    val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False)
+    steps_per_epoch = len(train_ds) // args.batch_size or 1
+    if args.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
+    total_steps = args.max_steps or steps_per_epoch * args.epochs
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    warmup = min(args.warmup_steps, max(total_steps // 10, 1))
+
+    def lr_lambda(step):  # linear warm-up, then cosine to 10% of lr
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    start_epoch, step, best, log_rows, train_time = 0, 0, float("inf"), [], 0.0
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_val"]
+        log_rows, train_time = ckpt.get("log", []), ckpt.get("train_time_s", 0.0)
+        _set_rng_state(ckpt["rng"])
+    else:
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        random.seed(args.seed)
+
+    n_params = count_parameters(model)
+    print(
+        f"{cls.__name__} ({args.model}): {n_params / 1e6:.2f}M parameters | device {device} | "
+        f"res {args.resolution} | batch {args.batch_size} | {steps_per_epoch} steps/epoch | "
+        f"backends: {getattr(model, 'mixer_backend', '-')}/{model.cfg.attn_backend}"
+    )
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log_csv, loss_png = ckpt_dir / f"{cls.name}_log.csv", ckpt_dir / f"{cls.name}_loss.png"
+    model.train()
+    stop = False
+    for epoch in range(start_epoch, args.epochs):
+        if stop or step >= total_steps:
+            break
+        train_ds.set_epoch(epoch)
+        loader = DataLoader(
+            train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers,
+            generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch),
+        )  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0, losses = time.perf_counter(), []
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+        for i, batch in enumerate(bar):
+            if i >= steps_per_epoch or step >= total_steps:
+                break
+            batch = to_device(batch, device)
+            with autocast_for(device, not args.no_amp):
+                loss = flow_matching_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if args.time_budget and train_time + time.perf_counter() - t0 >= args.time_budget:
+                stop = True
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        val = validation_loss(model, val_loader, device, not args.no_amp)
+        row = {
+            "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": val, "epoch_time_s": epoch_time, "steps": len(losses),
+            "time_per_step_s": epoch_time / max(len(losses), 1), "peak_mem_mb": peak_memory_mb(device),
+            "lr": sched.get_last_lr()[0], "train_time_s": train_time,
+        }  # fmt: skip
+        log_rows.append(row)
+        print(
+            f"epoch {epoch:4d} | step {step:6d} | train {row['train_loss']:.4f} | val {val:.4f} | "
+            f"{epoch_time:6.1f}s | peak {row['peak_mem_mb']:.0f} MB"
+        )
+        state = {
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
+            "best_val": min(best, val), "rng": _rng_state(), "log": log_rows, "train_time_s": train_time,
+            "args": vars(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
+        }  # fmt: skip
+        if val < best:
+            best = val
+            save_checkpoint(ckpt_dir / f"{cls.name}_best.pth", model, **state)
+        if args.save_every and (epoch + 1) % args.save_every == 0:
+            save_checkpoint(ckpt_dir / f"{cls.name}_epoch_{epoch:04d}.pth", model, **state)
+        save_checkpoint(latest, model, **state)
+        atomic_to_csv(pd.DataFrame(log_rows), log_csv)
+        plot_loss_curve(log_csv, loss_png)
+    return {
+        "model": args.model, "name": cls.name, "params": n_params, "steps": step, "best_val": best,
+        "train_time_s": train_time, "checkpoint_dir": str(ckpt_dir), "log": log_rows,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def _env(name, cast, default):
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a valid {cast.__name__}") from None
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog="models.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="v1 (Mamba) or v4 (Transformer)")
+    p.add_argument("--preset", default="default", help="model size preset: default | small | tiny")
+    p.add_argument("--resolution", type=int, default=32, help="image side in pixels (N = side²)")
+    p.add_argument("--observed-frac", type=float, default=0.2, help="fraction of pixels observed, in (0, 1)")
+    p.add_argument("--data", default=None, help="folder of PNG/JPEG images (default: scikit-image photos)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: $BATCH_SIZE or 64")
+    p.add_argument("--lr", type=float, default=None, help="default: $LR or 1e-4")
+    p.add_argument("--epochs", type=int, default=None, help="default: $EPOCHS or 1000")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap on optimizer steps per epoch")
+    p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (schedule length)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    p.add_argument("--train-samples", type=int, default=4096, help="crops per training epoch")
+    p.add_argument("--val-samples", type=int, default=256, help="crops in the validation set")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
+    p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton")
+    for flag, cast in (("--d-model", int), ("--num-layers", int), ("--num-heads", int),
+                       ("--dim-feedforward", int), ("--dropout", float)):  # fmt: skip
+        p.add_argument(flag, type=cast, default=None, help="override (also via the spec's env vars)")
+    p.add_argument("--out-dir", default=".", help="where checkpoints_<name>/ goes")
+    p.add_argument("--save-every", type=int, default=50, help="keep an _epoch_XXXX.pth every N epochs (0: never)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from <name>_latest.pth")
+    p.add_argument("--overwrite", action="store_true", help="start fresh even if checkpoints exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    defaults = {"batch_size": (int, 64), "lr": (float, 1e-4), "epochs": (int, 1000)}
+    for env_name, field in ENV_TRAIN.items():
+        if getattr(args, field) is None:
+            cast, default = defaults[field]
+            setattr(args, field, _env(env_name, cast, default))
+    return args
+
+
+def main(argv=None) -> int:
+    return cli_main(lambda a: train(parse_args(a)), argv, build_parser())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

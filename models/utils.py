@@ -1,0 +1,77 @@
+"""Small shared helpers: CLI error handling, device choice, atomic file writes, environment record."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from models.common import ConfigError
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`prog: error: ...`) with exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def cli_main(run, argv=None, parser: ArgParser | None = None) -> int:
+    """Run a CLI body; ConfigError → one-line message and exit 2. Returns the exit code."""
+    prog = parser.prog if parser else Path(sys.argv[0]).name
+    try:
+        run(argv)
+    except ConfigError as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; files already written are complete\n")
+        return 130
+    return 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}") from None
+
+
+def _atomic(path, write) -> Path:
+    """Write via a temp file in the same folder, then rename over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_torch_save(obj, path) -> Path:
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_to_csv(df, path) -> Path:
+    return _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def atomic_savefig(fig, path, **kw) -> Path:
+    return _atomic(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **kw))

@@ -1,0 +1,77 @@
+"""V1: MambaDiffusion — sparse-field flow matching with a Mamba (state-space, O(N)) encoder.
+
+tokens (inputs then queries, row-major) → num_layers residual pre-norm Mamba blocks → final LayerNorm
+→ split → queries cross-attend to inputs → linear decoder. The mixer is mamba_ssm's fused CUDA Mamba or
+the pure-PyTorch reference (models/mamba.py); both share parameter names, so checkpoints move freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from models.common import SparseFieldModel, build_config, validate_common
+from models.mamba import make_mixer, resolve_mixer_backend
+
+
+@dataclass(frozen=True)
+class V1Config:
+    d_model: int = 256  # token width, all layers
+    num_layers: int = 6  # Mamba blocks in the encoder
+    d_state: int = 16  # SSM state size per channel (N in the Mamba paper)
+    d_conv: int = 4  # width of the causal depthwise convolution
+    expand: int = 2  # d_inner = expand · d_model
+    num_heads: int = 8  # heads of the query → input cross-attention
+    dropout: float = 0.0  # cross-attention dropout (the Mamba blocks have none)
+    num_fourier: int = 128  # random Fourier frequencies per coordinate embedding (features = 2×)
+    fourier_scale: float = 10.0  # std of the Fourier frequencies, in cycles per unit of [0, 1]
+    value_channels: int = 3  # channels of the field (RGB)
+    mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch)
+    attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton
+
+    def validate(self) -> None:
+        validate_common(self)
+        resolve_mixer_backend(self.mixer_backend)
+
+
+PRESETS = {
+    "default": {},  # the spec: d_model 256, 6 layers, d_state 16, ~3.3M parameters
+    "small": {"d_model": 128, "num_layers": 4},
+    "tiny": {"d_model": 32, "num_layers": 2, "num_heads": 4, "num_fourier": 16},  # tests
+}
+
+
+def v1_config(preset: str = "default", overrides: dict | None = None, env=None) -> V1Config:
+    return build_config(V1Config, PRESETS, preset, overrides, env)
+
+
+class MambaBlock(nn.Module):
+    """x + Mamba(LayerNorm(x))."""
+
+    def __init__(self, cfg: V1Config, backend: str):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.mixer = make_mixer(backend, cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
+        return x + self.mixer(self.norm(x))
+
+
+class MambaDiffusion(SparseFieldModel):
+    name = "mamba"
+    version = "v1"
+
+    def __init__(self, cfg: V1Config | None = None):
+        cfg = cfg or V1Config()
+        cfg.validate()
+        super().__init__(cfg)
+        self.mixer_backend = resolve_mixer_backend(cfg.mixer_backend)
+        self.layers = nn.ModuleList(MambaBlock(cfg, self.mixer_backend) for _ in range(cfg.num_layers))
+        self.norm_f = nn.LayerNorm(cfg.d_model)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        for layer in self.layers:
+            seq = layer(seq)
+        return self.norm_f(seq)

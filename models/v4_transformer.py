@@ -1,0 +1,94 @@
+"""V4: TransformerDiffusion — the spec's Transformer baseline (self-attention, O(N²)).
+
+tokens (inputs then queries, row-major) → sinusoidal positional encoding → num_layers post-norm
+Transformer encoder layers (8 heads, FFN 1024 with GELU, dropout 0.1) → split → queries cross-attend
+to inputs → linear decoder. Exactly the spec, except that the positional encoding works at any length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from models.common import Attention, PositionalEncoding, SparseFieldModel, build_config, validate_common
+
+
+@dataclass(frozen=True)
+class V4Config:
+    d_model: int = 256  # token width, all layers
+    num_layers: int = 6  # Transformer encoder layers
+    num_heads: int = 8  # attention heads (self- and cross-attention); head dim = d_model / num_heads
+    dim_feedforward: int = 1024  # FFN hidden width (4× d_model)
+    dropout: float = 0.1  # attention-weight, FFN and positional-encoding dropout
+    num_fourier: int = 128  # random Fourier frequencies per coordinate embedding (features = 2×)
+    fourier_scale: float = 10.0  # std of the Fourier frequencies, in cycles per unit of [0, 1]
+    value_channels: int = 3  # channels of the field (RGB)
+    attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton
+
+    def validate(self) -> None:
+        validate_common(self)
+
+
+PRESETS = {
+    "default": {},  # the spec: d_model 256, 6 layers, 8 heads, FFN 1024, ~5.0M parameters
+    "small": {"d_model": 128, "num_layers": 4, "dim_feedforward": 512},
+    "tiny": {"d_model": 32, "num_layers": 2, "num_heads": 4, "dim_feedforward": 64, "num_fourier": 16},
+}
+
+
+def v4_config(preset: str = "default", overrides: dict | None = None, env=None) -> V4Config:
+    return build_config(V4Config, PRESETS, preset, overrides, env)
+
+
+class TransformerEncoderLayer(nn.Module):
+    """The spec's post-norm layer: x = LN(x + SelfAttn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, d_model, num_heads=8, dim_feedforward=1024, dropout=0.1, attn_backend="sdpa"):
+        super().__init__()
+        self.self_attn = Attention(d_model, num_heads, dropout=dropout, backend=attn_backend)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, dim_feedforward),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim_feedforward, d_model),
+            nn.Dropout(dropout),
+        )
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
+        x = self.norm1(x + self.self_attn(x, x, x))
+        return self.norm2(x + self.ffn(x))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, cfg: V4Config):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(
+                cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attn_backend
+            )
+            for _ in range(cfg.num_layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class TransformerDiffusion(SparseFieldModel):
+    name = "transformer_v4"
+    version = "v4"
+
+    def __init__(self, cfg: V4Config | None = None):
+        cfg = cfg or V4Config()
+        cfg.validate()
+        super().__init__(cfg)
+        self.pos_encoder = PositionalEncoding(cfg.d_model, dropout=cfg.dropout)
+        self.transformer_encoder = TransformerEncoder(cfg)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        return self.transformer_encoder(self.pos_encoder(seq))
