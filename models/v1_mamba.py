@@ -39,7 +39,7 @@ class V1Config:
 PRESETS = {
     "default": {},  # the spec: d_model 256, 6 layers, d_state 16, ~3.3M parameters
     "small": {"d_model": 128, "num_layers": 4},
-    "tiny": {"d_model": 32, "num_layers": 2, "num_heads": 4, "num_fourier": 16},  # tests
+    "tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "num_fourier": 16},  # tests
 }
 
 

@@ -34,7 +34,7 @@ class V4Config:
 PRESETS = {
     "default": {},  # the spec: d_model 256, 6 layers, 8 heads, FFN 1024, ~5.0M parameters
     "small": {"d_model": 128, "num_layers": 4, "dim_feedforward": 512},
-    "tiny": {"d_model": 32, "num_layers": 2, "num_heads": 4, "dim_feedforward": 64, "num_fourier": 16},
+    "tiny": {"d_model": 32, "num_layers": 2, "num_heads": 2, "dim_feedforward": 64, "num_fourier": 16},
 }
 
 
