@@ -1,0 +1,154 @@
+"""The environment a benchmark ran in: hardware, clocks, power, software versions, git commit.
+
+Every field is best-effort: what cannot be read is None (or "unknown" for the commit), never an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _try(fn, default=None):
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def _version(dist: str) -> str | None:
+    return _try(lambda: importlib.metadata.version(dist))
+
+
+def git_commit(repo: Path = REPO) -> str:
+    """`git rev-parse HEAD`, or "unknown"; a "+dirty" suffix when tracked files are modified."""
+
+    def run(*args):
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    commit = _try(lambda: run("rev-parse", "HEAD"))
+    if not commit:
+        return "unknown"
+    dirty = _try(lambda: run("status", "--porcelain", "--untracked-files=no"))
+    return commit + ("+dirty" if dirty else "")
+
+
+def cpu_name() -> str | None:
+    def read():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+        return platform.processor() or None
+
+    return _try(read)
+
+
+def nvml_info(index: int = 0) -> dict:
+    """Driver, SM clock (current + max), power (draw / limit), memory, from pynvml. {} without a GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return {}
+    nvml_index = _try(lambda: torch.cuda._get_nvml_device_index(index), index)
+    h = _try(lambda: pynvml.nvmlDeviceGetHandleByIndex(nvml_index))
+    if h is None:
+        return {}
+
+    def s(x):
+        return x.decode() if isinstance(x, bytes) else x
+
+    mem = _try(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
+    return {
+        "nvml_name": _try(lambda: s(pynvml.nvmlDeviceGetName(h))),
+        "driver": _try(lambda: s(pynvml.nvmlSystemGetDriverVersion())),
+        "cuda_driver_version": _try(lambda: pynvml.nvmlSystemGetCudaDriverVersion()),
+        "sm_clock_mhz": _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+        "sm_clock_max_mhz": _try(lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)),
+        "mem_clock_mhz": _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)),
+        "power_draw_w": _try(lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
+        "power_limit_w": _try(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000),
+        "temperature_c": _try(lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+        "nvml_mem_total_mb": mem.total / 2**20 if mem else None,
+        "nvml_mem_used_mb": mem.used / 2**20 if mem else None,
+        "mig_mode": _try(lambda: pynvml.nvmlDeviceGetMigMode(h)[0]),
+        "persistence_mode": _try(lambda: pynvml.nvmlDeviceGetPersistenceMode(h)),
+    }
+
+
+def gpu_info(device: torch.device | None = None) -> dict:
+    """Name, capability, memory and NVML data of the CUDA device, or {} on CPU."""
+    if not torch.cuda.is_available():
+        return {}
+    index = (device.index if device is not None and device.index is not None else None) or 0
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "gpu": props.name,
+        "gpu_count": torch.cuda.device_count(),
+        "capability": f"{props.major}.{props.minor}",
+        "sm_count": props.multi_processor_count,
+        "gpu_mem_total_mb": props.total_memory / 2**20,
+        **nvml_info(index),
+    }
+
+
+def software_versions() -> dict:
+    mamba = _version("mamba-ssm") or _version("mamba_ssm")
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": _try(lambda: torch.backends.cudnn.version()) if torch.cuda.is_available() else None,
+        "triton": _try(lambda: __import__("triton").__version__),
+        "mamba_ssm": mamba,
+        "causal_conv1d": _version("causal-conv1d") or _version("causal_conv1d"),
+        "fvcore": _version("fvcore"),
+        "numpy": _version("numpy"),
+        "pandas": _version("pandas"),
+    }
+
+
+def environment(device: torch.device | None = None, **settings) -> dict:
+    """Everything about where and how a run happened; `settings` (batch, dtype, reps, ...) are merged in."""
+    now = _dt.datetime.now(_dt.UTC)
+    return {
+        "date": now.isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device is not None else None,
+        "git_commit": git_commit(),
+        **software_versions(),
+        **gpu_info(device),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "flash_attn_autotune": os.environ.get("FLASH_ATTN_AUTOTUNE"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        **settings,
+    }
+
+
+def summary_line(env: dict) -> str:
+    """One line for logs and the results README."""
+    if env.get("gpu"):
+        hw = f"{env['gpu']} (driver {env.get('driver')}, SM {env.get('sm_clock_mhz')}/{env.get('sm_clock_max_mhz')} MHz"
+        hw += f", {env.get('power_draw_w')}/{env.get('power_limit_w')} W)"
+    else:
+        hw = f"CPU {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} threads)"
+    sw = f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, triton {env.get('triton')}"
+    sw += f", mamba-ssm {env.get('mamba_ssm')}"
+    return f"{hw}; {sw}; commit {env.get('git_commit')}; {env.get('date')} on {env.get('hostname')}"

@@ -1,0 +1,505 @@
+"""Quality of V1 (Mamba) and V4 (Transformer) on held-out images, against a non-learned interpolation floor.
+
+    python -m bench.evaluate --v1_checkpoint checkpoints_mamba/mamba_best.pth \
+        --v4_checkpoint checkpoints_transformer_v4/transformer_v4_best.pth --num_samples 20
+
+Held-out crops (the validation photographs, never trained on) are observed at the checkpoints' training
+resolution r and fraction (20%); every method fills in the rest:
+
+  nearest / linear  the interpolation floor (bench/interp.py), no learning at all
+  V1 / V4  sample   the configured ODE sampler (default Heun, 20 steps): ONE draw from the posterior. A draw
+                    carries the posterior's spread, so its MSE is ~2x the posterior mean's (~3 dB PSNR lower)
+  V1 / V4  mean     the posterior-mean (MMSE) estimate: one Euler step from t = 0, x0 + v(x0, 0) ≈ E[x1 | ctx],
+                    averaged over --mean-draws noise draws x0 (cancels what the net leaves of x0)
+
+At r the observed pixels are kept and only the others are queried (the training task). At every other
+--resolutions R (zero-shot super-resolution) the same context pixels stay where they are in the continuous
+frame [0, 1]² and ALL pixel centres of the R×R grid are queried; the truth is the same crop rendered at R.
+PSNR / SSIM / MSE are over the whole image, values in [-1, 1] (data range 2), mean ± std over the images.
+
+Writes <out>/<prefix>.csv (summary), <prefix>_per_image.csv, <prefix>.md and sample grids
+<prefix>_samples_res<r>.png / <prefix>_samples_sr<R>.png (observed / floor / V1 / V4 / truth).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tqdm.auto import tqdm
+
+from bench.interp import INTERP_METHODS, interpolate
+from models.checkpoint import model_from_checkpoint
+from models.common import ConfigError
+from models.data import SparseFieldDataset, check_resolution, load_images, pixel_coords, split_pixels
+from models.sample import METHODS, sample, to_display
+from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
+
+MODEL_KEYS = ("v1", "v4")
+LABELS = {"v1": "V1 (Mamba)", "v4": "V4 (Transformer)", "nearest": "nearest interp", "linear": "linear interp"}
+DATA_RANGE = 2.0  # values in [-1, 1]
+PSNR_CAP = 100.0  # dB, for a perfect reconstruction (MSE = 0)
+
+
+@dataclass
+class EvalConfig:
+    resolutions: tuple[int, ...] = (64, 96, 128)  # zero-shot SR grids; the training resolution is always added
+    num_samples: int = 20  # held-out images
+    steps: int = 20  # ODE steps of the configured sampler
+    method: str = "heun"  # euler | heun
+    mean_draws: int = 4  # noise draws averaged by the posterior-mean estimate (1-step Euler each)
+    batch: int = 8  # images per forward pass
+    seed: int = 0
+    data: str | None = None  # folder of images (default: scikit-image's photographs, validation split)
+    amp: bool = True  # bf16 autocast on CUDA
+    show: int = 4  # images in the sample grids
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def _hwc(img) -> np.ndarray:
+    img = img.detach().cpu().float().numpy() if torch.is_tensor(img) else np.asarray(img, dtype=np.float32)
+    return np.clip(np.moveaxis(img, 0, -1), -1.0, 1.0).astype(np.float64)  # (C, H, W) → (H, W, C)
+
+
+def ssim_window(side: int) -> int:
+    """skimage's default 7×7 window, shrunk to the largest odd size that fits a small image."""
+    return min(7, side if side % 2 else side - 1)
+
+
+def image_metrics(truth, pred) -> dict:
+    """PSNR (dB, capped at PSNR_CAP), SSIM (RGB, channel_axis) and MSE of (C, H, W) images in [-1, 1]."""
+    t, p = _hwc(truth), _hwc(pred)
+    if t.shape != p.shape:
+        raise ValueError(f"shape mismatch: truth {t.shape} vs prediction {p.shape}")
+    mse = float(np.mean((t - p) ** 2))
+    psnr = PSNR_CAP if mse == 0 else min(PSNR_CAP, float(peak_signal_noise_ratio(t, p, data_range=DATA_RANGE)))
+    ssim = float(
+        structural_similarity(t, p, channel_axis=-1, data_range=DATA_RANGE, win_size=ssim_window(min(t.shape[:2])))
+    )
+    return {"psnr": psnr, "ssim": ssim, "mse": mse}
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: checkpoints, the held-out set, resolutions
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_resolutions(values) -> tuple[int, ...]:
+    """'64,96,128' or ['64', '96'] or [64] → (64, 96, 128); each checked."""
+    if values is None:
+        return ()
+    if isinstance(values, str | int):
+        values = [values]
+    out = []
+    for v in values:
+        for part in str(v).replace(",", " ").split():
+            try:
+                r = int(part)
+            except ValueError:
+                raise ConfigError(f"resolution must be an integer, got {part!r}") from None
+            out.append(check_resolution(r))
+    return tuple(out)
+
+
+def load_models(paths: dict, device, attn_backend="sdpa", mixer_backend="auto") -> dict:
+    """{'v1': path | None, 'v4': path | None} → {'v1': (model, ckpt), ...} for the paths given."""
+    models = {}
+    for key in MODEL_KEYS:
+        if paths.get(key) is None:
+            continue
+        backends = {"attn_backend": attn_backend}
+        if key == "v1":
+            backends["mixer_backend"] = mixer_backend
+        models[key] = model_from_checkpoint(paths[key], key, device, **backends)
+    if not models:
+        raise ConfigError("give --v1_checkpoint and/or --v4_checkpoint")
+    setups = {k: (ckpt.get("resolution", 32), ckpt.get("observed_frac", 0.2)) for k, (_, ckpt) in models.items()}
+    if len(set(setups.values())) > 1:
+        raise ConfigError(
+            "the checkpoints were trained on different setups (resolution, observed fraction): "
+            + ", ".join(f"{k} {v}" for k, v in setups.items())
+            + "; evaluate them separately"
+        )
+    return models
+
+
+def train_setup(models: dict) -> tuple[int, float]:
+    ckpt = next(iter(models.values()))[1]
+    return int(ckpt.get("resolution", 32)), float(ckpt.get("observed_frac", 0.2))
+
+
+def eval_resolutions(train_res: int, extra) -> list[int]:
+    res = sorted({train_res, *extra})
+    if res[0] < train_res:
+        raise ConfigError(f"resolutions must be >= the training resolution {train_res}, got {res[0]}")
+    return res
+
+
+def held_out_set(cfg: EvalConfig, train_res: int, observed_frac: float):
+    """The held-out crops at the training resolution, and each one's observed pixel indices (fixed by seed)."""
+    if cfg.num_samples < 1:
+        raise ConfigError(f"--num_samples must be >= 1, got {cfg.num_samples}")
+    ds = SparseFieldDataset(
+        load_images(cfg.data, "val"), train_res, cfg.num_samples, observed_frac, seed=cfg.seed, augment=False
+    )
+    n_pix = train_res * train_res
+    observed = [
+        split_pixels(n_pix, observed_frac, torch.Generator().manual_seed(cfg.seed * 100_003 + i))[0]
+        for i in range(cfg.num_samples)
+    ]
+    return ds, observed
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictions
+# ----------------------------------------------------------------------------------------------
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _queries(train_res: int, out_res: int, observed: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the pixels to query: the unobserved ones at the training res, all of them above it."""
+    if out_res != train_res:
+        return torch.arange(out_res * out_res)
+    mask = torch.ones(train_res * train_res, dtype=torch.bool)
+    mask[observed] = False
+    return mask.nonzero().squeeze(1)
+
+
+def predict_model(model, ds, observed, out_res, estimator, cfg: EvalConfig, device, count=None):
+    """The first `count` (all) images through one model → (n, 3, R, R) in [-1, 1] on the CPU, sampling seconds."""
+    r, n = ds.resolution, len(ds) if count is None else min(count, len(ds))
+    coords_lr, coords_hr = pixel_coords(r), pixel_coords(out_res)
+    preds, seconds = [], 0.0
+    for b0 in range(0, n, cfg.batch):
+        idx = range(b0, min(b0 + cfg.batch, n))
+        flat = [ds.dense[i].flatten(1).t() for i in idx]  # (r², 3) each
+        in_c = torch.stack([coords_lr[observed[i]] for i in idx]).to(device)  # (b, Nin, 2)
+        in_v = torch.stack([f[observed[i]] for f, i in zip(flat, idx)]).to(device)  # (b, Nin, 3)
+        qry = [_queries(r, out_res, observed[i]) for i in idx]
+        q_c = torch.stack([coords_hr[q] for q in qry]).to(device)  # (b, Nq, 2)
+        g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b0)
+        _sync(device)
+        t0 = time.perf_counter()
+        if estimator == "sample":
+            x = sample(model, q_c, in_c, in_v, cfg.steps, cfg.method, g, amp=cfg.amp)
+        else:  # posterior mean: average of 1-step Euler estimates x0 + v(x0, 0)
+            x = sum(sample(model, q_c, in_c, in_v, 1, "euler", g, amp=cfg.amp) for _ in range(cfg.mean_draws))
+            x = x / cfg.mean_draws
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        x = x.float().cpu().clamp(-1, 1)  # (b, Nq, 3)
+        for j, q in enumerate(qry):
+            full = flat[j].clone() if out_res == r else torch.zeros(out_res * out_res, 3)  # observed kept at r
+            full[q] = x[j]
+            preds.append(full.t().reshape(3, out_res, out_res))
+    return torch.stack(preds), seconds
+
+
+def predict_interp(ds, observed, out_res, method):
+    """The interpolation floor for every image → (n, 3, R, R), seconds (CPU)."""
+    r = ds.resolution
+    coords_lr, coords_hr = pixel_coords(r).numpy(), pixel_coords(out_res)
+    preds, t0 = [], time.perf_counter()
+    for i in range(len(ds)):
+        flat = ds.dense[i].flatten(1).t()  # (r², 3)
+        q = _queries(r, out_res, observed[i])
+        full = flat.clone() if out_res == r else torch.zeros(out_res * out_res, 3)
+        obs = observed[i].numpy()
+        full[q] = torch.from_numpy(interpolate(coords_lr[obs], flat[observed[i]].numpy(), coords_hr[q].numpy(), method))
+        preds.append(full.t().reshape(3, out_res, out_res).clamp(-1, 1))
+    return torch.stack(preds), time.perf_counter() - t0
+
+
+def _warm_up(model, ds, observed, out_res, cfg, device) -> None:
+    """One untimed forward of one batch at this size: CUDA context, cuBLAS / kernel selection, allocator."""
+    one = EvalConfig(**{**cfg.__dict__, "steps": 1, "method": "euler"})
+    predict_model(model, ds, observed, out_res, "sample", one, device, count=cfg.batch)
+
+
+def estimator_name(estimator: str, cfg: EvalConfig) -> str:
+    if estimator == "sample":
+        return f"{cfg.method} {cfg.steps} steps (1 draw)"
+    if estimator == "mean":
+        return f"euler 1 step, mean of {cfg.mean_draws}"
+    return "griddata"
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    per_image: pd.DataFrame  # one row per (method, estimator, resolution, image)
+    timing: pd.DataFrame  # one row per (method, estimator, resolution)
+    panels: dict  # resolution → {column title: [(H, W, 3) display arrays for the first `show` images]}
+    train_res: int
+    observed_frac: float
+
+
+def run_evaluation(models: dict, cfg: EvalConfig, device) -> EvalResult:
+    """Every method × estimator × resolution on the held-out set. Returns data; writes nothing."""
+    train_res, frac = train_setup(models)
+    resolutions = eval_resolutions(train_res, cfg.resolutions)
+    for name, val in (("--steps", cfg.steps), ("--mean-draws", cfg.mean_draws), ("--batch", cfg.batch)):
+        if val < 1:
+            raise ConfigError(f"{name} must be >= 1, got {val}")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown sampler {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    ds, observed = held_out_set(cfg, train_res, frac)
+    show = min(cfg.show, len(ds))
+    rows, timing, panels = [], [], {}
+    jobs = [(m, "interp") for m in INTERP_METHODS] + [(k, e) for k in models for e in ("mean", "sample")]
+    bar = tqdm(total=len(jobs) * len(resolutions), desc="evaluate", disable=not cfg.progress)
+    for res in resolutions:
+        truth = ds.dense if res == train_res else torch.stack([ds.render(i, res) for i in range(len(ds))])
+        panels[res] = {f"observed ({train_res}²)": [_observed_display(ds.dense[i], observed[i]) for i in range(show)]}
+        for method, estimator in jobs:
+            bar.set_postfix_str(f"{method} {estimator} {res}²")
+            peak = float("nan")
+            if estimator == "interp":
+                preds, secs = predict_interp(ds, observed, res, method)
+            else:
+                model = models[method][0]
+                _warm_up(model, ds, observed, res, cfg, device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                preds, secs = predict_model(model, ds, observed, res, estimator, cfg, device)
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+            for i in range(len(ds)):
+                rows.append({"method": method, "estimator": estimator, "resolution": res, "image": i,
+                             **image_metrics(truth[i], preds[i])})  # fmt: skip
+            timing.append({
+                "method": method, "estimator": estimator, "resolution": res,
+                "sampler": estimator_name(estimator, cfg), "sec_per_image": secs / len(ds),
+                "infer_peak_mem_mb": peak, "batch": 1 if estimator == "interp" else cfg.batch,
+            })  # fmt: skip
+            title = LABELS[method] if estimator == "interp" else f"{method.upper()} {estimator}"
+            panels[res][title] = [to_display(preds[i]) for i in range(show)]
+            bar.update()
+        panels[res][f"truth ({res}²)"] = [to_display(truth[i]) for i in range(show)]
+    bar.close()
+    return EvalResult(pd.DataFrame(rows), pd.DataFrame(timing), panels, train_res, frac)
+
+
+def _observed_display(image_lr: torch.Tensor, observed: torch.Tensor) -> np.ndarray:
+    """The observed pixels on a mid-grey background."""
+    flat = torch.zeros_like(image_lr.flatten(1))
+    flat[:, observed] = image_lr.flatten(1)[:, observed]
+    return to_display(flat.reshape(image_lr.shape))
+
+
+def summarize(per_image: pd.DataFrame, timing: pd.DataFrame, keys=("method", "estimator", "resolution")):
+    """Mean ± std over images of each metric, joined with the timing. One row per keys."""
+    keys = list(keys)
+    g = per_image.groupby(keys, sort=False)
+    out = g.size().rename("n").reset_index()
+    for m in ("psnr", "ssim", "mse"):
+        stats = g[m].agg(["mean", "std"]).reset_index()
+        stats.columns = keys + [f"{m}_mean", f"{m}_std"]
+        out = out.merge(stats, on=keys)
+    return out.merge(timing, on=[k for k in keys if k in timing.columns], how="left")
+
+
+def paired_delta(per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", **filters):
+    """Mean and standard error of metric(a) − metric(b) per resolution, paired over the same images."""
+    df = per_image[per_image["estimator"] == estimator]
+    for k, v in filters.items():
+        df = df[df[k] == v]
+    wide = df.pivot_table(index=["resolution", "image"], columns="method", values=metric)
+    if a not in wide or b not in wide:
+        return pd.DataFrame(columns=["resolution", "delta", "sem", "n"])
+    d = (wide[a] - wide[b]).groupby(level="resolution")
+    out = pd.DataFrame({"delta": d.mean(), "sem": d.std() / np.sqrt(d.count()), "n": d.count()})
+    return out.reset_index()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures (from the saved data)
+# ----------------------------------------------------------------------------------------------
+
+
+def _pm(mean, std, fmt) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    s = "" if std is None or (isinstance(std, float) and math.isnan(std)) else f" ± {std:{fmt}}"
+    return f"{mean:{fmt}}{s}"
+
+
+def method_label(method: str, estimator: str) -> str:
+    if estimator == "interp":
+        return LABELS[method]
+    return f"{LABELS[method]}, {'posterior mean' if estimator == 'mean' else 'sample'}"
+
+
+def quality_table(summary: pd.DataFrame, train_res: int) -> str:
+    """Markdown: one row per resolution × method."""
+    order = {("nearest", "interp"): 0, ("linear", "interp"): 1, ("v1", "mean"): 2, ("v4", "mean"): 3,
+             ("v1", "sample"): 4, ("v4", "sample"): 5}  # fmt: skip
+    lines = ["| resolution | method | sampler | PSNR (dB) | SSIM | MSE | s / image |",
+             "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    df = summary.assign(_o=[order.get((m, e), 9) for m, e in zip(summary["method"], summary["estimator"])])
+    for _, r in df.sort_values(["resolution", "_o"]).iterrows():
+        res = int(r["resolution"])
+        where = f"{res}² (train)" if res == train_res else f"{res}² (zero-shot SR)"
+        lines.append(
+            f"| {where} | {method_label(r['method'], r['estimator'])} | {r['sampler']} "
+            f"| {_pm(r['psnr_mean'], r['psnr_std'], '.2f')} | {_pm(r['ssim_mean'], r['ssim_std'], '.3f')} "
+            f"| {_pm(r['mse_mean'], r['mse_std'], '.4f')} | {r['sec_per_image']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _column_rank(title: str) -> int:
+    """Grid columns: observed, floors, V1, V4, truth."""
+    starts = ("observed", "nearest", "linear", "V1 mean", "V1 sample", "V4 mean", "V4 sample")
+    return next((rank for rank, s in enumerate(starts) if title.startswith(s)), len(starts))
+
+
+def save_grid(panels: dict, path, title: str = "") -> Path:
+    """Rows: images; columns: observed, floors, models, truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = sorted(panels, key=_column_rank)
+    n = len(panels[cols[0]])
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.45 * len(cols), 1.55 * n + 0.4), squeeze=False)
+    for j, name in enumerate(cols):
+        for i in range(n):
+            ax = axes[i][j]
+            ax.imshow(panels[name][i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def grid_paths(result: EvalResult, out_dir, prefix: str) -> dict:
+    """res → PNG path: one at the training resolution, one at the highest SR resolution."""
+    out_dir = Path(out_dir)
+    res = sorted(result.panels)
+    paths = {result.train_res: out_dir / f"{prefix}_samples_res{result.train_res}.png"}
+    if res[-1] != result.train_res:
+        paths[res[-1]] = out_dir / f"{prefix}_samples_sr{res[-1]}.png"
+    return paths
+
+
+def write_grids(result: EvalResult, out_dir, prefix: str, note: str = "") -> list[Path]:
+    written = []
+    for res, path in grid_paths(result, out_dir, prefix).items():
+        kind = "training resolution" if res == result.train_res else "zero-shot super-resolution"
+        title = f"{res}×{res}, {kind}; context {result.train_res}² at {result.observed_frac:.0%}{note}"
+        written.append(save_grid(result.panels[res], path, title))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def config_from_args(a) -> EvalConfig:
+    return EvalConfig(
+        resolutions=parse_resolutions(a.resolutions), num_samples=a.num_samples, steps=a.steps, method=a.method,
+        mean_draws=a.mean_draws, batch=a.batch, seed=a.seed, data=a.data, amp=not a.no_amp, show=a.show,
+        progress=not a.quiet,
+    )  # fmt: skip
+
+
+def main_evaluate(argv=None) -> None:
+    a = build_parser().parse_args(argv)
+    cfg = config_from_args(a)
+    device = pick_device(a.device)
+    models = load_models({"v1": a.v1_checkpoint, "v4": a.v4_checkpoint}, device, a.attn_backend, a.mixer_backend)
+    result = run_evaluation(models, cfg, device)
+    summary = summarize(result.per_image, result.timing)
+    out = Path(a.out)
+    atomic_to_csv(result.per_image, out / f"{a.prefix}_per_image.csv")
+    atomic_to_csv(summary, out / f"{a.prefix}.csv")
+    grids = write_grids(result, out, a.prefix)
+    delta = paired_delta(result.per_image)
+    lines = [
+        f"# Evaluation: {', '.join(LABELS[k] for k in models)}",
+        "",
+        f"{cfg.num_samples} held-out crops, context: {result.observed_frac:.0%} of the {result.train_res}² pixels; "
+        f"device {device}. Checkpoints: "
+        + ", ".join(
+            f"{k.upper()} `{p}` (step {models[k][1].get('step', '?')})"
+            for k, p in (("v1", a.v1_checkpoint), ("v4", a.v4_checkpoint))
+            if k in models
+        )  # fmt: skip
+        + ".",
+        "",
+        "Posterior mean = "
+        + estimator_name("mean", cfg)
+        + " (the MMSE estimate); sample = "
+        + estimator_name("sample", cfg)
+        + ", one posterior draw (MSE ≈ 2× the mean's).",
+        "",
+        quality_table(summary, result.train_res),
+    ]
+    if len(delta):
+        lines += ["", "V4 − V1 PSNR (posterior mean, paired over the same images, ± standard error):", ""]
+        lines += [f"- {int(r.resolution)}²: {r.delta:+.2f} ± {r.sem:.2f} dB" for r in delta.itertuples()]
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in grids], ""]
+    atomic_write_text(out / f"{a.prefix}.md", "\n".join(lines))
+    print(f"wrote {out / (a.prefix + '.csv')}, {out / (a.prefix + '.md')}, " + ", ".join(str(p) for p in grids))
+
+
+def build_parser() -> ArgParser:
+    p = ArgParser(prog="bench.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--v1_checkpoint", "--v1-checkpoint", dest="v1_checkpoint", default=None, help="V1 *.pth")
+    p.add_argument("--v4_checkpoint", "--v4-checkpoint", dest="v4_checkpoint", default=None, help="V4 *.pth")
+    p.add_argument("--num_samples", "--num-samples", dest="num_samples", type=int, default=20,
+                   help="held-out images")  # fmt: skip
+    p.add_argument("--steps", type=int, default=20, help="ODE steps of the sampler")
+    p.add_argument("--method", default="heun", choices=METHODS, help="ODE sampler")
+    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=int, default=4,
+                   help="noise draws averaged by the posterior-mean (1-step Euler) estimate")  # fmt: skip
+    p.add_argument("--resolutions", nargs="+", default=["64,96,128"],
+                   help="zero-shot SR resolutions (the training resolution is always evaluated)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    p.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton (weights unchanged)")
+    p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: bf16 autocast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=4, help="images in the sample grids")
+    p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--prefix", default="eval", help="output file prefix")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    return cli_main(main_evaluate, argv, build_parser())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,738 @@
+"""Tables, fits, plots and results/README.md — rendered only from saved sweep data.
+
+    python -m bench.report                 # = make plots: re-render results/ (and results/cpu/ if present)
+    python -m bench.report --out runs/bench_quick
+
+Reads <out>/raw/sweep_<tag>.json (tag = B<batch>_<dtype>, written by bench.sweep) and writes, per tag:
+    model_bench_<tag>.csv          the measured rows, one line per model/backend/level/resolution/kind
+    flops_per_sample.csv           FLOPs of one forward pass per sample, analytic / fvcore / FlopCounterMode
+    fits_<tag>.csv                 log-log exponent of each metric against N
+    crossover_<tag>.csv            where V4 starts to cost more than V1, per metric
+    spec_vs_measured_<tag>.csv     the spec's expectations next to the measurements
+    max_batch_<tag>.csv            the largest batch whose training step fits
+    tables/<metric>_<level>_<tag>.md   the scaling tables (rows: r and N; columns: model × backend; V4/V1)
+    scaling_latency_<tag>.png, scaling_memory_<tag>.png, scaling_flops_per_sample.png,
+    throughput_<tag>.png, max_batch_<tag>.png
+    README.md                      all of the above on one page
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.env import summary_line
+from bench.measure import PRIMARY
+from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+SERIES_ORDER = ["V1 mamba_ssm", "V1 reference", "V4 seed", "V4 sdpa", "V4 triton"]
+LEVEL_TITLES = {
+    "model": "Whole model",
+    "encoder": "Encoder stack (model.encode)",
+    "mixer": "Sequence mixer alone (one Mamba mixer vs one self-attention on (B, N, d_model))",
+}
+SPEC = {  # the spec's numbers (shared/spec/v4-transformer-baseline.md)
+    "ratio": {32: 1024, 64: 4096, 128: 16384},
+    "slowdown": (5, 10),
+    "epoch_min": {"v1": (2, 2), "v4": (10, 20)},
+    "mem_gb": {"v1": (8, 8), "v4": (12, 16)},
+    "params_m": 4.0,
+}
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_sweeps(out: Path) -> list[tuple[str, list, pd.DataFrame]]:
+    """[(tag, runs, rows)] for every raw/sweep_<tag>.json under `out`."""
+    found = []
+    for path in sorted((out / "raw").glob("sweep_*.json")):
+        data = json.loads(path.read_text())
+        df = pd.DataFrame(data.get("rows", []))
+        if df.empty:
+            continue
+        found.append((path.stem.removeprefix("sweep_"), data.get("runs", []), df))
+    return found
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df else pd.Series([np.nan] * len(df), index=df.index)
+
+
+def prepare(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["series"] = df["model"].str.upper() + " " + df["backend"]
+    for c in ("median_ms", "iqr_ms", "mem_alloc_peak_mb", "mem_alloc_before_mb", "rss_peak_mb", "rss_before_mb",
+              "gflop_analytic", "gflop_fvcore", "gflop_flopcounter", "tflops", "samples_per_s", "tokens_per_s",
+              "epoch_min", "max_batch", "params", "nvml_used_peak_mb", "mem_reserved_peak_mb"):  # fmt: skip
+        df[c] = pd.to_numeric(_col(df, c), errors="coerce")
+    df["note"] = _col(df, "note").fillna("").astype(str)
+    gpu = df["mem_alloc_peak_mb"].notna()
+    df["peak_mem_gb"] = np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) / 1024
+    base = np.where(gpu, df["mem_alloc_before_mb"], df["rss_before_mb"])
+    df["act_mem_gb"] = (np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) - base) / 1024
+    return df
+
+
+def primary_of(runs: list, df: pd.DataFrame | None = None) -> dict:
+    """The backends V4/V1 compares: mamba_ssm and sdpa on GPU, reference and sdpa on CPU; when the preferred
+    one has no successful row (e.g. mamba_ssm not installed), the next one that has."""
+    gpu = any(r.get("gpu") for r in runs)
+    prefer = {"v1": ["mamba_ssm", "reference"], "v4": ["sdpa", "triton", "seed"]}
+    out = dict(PRIMARY["cuda" if gpu else "cpu"])
+    if df is not None and len(df):
+        ok = df[(df["status"] == "ok") & (df["kind"].isin(["fwd", "train"]))]
+        for m, order in prefer.items():
+            order = [out[m]] + [b for b in order if b != out[m]]
+            have = set(ok[ok["model"] == m]["backend"])
+            out[m] = next((b for b in order if b in have), out[m])
+    return out
+
+
+def primary_series(runs: list, df: pd.DataFrame | None = None) -> tuple[str, str]:
+    p = primary_of(runs, df)
+    return f"V1 {p['v1']}", f"V4 {p['v4']}"
+
+
+def _ordered(series) -> list[str]:
+    known = [s for s in SERIES_ORDER if s in set(series)]
+    return known + sorted(set(series) - set(known))
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    x = float(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))}f}"
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(no data)_\n"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _status_cell(row) -> str:
+    status = row.get("status")
+    if status == "oom":
+        return "OOM"
+    if status == "unavailable":
+        return "n/a"
+    if status == "skipped":
+        return "skipped"
+    if status == "error":
+        return "error"
+    return "—"
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaling tables
+# ----------------------------------------------------------------------------------------------
+
+METRICS = {  # name → (kind, value column, title, unit, formatter)
+    "fwd_latency": ("fwd", "median_ms", "Forward latency", "ms, median [IQR]", None),
+    "train_latency": ("train", "median_ms", "Training step latency", "ms, median [IQR]", None),
+    "fwd_graph_latency": ("fwd_graph", "median_ms", "Forward latency, CUDA-graph replay", "ms, median [IQR]", None),
+    "fwd_memory": ("fwd", "peak_mem_gb", "Peak memory, inference", "GiB", None),
+    "train_memory": ("train", "peak_mem_gb", "Peak memory, training step", "GiB", None),
+    "train_throughput": ("train", "samples_per_s", "Training throughput", "samples/s", None),
+    "fwd_throughput": ("fwd", "samples_per_s", "Inference throughput", "samples/s", None),
+    "train_tflops": ("train", "tflops", "Achieved TFLOP/s, training step (3 × analytic forward FLOPs / time)",
+                     "TFLOP/s", None),
+    "fwd_tflops": ("fwd", "tflops", "Achieved TFLOP/s, forward (analytic FLOPs / time)", "TFLOP/s", None),
+    "epoch_time": ("train", "epoch_min", "Training time per epoch", "min", None),
+}  # fmt: skip
+
+
+def scaling_table(df: pd.DataFrame, runs: list, level: str, kind: str, col: str, batch: int) -> pd.DataFrame:
+    """Rows: r and N; columns: series; plus V4/V1 (primary backends) where both were measured."""
+    sub = df[(df["level"] == level) & (df["kind"] == kind) & (df["batch"] == batch)]
+    if sub.empty:
+        return pd.DataFrame()
+    s1, s4 = primary_series(runs, df)
+    out = []
+    for r in sorted(sub["res"].unique()):
+        at = sub[sub["res"] == r]
+        line = {"r": int(r), "N": int(r) ** 2}
+        vals = {}
+        for series in _ordered(sub["series"]):
+            rows = at[at["series"] == series]
+            if rows.empty:
+                line[series] = ""
+                continue
+            row = rows.iloc[-1]
+            if row["status"] == "ok" and pd.notna(row[col]):
+                vals[series] = row[col]
+                cell = fmt_num(row[col])
+                if col == "median_ms" and pd.notna(row.get("iqr_ms")) and (row.get("n_reps") or 0) >= 2:
+                    cell += f" [{fmt_num(row['iqr_ms'], 2)}]"
+                line[series] = cell
+            else:
+                line[series] = _status_cell(row)
+        line[f"{s4.split()[0]}/{s1.split()[0]}"] = (
+            fmt_num(vals[s4] / vals[s1]) + "×" if s1 in vals and s4 in vals and vals[s1] > 0 else "—"
+        )
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def flops_per_sample_table(df: pd.DataFrame, runs: list, level: str) -> pd.DataFrame:
+    """Analytic GFLOP per sample (one forward pass) by resolution, per model, with V4/V1."""
+    sub = df[(df["kind"] == "flops") & (df["level"] == level) & (df["status"] == "ok")]
+    if sub.empty:
+        return pd.DataFrame()
+    out = []
+    for r in sorted(sub["res"].unique()):
+        at = sub[sub["res"] == r]
+        line = {"r": int(r), "N": int(r) ** 2}
+        vals = {}
+        for m in ("v1", "v4"):
+            v = at[at["model"] == m]["gflop_analytic"]
+            if not v.empty:
+                vals[m] = float(v.iloc[0])
+                line[f"{m.upper()} GFLOP"] = fmt_num(vals[m])
+        line["V4/V1"] = fmt_num(vals["v4"] / vals["v1"]) + "×" if len(vals) == 2 else "—"
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def flops_three_way(df: pd.DataFrame) -> pd.DataFrame:
+    sub = df[df["kind"] == "flops"].sort_values(["level", "model", "backend", "res"])
+    out = []
+    for _, row in sub.iterrows():
+        ok = row["status"] == "ok"
+        out.append({
+            "model": row["model"], "backend": row["backend"], "level": row["level"], "r": int(row["res"]),
+            "N": int(row["N"]), "params": int(row["params"]) if pd.notna(row.get("params")) else "",
+            "analytic GFLOP": fmt_num(row["gflop_analytic"]) if ok else _status_cell(row),
+            "fvcore×2 GFLOP": fmt_num(row["gflop_fvcore"]) if ok else "",
+            "FlopCounterMode GFLOP": fmt_num(row["gflop_flopcounter"]) if ok else "",
+            "agree": ("yes" if row.get("agree") else "NO") if ok else "",
+            "note": row["note"],
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def max_batch_table(df: pd.DataFrame) -> pd.DataFrame:
+    sub = df[df["kind"] == "max_batch"].sort_values(["res", "model"])
+    out = []
+    for _, row in sub.iterrows():
+        out.append({
+            "model": row["series"], "r": int(row["res"]), "N": int(row["N"]),
+            "max batch (training step)": row.get("max_batch_desc") or _status_cell(row),
+            "tokens at max": fmt_num(row.get("tokens_at_max")) if row["status"] == "ok" else "",
+            "probes": row.get("probes") or "", "note": row["note"],
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fits and crossovers
+# ----------------------------------------------------------------------------------------------
+
+FIT_METRICS = {  # name → (kind, column, label)
+    "flops": ("flops", "gflop_analytic", "FLOPs (analytic, forward)"),
+    "fwd_latency": ("fwd", "median_ms", "forward latency"),
+    "train_latency": ("train", "median_ms", "training-step latency"),
+    "fwd_memory": ("fwd", "act_mem_gb", "inference memory above baseline"),
+    "train_memory": ("train", "act_mem_gb", "training memory above baseline"),
+}
+
+
+def loglog_slope(n, y) -> float:
+    n, y = np.asarray(n, float), np.asarray(y, float)
+    keep = (n > 0) & (y > 0) & np.isfinite(y)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(n[keep]), np.log(y[keep]), 1)[0])
+
+
+def fits_table(df: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """Least-squares slope of log(metric) vs log(N) over the points that did not OOM (all, and the last two)."""
+    out = []
+    for kind, col, label in FIT_METRICS.values():
+        sub = df[(df["kind"] == kind) & (df["status"] == "ok")]
+        if kind != "flops":
+            sub = sub[sub["batch"] == batch]
+        for (series, level), g in sub.groupby(["series", "level"]):
+            g = g.sort_values("N")
+            g = g[g[col] > 0]
+            if len(g) < 2:
+                continue
+            out.append({
+                "metric": label, "level": level, "series": series, "exponent": round(loglog_slope(g["N"], g[col]), 2),
+                "exponent (last two r)": round(loglog_slope(g["N"].iloc[-2:], g[col].iloc[-2:]), 2),
+                "points": len(g), "r range": f"{int(g['res'].min())}–{int(g['res'].max())}",
+            })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def crossover_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
+    """Per metric and level: V4/V1 (primary backends) at each r, and the first r where it exceeds 1."""
+    s1, s4 = primary_series(runs, df)
+    out = []
+    for kind, col, label in FIT_METRICS.values():
+        for level in ("mixer", "encoder", "model"):
+            sub = df[(df["kind"] == kind) & (df["level"] == level) & (df["status"] == "ok")]
+            if kind != "flops":
+                sub = sub[sub["batch"] == batch]
+            a = sub[sub["series"] == s1].set_index("res")[col] if kind != "flops" else None
+            b = sub[sub["series"] == s4].set_index("res")[col] if kind != "flops" else None
+            if kind == "flops":  # backend-independent: take either model's first counted row per r
+                a = sub[sub["model"] == "v1"].groupby("res")[col].first()
+                b = sub[sub["model"] == "v4"].groupby("res")[col].first()
+            common = sorted(set(a.index) & set(b.index))
+            if not common:
+                continue
+            ratios = {r: float(b[r] / a[r]) for r in common if a[r] > 0}
+            if not ratios:
+                continue
+            rs = sorted(ratios)
+            # the smallest r from which V4 costs more at every larger r measured
+            first = next((r for i, r in enumerate(rs) if all(ratios[x] > 1 for x in rs[i:])), None)
+            if first is None:
+                where = "never in range"
+            elif first == rs[0]:
+                where = f"always (from r={rs[0]})"
+            else:
+                where = f"r={first}"
+                if any(ratios[x] > 1 for x in rs if x < first):
+                    where += " (also above 1 at some smaller r)"
+            out.append({
+                "metric": label, "level": level, "V4 starts to cost more than V1": where,
+                "ratios V4/V1": ", ".join(f"r{r}: {fmt_num(ratios[r])}" for r in rs),
+            })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The spec's expectations vs the measurements
+# ----------------------------------------------------------------------------------------------
+
+
+def analytic_ratio(preset: str, level: str, r: int) -> float | None:
+    from bench.flops import analytic_flops
+    from models.v1_mamba import v1_config
+    from models.v4_transformer import v4_config
+
+    try:
+        c1, c4 = v1_config(preset, env={}), v4_config(preset, env={})
+    except Exception:
+        return None
+    return analytic_flops("v4", c4, level, 1, r * r) / analytic_flops("v1", c1, level, 1, r * r)
+
+
+def _get(df, **kw) -> pd.Series | None:
+    sub = df
+    for k, v in kw.items():
+        sub = sub[sub[k] == v]
+    sub = sub[sub["status"] == "ok"]
+    return None if sub.empty else sub.iloc[-1]
+
+
+def _verdict(measured: float | None, lo: float, hi: float) -> str:
+    if measured is None or not math.isfinite(measured):
+        return "not measured"
+    if lo * 0.8 <= measured <= hi * 1.25:
+        return "consistent"
+    if measured < lo:
+        return f"spec overstates by {fmt_num(lo / measured)}×"
+    return f"spec understates by {fmt_num(measured / hi)}×"
+
+
+def spec_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
+    p = primary_of(runs, df)
+    settings = runs[-1].get("settings", {}) if runs else {}
+    preset = settings.get("preset") or "default"
+    epoch_samples = int(settings.get("epoch_samples") or 50000)
+    rows = []
+    for r, spec_ratio in SPEC["ratio"].items():
+        for level in ("mixer", "encoder", "model"):
+            a = _get(df, kind="flops", level=level, res=r, model="v1")
+            b = _get(df, kind="flops", level=level, res=r, model="v4")
+            if a is not None and b is not None:
+                m = b["gflop_analytic"] / a["gflop_analytic"]
+                agree = "counted three ways" if a.get("agree") and b.get("agree") else "counts disagree: see FLOP table"
+                how = f"analytic FLOPs of one forward pass ({agree})"
+            else:  # resolution not in this sweep: the formula alone
+                m = analytic_ratio(preset, level, r)
+                how = f"analytic formula only (r={r} not counted in this run; preset {preset})"
+            rows.append({
+                "claim": f"compute V4/V1 at {r}×{r} ({level})", "spec": f"{spec_ratio}×",
+                "measured": fmt_num(m) + "×" if m else "—", "verdict": _verdict(m, spec_ratio, spec_ratio), "how": how,
+            })  # fmt: skip
+    spec_b = [b for b in sorted(df["batch"].unique()) if b != batch and b > 1]
+    r0 = 32 if (df["res"] == 32).any() else int(df["res"].min())
+    for b in [batch, *spec_b]:
+        t1 = _get(df, kind="train", level="model", res=r0, batch=b, model="v1", backend=p["v1"])
+        t4 = _get(df, kind="train", level="model", res=r0, batch=b, model="v4", backend=p["v4"])
+        ratio = t4["median_ms"] / t1["median_ms"] if t1 is not None and t4 is not None else None
+        lo, hi = SPEC["slowdown"]
+        rows.append({
+            "claim": f"training slowdown V4/V1 ({r0}×{r0}, batch {b})", "spec": f"{lo}–{hi}×",
+            "measured": fmt_num(ratio) + "×" if ratio else "—", "verdict": _verdict(ratio, lo, hi),
+            "how": f"median training-step time, {p['v4']} vs {p['v1']}",
+        })  # fmt: skip
+        for m, t in (("v1", t1), ("v4", t4)):
+            lo_e, hi_e = SPEC["epoch_min"][m]
+            e = t["epoch_min"] if t is not None else None
+            rows.append({
+                "claim": f"{m.upper()} time per epoch ({r0}×{r0}, batch {b})", "spec": f"~{lo_e}–{hi_e} min".replace(
+                    f"~{lo_e}–{lo_e} ", f"~{lo_e} "),
+                "measured": f"{fmt_num(e)} min" if e is not None else "—", "verdict": _verdict(e, lo_e, hi_e),
+                "how": f"step time × ceil({epoch_samples:,}/batch): the spec gives no dataset size or GPU, an epoch of"
+                       f" {epoch_samples:,} samples is assumed" + (" (CIFAR-10)" if epoch_samples == 50000 else ""),
+            })  # fmt: skip
+            lo_m, hi_m = SPEC["mem_gb"][m]
+            mem = t["peak_mem_gb"] if t is not None else None
+            rows.append({
+                "claim": f"{m.upper()} training memory ({r0}×{r0}, batch {b})",
+                "spec": f"~{lo_m}–{hi_m} GB".replace(f"~{lo_m}–{lo_m} ", f"~{lo_m} "),
+                "measured": f"{fmt_num(mem)} GiB" if mem is not None else "—", "verdict": _verdict(mem, lo_m, hi_m),
+                "how": "torch.cuda.max_memory_allocated over one training step" if any(x.get("gpu") for x in runs)
+                       else "process RSS peak (CPU run)",
+            })  # fmt: skip
+        if t1 is not None and t4 is not None:
+            mr = t4["peak_mem_gb"] / t1["peak_mem_gb"]
+            rows.append({
+                "claim": f"training memory V4/V1 ({r0}×{r0}, batch {b})", "spec": "1.5–2×",
+                "measured": f"{fmt_num(mr)}×", "verdict": _verdict(mr, 1.5, 2.0), "how": "ratio of the two rows above",
+            })  # fmt: skip
+    for m in ("v1", "v4"):
+        pr = _get(df, kind="flops", level="model", model=m)
+        if pr is None:
+            pr = _get(df, level="model", model=m)
+        n = pr["params"] / 1e6 if pr is not None and pd.notna(pr.get("params")) else None
+        rows.append({
+            "claim": f"{m.upper()} parameters", "spec": "~4M", "measured": f"{fmt_num(n)}M" if n else "—",
+            "verdict": _verdict(n, 3.2, 4.8), "how": "models.count_parameters",
+        })  # fmt: skip
+    fits = fits_table(df, batch)
+    for metric in ("FLOPs (analytic, forward)", "training-step latency"):
+        for m, want in (("v1", 1), ("v4", 2)):
+            s = f"V1 {p['v1']}" if m == "v1" else f"V4 {p['v4']}"
+            f = (
+                fits[(fits["metric"] == metric) & (fits["level"] == "encoder") & (fits["series"] == s)]
+                if len(fits)
+                else fits
+            )
+            e = float(f["exponent (last two r)"].iloc[0]) if len(f) else None
+            rows.append({
+                "claim": f"{m.upper()} encoder {metric} ∝ N^k", "spec": f"k = {want} (O(N{'²' if want == 2 else ''}))",
+                "measured": f"k = {e:.2f} (last two r)" if e is not None else "—",
+                "verdict": "not measured" if e is None else ("consistent" if abs(e - want) <= 0.25 else
+                                                             f"k differs from {want}"),
+                "how": "least-squares slope of log metric vs log N (fits table)",
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _guides(ax, xs, ys) -> None:
+    """O(N) and O(N²) guide lines through the geometric mean of the smallest-N points."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    keep = (xs > 0) & (ys > 0) & np.isfinite(ys)
+    if keep.sum() == 0:
+        return
+    xs, ys = xs[keep], ys[keep]
+    x0 = xs.min()
+    y0 = float(np.exp(np.mean(np.log(ys[xs == x0]))))
+    grid = np.geomspace(x0, xs.max(), 20)
+    ax.plot(grid, y0 * grid / x0, ls="--", lw=1, color="0.45", label="O(N)")
+    ax.plot(grid, y0 * (grid / x0) ** 2, ls=":", lw=1.3, color="0.2", label="O(N²)")
+
+
+def _palette(sns) -> dict:
+    """One fixed colour per series in every plot."""
+    return dict(zip(SERIES_ORDER, sns.color_palette("tab10", len(SERIES_ORDER))))
+
+
+def _facet_plot(df, rows, cols, ycol, ylabel, title, path, row_key, col_key):
+    plt, sns = _plt()
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.6 * len(cols), 3.6 * len(rows)), squeeze=False)
+    order = _ordered(df["series"])
+    palette = {**dict(zip(order, sns.color_palette("tab10", len(order)))), **_palette(sns)}
+    for i, rv in enumerate(rows):
+        for j, cv in enumerate(cols):
+            ax = axes[i][j]
+            sub = df[(df[row_key] == rv) & (df[col_key] == cv) & (df["status"] == "ok")].dropna(subset=[ycol])
+            sub = sub[sub[ycol] > 0]
+            if not sub.empty:
+                hue_order = [s for s in order if s in set(sub["series"])]
+                sns.lineplot(data=sub, x="N", y=ycol, hue="series", hue_order=hue_order, palette=palette, marker="o",
+                             ax=ax, legend=True)  # fmt: skip
+                _guides(ax, sub["N"], sub[ycol])
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{rv} · {cv}", fontsize=10)
+            ax.set_xlabel("N = r² tokens")
+            ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
+    written = []
+    levels = [lv for lv in ("mixer", "encoder", "model") if (df["level"] == lv).any()]
+    timed = df[(df["kind"].isin(["fwd", "train"])) & (df["batch"] == batch)]
+    if not timed.empty and levels:
+        written.append(_facet_plot(
+            timed, ["fwd", "train"], levels, "median_ms", "ms (median)",
+            f"Latency vs N (batch {batch}, {tag.split('_')[-1]}) — forward / training step",
+            out / f"scaling_latency_{tag}.png", "kind", "level",
+        ))  # fmt: skip
+        written.append(_facet_plot(
+            timed, ["fwd", "train"], levels, "peak_mem_gb", "GiB (peak)",
+            f"Peak memory vs N (batch {batch}) — inference / training step", out / f"scaling_memory_{tag}.png",
+            "kind", "level",
+        ))  # fmt: skip
+    fl = df[df["kind"] == "flops"]
+    if not fl.empty:
+        fl = fl.copy()
+        fl["kind"] = "analytic"
+        written.append(_facet_plot(
+            fl, ["analytic"], levels, "gflop_analytic", "GFLOP per sample",
+            "FLOPs of one forward pass per sample vs N (fvcore and FlopCounterMode agree: see the FLOP table)",
+            out / "scaling_flops_per_sample.png", "kind", "level",
+        ))  # fmt: skip
+    plt, sns = _plt()
+    model_rows = df[(df["level"] == "model") & (df["batch"] == batch) & (df["status"] == "ok")]
+    model_rows = model_rows[model_rows["kind"].isin(["fwd", "train"])].dropna(subset=["samples_per_s"])
+    if not model_rows.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+        for ax, kind in zip(axes[0], ("fwd", "train")):
+            sub = model_rows[model_rows["kind"] == kind]
+            if not sub.empty:
+                sns.barplot(data=sub, x="res", y="samples_per_s", hue="series", hue_order=_ordered(sub["series"]),
+                            palette=_palette(sns), ax=ax)  # fmt: skip
+                ax.set_yscale("log")
+            ax.set_title(f"{'inference' if kind == 'fwd' else 'training'} throughput, whole model, batch {batch}")
+            ax.set_xlabel("resolution r (N = r²)")
+            ax.set_ylabel("samples / s")
+        fig.tight_layout()
+        written.append(atomic_savefig(fig, out / f"throughput_{tag}.png", dpi=110))
+        plt.close(fig)
+    mb = df[(df["kind"] == "max_batch") & (df["status"].isin(["ok", "oom"]))].copy()
+    if not mb.empty:
+        mb["max_batch"] = mb["max_batch"].fillna(0)
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        sns.barplot(data=mb, x="res", y="max_batch", hue="series", hue_order=_ordered(mb["series"]),
+                    palette=_palette(sns), ax=ax)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set(xlabel="resolution r (N = r²)", ylabel="largest batch (training step)",
+               title="Largest batch that fits (0 = OOM at batch 1)")  # fmt: skip
+        fig.tight_layout()
+        written.append(atomic_savefig(fig, out / f"max_batch_{tag.split('_', 1)[-1]}.png", dpi=110))
+        plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# README
+# ----------------------------------------------------------------------------------------------
+
+NOTES = """\
+- **Units.** FLOPs = 2 × multiply-adds. fvcore counts one per multiply-add, so its total is doubled; FlopCounterMode
+  already counts 2. Counted: GEMMs, the depthwise conv, attention QKᵀ and PV (4·B·H·N²·Dh), the selective scan
+  (9·B·L·d_inner·d_state, Mamba's own count); not counted by any method: norms, softmax, activations, residual adds.
+  FLOPs are counted once per sample (B = 1) in eval mode; a training step is taken as 3 × the forward FLOPs.
+- **Counting.** fvcore gets handles for ops it would count as zero (aten::scaled_dot_product_attention, the
+  Triton kernel's prim::PythonOp.FlashAttentionFunction, mamba_ssm's prim::PythonOp.MambaInnerFn /
+  SelectiveScanFn). FlopCounterMode cannot see Triton or mamba_ssm's CUDA kernels; their analytic terms are added
+  and the FLOP table's note says so. The reference scan is counted as one op with the algorithm's cost.
+- **Timing.** CUDA events around each repetition after a compile call, a memory call and ≥ the warm-up time;
+  median and IQR. Forward: eval mode, no_grad, bf16 autocast. Training step: train mode (dropout on), forward +
+  backward + AdamW step, bf16 autocast, fp32 master weights.
+- **Memory.** Peak = torch.cuda.max_memory_allocated after reset_peak_memory_stats around one step (includes
+  parameters, gradients, AdamW state and inputs); NVML device-level used memory and max_memory_reserved are in the
+  CSV. Fits use the peak minus the allocation before the step. On CPU: process RSS.
+- **Levels.** mixer = one Mamba mixer vs one self-attention on (B, N, d_model); encoder = `model.encode` (all
+  num_layers layers); model = the whole flow-matching network with N = Nin + Nq tokens (Nin = 20 %).
+- **Backends.** V1: mamba_ssm (fused CUDA kernels), reference (pure PyTorch, launch-bound on GPU). V4: seed
+  (nn.MultiheadAttention with need_weights, materialises the N×N weights), sdpa (torch SDPA), triton (ours).
+  V4/V1 compares the primary backends: V4 sdpa vs V1 mamba_ssm on GPU, V4 sdpa vs V1 reference on CPU.
+- **Cells.** OOM = out of memory (or skipped because a smaller r already ran out); n/a = backend unavailable;
+  skipped = not run (time budget or --ref-max-res).
+"""
+
+
+def _img(path: Path, out: Path) -> str:
+    return f"![{path.stem}]({path.relative_to(out).as_posix()})\n"
+
+
+def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list[Path], str]:
+    df = prepare(raw)
+    batch = int(tag.split("_")[0].removeprefix("B"))
+    env = runs[-1] if runs else {}
+    reduced = any(r.get("reduced") for r in runs) or not any(r.get("gpu") for r in runs)
+    written: list[Path] = []
+    s1, s4 = primary_series(runs, df)
+
+    cols = ["model", "backend", "level", "res", "N", "batch", "dtype", "kind", "status", "median_ms", "iqr_ms",
+            "n_reps", "samples_per_s", "tokens_per_s", "gflop_analytic", "tflops", "epoch_min", "peak_mem_gb",
+            "mem_alloc_peak_mb", "mem_reserved_peak_mb", "nvml_used_peak_mb", "rss_peak_mb", "params",
+            "note"]  # fmt: skip
+    bench = df[df["kind"].isin(["fwd", "train", "fwd_graph"])]
+    written.append(atomic_to_csv(bench.sort_values(["level", "kind", "series", "res"])[[c for c in cols if c in bench]],
+                                 out / f"model_bench_{tag}.csv"))  # fmt: skip
+    failures: list[str] = []
+
+    def safe(fn, *args):  # one broken table must not cost the others
+        try:
+            return fn(*args)
+        except Exception as e:
+            failures.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+            return pd.DataFrame()
+
+    three = safe(flops_three_way, df)
+    if not three.empty:
+        written.append(atomic_to_csv(three, out / "flops_per_sample.csv"))
+    fits = safe(fits_table, df, batch)
+    cross = safe(crossover_table, df, runs, batch)
+    spec = safe(spec_table, df, runs, batch)
+    mbt = safe(max_batch_table, df)
+    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt)):
+        if not t.empty:
+            written.append(atomic_to_csv(t, out / f"{name}_{tag}.csv"))
+
+    sections: dict[str, list[str]] = {}
+    for level in ("model", "encoder", "mixer"):
+        parts = []
+        ft = safe(flops_per_sample_table, df, runs, level)
+        if not ft.empty:
+            text = f"**FLOPs per sample, one forward pass** (analytic; GFLOP)\n\n{md_table(ft)}"
+            written.append(atomic_write_text(out / "tables" / f"flops_{level}.md", text))
+            parts.append(text)
+        for metric, (kind, col, title, unit, _) in METRICS.items():
+            if level != "model" and metric in ("epoch_time", "fwd_throughput", "fwd_tflops", "fwd_graph_latency"):
+                continue
+            t = safe(scaling_table, df, runs, level, kind, col, batch)
+            if t.empty:
+                continue
+            text = f"**{title}** ({unit}; batch {batch})\n\n{md_table(t)}"
+            written.append(atomic_write_text(out / "tables" / f"{metric}_{level}_{tag}.md", text))
+            parts.append(text)
+        if parts:
+            sections[level] = parts
+    try:
+        written += plot_all(df, out, tag, batch)
+    except Exception as e:
+        failures.append(f"plots: {type(e).__name__}: {e}")
+
+    title = "# Benchmark: V1 (Mamba, O(N)) vs V4 (Transformer, O(N²))"
+    lines = [title, ""]
+    lines.append(f"> Generated by `python -m bench.report` from `raw/sweep_{tag}.json`; do not edit by hand.\n")
+    if reduced:
+        lines.append("> **REDUCED CPU RUN** — pure-PyTorch backends, small sizes, few repetitions. It shows that "
+                     "the pipeline works; the GPU numbers are in `results/README.md`.\n")  # fmt: skip
+    lines.append(f"**Environment.** {summary_line(env)}\n")
+    st = env.get("settings", {})
+    timers = ", ".join(sorted(str(t) for t in _col(df, "timer").dropna().unique())) or "—"
+    lines.append(
+        f"**Settings.** mode {st.get('mode')}, preset `{st.get('preset')}`, batch {batch}, {st.get('dtype')}, "
+        f"a first (compile/allocate) call, then warm-up {st.get('warmup_ms')} ms and {st.get('rep_ms')} ms of timed "
+        f"repetitions per point ({st.get('min_reps')}–{st.get('max_reps')}), timer {timers}, "
+        f"{st.get('threads') or 'default'} CPU thread(s), epoch = {st.get('epoch_samples')} samples. "
+        f"V4/V1 = {s4} / {s1}.\n"
+    )
+    lines += ["## Headline: the spec's expectation vs what was measured", "", md_table(spec)]
+    lines += ["## Scaling exponents (least-squares slope of log metric vs log N, non-OOM points)", "",
+              md_table(fits)]  # fmt: skip
+    lines += ["## Where V4 starts to cost more than V1", "", md_table(cross)]
+    for level, parts in sections.items():
+        lines += [f"## {LEVEL_TITLES[level]}", ""]
+        for p in parts:
+            lines += [p]
+        if level == "model" and not mbt.empty:
+            lines += ["**Largest batch that fits** (one training step per probe; doubling then bisection)", "",
+                      md_table(mbt)]  # fmt: skip
+    lines += ["## FLOPs three ways (per sample, one forward pass)", "", md_table(three)]
+    lines += ["## Plots", ""]
+    for p in written:
+        if p.suffix == ".png":
+            lines.append(_img(p, out))
+    lines += ["## Notes", "", NOTES]
+    if failures:
+        lines += ["## Rendering problems", ""] + [f"- {f}" for f in failures]
+        print("report: " + "; ".join(failures))
+    return written, "\n".join(lines)
+
+
+def render(out: Path) -> list[Path]:
+    """Render every sweep found under `out` (and write `out`/README.md)."""
+    out = Path(out)
+    written, pages = [], []
+    for tag, runs, raw in load_sweeps(out):
+        w, page = render_tag(out, tag, runs, raw)
+        written += w
+        pages.append(page)
+    if pages:
+        others = sorted(p.name for p in out.glob("*.md") if p.name != "README.md")
+        if others:  # reports of the other tools that write here (bench.compare, bench.attention_kernel, ...)
+            pages.append("## Other reports in this folder\n\n" + "\n".join(f"- [{n}]({n})" for n in others) + "\n")
+        written.append(atomic_write_text(out / "README.md", "\n\n---\n\n".join(pages)))
+    return written
+
+
+def run(argv=None) -> None:
+    p = ArgParser(prog="bench.report", description="Re-render tables, plots and README from saved sweep data.")
+    p.add_argument("--out", nargs="+", default=None, help="results folders (default: results/ and results/cpu/)")
+    args = p.parse_args(argv)
+    outs = [Path(o) for o in args.out] if args.out else [REPO / "results", REPO / "results" / "cpu"]
+    total = 0
+    for out in outs:
+        if not (out / "raw").is_dir():
+            continue
+        written = render(out)
+        total += len(written)
+        print(f"{out}: {len(written)} files")
+    if total == 0:
+        print("no sweep data found (run `python -m bench.sweep` first)")
+
+
+def main(argv=None) -> int:
+    return cli_main(run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1092 @@
+"""FlashAttention-2 style fused attention in Triton: forward, fused backward, in-kernel dropout.
+
+Public API
+----------
+``attention(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, seed=None) -> Tensor``
+    ``q`` is (B, H, Nq, D), ``k`` and ``v`` are (B, H, Nk, D); the result is (B, H, Nq, D) in ``q``'s
+    dtype, laid out like ``q`` (``torch.empty_like``), so a ``q`` that is a ``(B, N, H, D).transpose(1, 2)``
+    view gives an output whose ``.transpose(1, 2).reshape(B, N, H * D)`` is free.
+
+    * Any lengths: ``Nq != Nk`` (cross-attention) and lengths that are not multiples of the block size
+      (77, 130, 1, ...) are handled with masked tail blocks. ``D`` in {16, 32, 64, 128}.
+    * Any strides: inputs are addressed through their four strides, so transposed / sliced views need
+      no copy. Batch/head base offsets are computed in int64 (B*H*N*D may exceed 2**31); offsets inside
+      one (batch, head) slab must fit in int32 (checked, ValueError otherwise).
+    * dtypes: float16 and bfloat16 use tensor cores with fp32 accumulation (P and dS are rounded to the
+      input dtype before their matmuls, as in FlashAttention-2). float32 inputs are computed with
+      IEEE-fp32 dot products (``input_precision="ieee"``, no TF32 and no rounding of P), so they match
+      an fp64 reference to ~1e-6 relative error; this is correct but slow (one small tile, no
+      autotuning), and meant for checking. Under CUDA autocast, fp32 inputs are cast to the autocast
+      dtype first, as torch SDPA does.
+    * ``sm_scale`` defaults to ``1/sqrt(D)`` and must be a finite positive number.
+    * ``causal=True`` is top-left aligned, exactly like ``torch.nn.functional.scaled_dot_product_attention``
+      with ``is_causal=True``: key ``j`` is visible to query ``i`` iff ``j <= i`` (also when Nq != Nk).
+      Key blocks entirely above the diagonal are skipped.
+    * Dropout (``0 <= dropout_p < 1``) is applied to the softmax probabilities with an in-kernel
+      counter-based RNG (Philox-4x32, 7 rounds, ``tl.randint4x``). The keep decision for element
+      ``(b, h, i, j)`` depends only on ``(seed, b*H + h, i, j)`` and ``Nk``: the Philox key is
+      ``(seed, b*H + h)`` and the counter is ``i * ceil(Nk/4) + j // 4``, whose four 32-bit outputs
+      serve the four columns ``4*(j//4) .. 4*(j//4)+3``. An element is kept iff ``(r >> 1) >=
+      round(p * 2**31)``, i.e. with probability ``1 - p``; kept elements are scaled by ``1/(1-p)``.
+      The softmax normalisation and the saved log-sum-exp use the *undropped* scores, so the backward
+      regenerates the identical mask from the same counters, and ``delta = rowsum(dO * O)`` still holds.
+      ``seed=None`` draws a seed from torch's default CPU generator (``torch.randint``), so
+      ``torch.manual_seed`` makes runs reproducible; an explicit integer seed is used modulo 2**31.
+      ``dropout_mask(seed, B, H, Nq, Nk, p, device)`` returns the kernel's keep-mask (same RNG code path).
+      Dropout is a compile-time switch: ``dropout_p == 0`` compiles it away.
+    * Gradients for q, k and v (a ``torch.autograd.Function``): the forward saves the log-sum-exp per row;
+      the backward runs a preprocess kernel (``delta = rowsum(dO * O)``), a dK/dV kernel (one program per
+      key block, looping over query blocks) and a dQ kernel (one program per query block, looping over key
+      blocks). No atomics, so results are deterministic.
+    * Bad inputs raise a one-line ``ValueError``.
+
+``attention_ref(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, dropout_mask=None)``
+    Plain PyTorch reference (explicit softmax, computed in fp32, or fp64 for fp64 inputs); returns q's dtype.
+
+CPU: with ``TRITON_INTERPRET=1`` set before triton is imported, the kernels run under Triton's interpreter
+(one small block configuration, no autotuning). The interpreter cannot run bfloat16 (triton 3.6), so bf16
+is refused there with a ValueError; fp16 and fp32 work.
+
+GPU: each kernel is autotuned over a handful of configurations (pruned by a shared-memory estimate), keyed
+on (power-of-two bucket of Nq, of Nk, HEAD_DIM, causal, dropout, and the tensors' dtypes).
+``FLASH_ATTN_AUTOTUNE=0`` in the environment (read at import) skips tuning and takes the first config that
+fits, which the test-suite uses to save GPU time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from numbers import Integral, Real
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+    "FlashAttentionFunction",
+    "attention",
+    "attention_ref",
+    "dropout_mask",
+    "interpreter_active",
+]
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Read once: triton.jit decides at decoration time whether kernels are interpreted.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# FLASH_ATTN_AUTOTUNE=0: first fitting config, no autotuning (the tests set it to save GPU time).
+_AUTOTUNE = os.environ.get("FLASH_ATTN_AUTOTUNE", "1") != "0"
+_LOG2E = 1.4426950408889634
+_PHILOX_ROUNDS = 7
+_INT32_MAX = 2**31 - 1
+_MAX_GRID_Y = 65535
+
+
+def interpreter_active() -> bool:
+    """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return _INTERPRET
+
+
+def _patch_interpreter_index() -> None:
+    """Make the interpreter's scalar ``__index__`` work with NumPy >= 2.4.
+
+    Triton 3.6's interpreter keeps scalars as shape-(1,) arrays and converts them with ``int(array)``,
+    which NumPy 2.4 rejects, so every ``range(lo, hi)`` with runtime bounds fails. We re-register
+    ``__index__`` with ``.item()`` (identical result for size-1 arrays). Interpreter-only, idempotent.
+    """
+    try:
+        from triton.runtime import interpreter as _interp
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(_interp, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_fa_index_patched", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0].item()))
+
+    patched._fa_index_patched = True
+    _interp._patch_lang_tensor = patched
+
+
+if _INTERPRET:
+    _patch_interpreter_index()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Autotune configurations
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cfg(block_m, block_n, warps, stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+if _INTERPRET:
+    # One small config: autotuning under the interpreter is far too slow. Small blocks also make the
+    # CPU tests exercise the full-block loops, the diagonal blocks and the masked tails.
+    _FWD_CONFIGS = [_cfg(32, 16, 4, 1)]
+    _BWD_KV_CONFIGS = [_cfg(16, 32, 4, 1)]  # BLOCK_N key rows per program, BLOCK_M query rows per step
+    _BWD_Q_CONFIGS = [_cfg(32, 16, 4, 1)]  # BLOCK_M query rows per program, BLOCK_N key rows per step
+    _PRE_BLOCK_M = 32
+    _MASK_BLOCK = (64, 64)
+else:
+    # Forward: BLOCK_M % BLOCK_N == 0 (needed by the causal split). 8 warps only for >= 128x128 tiles.
+    _FWD_CONFIGS = [
+        _cfg(128, 64, 4, 3),
+        _cfg(128, 64, 4, 4),
+        _cfg(128, 128, 8, 3),
+        _cfg(128, 128, 8, 2),
+        _cfg(128, 32, 4, 4),
+        _cfg(256, 64, 8, 3),  # halves K/V re-reads per FLOP (exp-bound small D)
+        _cfg(64, 64, 4, 3),
+        _cfg(64, 32, 4, 3),  # small fallback (fp32 at D=128)
+    ]
+    # dK/dV: BLOCK_N % BLOCK_M == 0.
+    _BWD_KV_CONFIGS = [
+        _cfg(32, 128, 4, 3),
+        _cfg(64, 128, 8, 3),
+        _cfg(32, 128, 8, 2),
+        _cfg(32, 128, 4, 4),
+        _cfg(32, 64, 4, 3),
+        _cfg(64, 64, 4, 2),
+    ]
+    # dQ: BLOCK_M % BLOCK_N == 0.
+    _BWD_Q_CONFIGS = [
+        _cfg(128, 32, 4, 3),
+        _cfg(128, 64, 8, 3),
+        _cfg(128, 32, 8, 2),
+        _cfg(128, 32, 4, 4),
+        _cfg(64, 32, 4, 3),
+        _cfg(64, 64, 4, 2),
+    ]
+    _PRE_BLOCK_M = 64
+    _MASK_BLOCK = (64, 64)
+
+_AUTOTUNE_KEY = ["NQ_BUCKET", "NK_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT"]
+
+
+def _autotune_bench(kernel_call, quantiles):
+    # Shorter than triton's default (25 ms warm-up, 100 ms timing): GPU time is scarce.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+_SMEM_BUDGET = 200 * 1024  # bytes; H100/H200 allow 227 KiB per block, keep headroom for scratch
+
+
+def _smem_estimate(kind: str, cfg: triton.Config, head_dim: int, elsize: int) -> int:
+    """Rough shared-memory bytes of the pipelined tiles (streamed operands x num_stages + resident ones)."""
+    bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
+    if kind == "fwd":  # K, V streamed; Q resident
+        return (st * 2 * bn + bm) * head_dim * elsize
+    if kind == "dkdv":  # Q, dO streamed; K, V resident
+        return (st * 2 * bm + 2 * bn) * head_dim * elsize
+    return (st * 2 * bn + 2 * bm) * head_dim * elsize  # dq: K, V streamed; Q, dO resident
+
+
+# fp32 (IEEE dots on the FMA pipe) is register-hungry: one small tile per kernel, no autotuning.
+_FP32_CONFIG = {"fwd": (64, 32, 4, 2), "dkdv": (32, 64, 4, 2), "dq": (64, 32, 4, 2)}
+
+
+def _make_prune(kind: str):
+    def prune(configs, named_args, **kwargs):
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 128))
+        q = named_args.get("Q")
+        elsize = q.element_size() if q is not None else 4
+        if elsize == 4:
+            return [_cfg(*_FP32_CONFIG[kind])]
+        fits = [c for c in configs if _smem_estimate(kind, c, head_dim, elsize) <= _SMEM_BUDGET]
+        fits = fits or [configs[-1]]
+        return fits if _AUTOTUNE else fits[:1]
+
+    return prune
+
+
+def _autotune(configs, kind: str):
+    return triton.autotune(
+        configs=configs,
+        key=_AUTOTUNE_KEY,
+        prune_configs_by={"early_config_prune": _make_prune(kind)},
+        do_bench=_autotune_bench,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile(ptr, off_b, off_h, offs_r, offs_d, stride_b, stride_h, stride_r, stride_d):
+    """Pointers to rows ``offs_r`` x columns ``offs_d`` of the (off_b, off_h) slab (int64 slab offset)."""
+    return ptr + off_b * stride_b + off_h * stride_h + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d
+
+
+@triton.jit
+def _dropout_rand(seed_bh, offs_m, start_n, NK4, BLOCK_N: tl.constexpr, N_ROUNDS: tl.constexpr):
+    """31-bit random int32 tile (BLOCK_M, BLOCK_N): rows ``offs_m`` x cols ``start_n + arange(BLOCK_N)``.
+
+    ``start_n`` must be a multiple of 4. Philox counter = row * ceil(Nk/4) + col // 4, key = seed_bh; the
+    four outputs of one Philox call serve four consecutive columns (4x fewer Philox rounds per element).
+    An element is kept iff its value is >= round(p * 2**31).
+    """
+    groups = start_n // 4 + tl.arange(0, BLOCK_N // 4)
+    counter = offs_m[:, None] * NK4 + groups[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed_bh, counter, N_ROUNDS)
+    # (BLOCK_M, BLOCK_N // 4, 2, 2) -> (BLOCK_M, BLOCK_N): r_k[c] lands at column 4*c + k
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [offs_m.shape[0], BLOCK_N])
+    return (r >> 1).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_ptrs,
+    v_ptrs,
+    stride_kn,
+    stride_vn,
+    offs_m,
+    offs_n,
+    lo,
+    hi,
+    N_K,
+    qk_scale,
+    seed_bh,
+    NK4,
+    DROP_THRESH,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+):
+    """Online softmax over key blocks [lo, hi). MASKED=False: full blocks, no masking at all."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=(cols < N_K)[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kn)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if MASKED:
+            valid = (cols < N_K)[None, :]
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None])
+            qk = tl.where(valid, qk, float("-inf"))
+        # scores in log2 units: s * sm_scale * log2(e); one FMA per element below
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            keep = _dropout_rand(seed_bh, offs_m, start_n, NK4, BLOCK_N, N_ROUNDS) >= DROP_THRESH
+            p = tl.where(keep, p, 0.0)
+        if MASKED:
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=(cols < N_K)[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs + start_n * stride_vn)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@_autotune(_FWD_CONFIGS, "fwd")
+@triton.jit(do_not_specialize=["seed", "DROP_THRESH"])
+def _attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    qk_scale,
+    drop_scale,
+    seed,
+    DROP_THRESH,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    H,
+    N_Q,
+    N_K,
+    NK4,
+    NQ_BUCKET,
+    NK_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # longest rows first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    o_base = O + off_b * stride_ob + off_h * stride_oh
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N_Q
+
+    q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+
+    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed  # Philox key (lo, hi) = (seed, b*H + h)
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    n_full = (N_K // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        # blocks ending at or before row m0 are fully visible to every row of this block
+        hi_free = tl.minimum(m0, n_full)
+        hi = tl.minimum(m0 + BLOCK_M, N_K)
+    else:
+        hi_free = n_full
+        hi = N_K
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, 0, hi_free, N_K, qk_scale,
+        seed_bh, NK4, DROP_THRESH, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+    )  # fmt: skip
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, hi_free, hi, N_K, qk_scale,
+        seed_bh, NK4, DROP_THRESH, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+    )  # fmt: skip
+
+    # deferred normalisation; LSE kept in log2 units of the scaled scores
+    lse = m_i + tl.math.log2(l_i)
+    out = acc * (drop_scale / l_i)[:, None]
+    tl.store(LSE + off_bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_ok)
+    o_ptrs = o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_preprocess(
+    O,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    H,
+    N_Q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N_Q
+    o_ptrs = _tile(O, off_b, off_h, offs_m, offs_d, stride_ob, stride_oh, stride_om, stride_od)
+    do_ptrs = _tile(DO, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_dom, stride_dod)
+    o = tl.load(o_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + off_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_ptrs,
+    do_ptrs,
+    lse_ptr,
+    delta_ptr,
+    stride_qm,
+    stride_dom,
+    offs_n,
+    offs_mb,
+    n0,
+    lo,
+    hi,
+    N_Q,
+    qk_scale,
+    drop_scale,
+    seed_bh,
+    NK4,
+    DROP_THRESH,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+):
+    """Accumulate dK, dV (BLOCK_N, D) of one key block over query blocks [lo, hi)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + offs_mb
+        if MASKED:
+            row_ok = offs_m < N_Q
+            q = tl.load(q_ptrs + start_m * stride_qm, mask=row_ok[:, None], other=0.0)
+            lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
+        else:
+            q = tl.load(q_ptrs + start_m * stride_qm)
+            lse = tl.load(lse_ptr + offs_m)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        sT = qkT * qk_scale - lse[None, :]
+        if MASKED:  # mask before exp2: no overflow to inf in masked-out entries
+            valid = row_ok[None, :]
+            if CAUSAL:
+                valid = valid & (offs_m[None, :] >= offs_n[:, None])
+            sT = tl.where(valid, sT, float("-inf"))
+        pT = tl.math.exp2(sT)
+        if MASKED:
+            do = tl.load(do_ptrs + start_m * stride_dom, mask=row_ok[:, None], other=0.0)
+            delta = tl.load(delta_ptr + offs_m, mask=row_ok, other=0.0)
+        else:
+            do = tl.load(do_ptrs + start_m * stride_dom)
+            delta = tl.load(delta_ptr + offs_m)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            # transpose the int32 tile (not the i1 mask), then threshold
+            keepT = tl.trans(_dropout_rand(seed_bh, offs_m, n0, NK4, BLOCK_N, N_ROUNDS)) >= DROP_THRESH
+            dv = tl.dot(tl.where(keepT, pT, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dpT = tl.where(keepT, dpT * drop_scale, 0.0)
+        else:
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@_autotune(_BWD_KV_CONFIGS, "dkdv")
+@triton.jit(do_not_specialize=["seed", "DROP_THRESH"])
+def _attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    LSE,
+    DELTA,
+    sm_scale,
+    qk_scale,
+    drop_scale,
+    seed,
+    DROP_THRESH,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dkd,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    stride_dvd,
+    H,
+    N_Q,
+    N_K,
+    NK4,
+    NQ_BUCKET,
+    NK_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    tl.static_assert(BLOCK_N % BLOCK_M == 0)
+    pid_n = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_mb = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < N_K
+
+    k_ptrs = _tile(K, off_b, off_h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
+    v_ptrs = _tile(V, off_b, off_h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
+    k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
+    v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+
+    q_ptrs = _tile(Q, off_b, off_h, offs_mb, offs_d, stride_qb, stride_qh, stride_qm, stride_qd)
+    do_ptrs = _tile(DO, off_b, off_h, offs_mb, offs_d, stride_dob, stride_doh, stride_dom, stride_dod)
+    lse_ptr = LSE + off_bh.to(tl.int64) * N_Q
+    delta_ptr = DELTA + off_bh.to(tl.int64) * N_Q
+    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    m_full = (N_Q // BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # query blocks [n0, n0 + BLOCK_N) straddle the diagonal; later full blocks see the whole key
+        # block; the partial last query block (if any, and if it reaches row n0) is masked.
+        diag_hi = tl.minimum(n0 + BLOCK_N, m_full)
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, offs_n, offs_mb, n0,
+            n0, diag_hi, N_Q, qk_scale, drop_scale, seed_bh, NK4, DROP_THRESH,
+            BLOCK_M, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+        )  # fmt: skip
+        free_lo = n0 + BLOCK_N
+        tail_lo = tl.maximum(m_full, n0)
+    else:
+        free_lo = 0
+        tail_lo = m_full
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, offs_n, offs_mb, n0,
+        free_lo, m_full, N_Q, qk_scale, drop_scale, seed_bh, NK4, DROP_THRESH,
+        BLOCK_M, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+    )  # fmt: skip
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, offs_n, offs_mb, n0,
+        tail_lo, N_Q, N_Q, qk_scale, drop_scale, seed_bh, NK4, DROP_THRESH,
+        BLOCK_M, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+    )  # fmt: skip
+
+    if DROPOUT:
+        dv = dv * drop_scale
+    dk = dk * sm_scale
+    dk_ptrs = _tile(DK, off_b, off_h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd)
+    dv_ptrs = _tile(DV, off_b, off_h, offs_n, offs_d, stride_dvb, stride_dvh, stride_dvn, stride_dvd)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_ptrs,
+    v_ptrs,
+    stride_kn,
+    stride_vn,
+    offs_m,
+    offs_nb,
+    lo,
+    hi,
+    N_K,
+    qk_scale,
+    drop_scale,
+    seed_bh,
+    NK4,
+    DROP_THRESH,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+):
+    """Accumulate dQ (BLOCK_M, D) of one query block over key blocks [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_nb
+        if MASKED:
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=(cols < N_K)[:, None], other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=(cols < N_K)[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kn)
+            v = tl.load(v_ptrs + start_n * stride_vn)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        s = qk * qk_scale - lse[:, None]
+        if MASKED:  # mask before exp2: no overflow to inf in masked-out entries
+            valid = (cols < N_K)[None, :]
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None])
+            s = tl.where(valid, s, float("-inf"))
+        p = tl.math.exp2(s)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if DROPOUT:
+            keep = _dropout_rand(seed_bh, offs_m, start_n, NK4, BLOCK_N, N_ROUNDS) >= DROP_THRESH
+            dp = tl.where(keep, dp * drop_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@_autotune(_BWD_Q_CONFIGS, "dq")
+@triton.jit(do_not_specialize=["seed", "DROP_THRESH"])
+def _attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    LSE,
+    DELTA,
+    sm_scale,
+    qk_scale,
+    drop_scale,
+    seed,
+    DROP_THRESH,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dod,
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,
+    stride_dqd,
+    H,
+    N_Q,
+    N_K,
+    NK4,
+    NQ_BUCKET,
+    NK_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_nb = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N_Q
+
+    q_ptrs = _tile(Q, off_b, off_h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd)
+    do_ptrs = _tile(DO, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_dom, stride_dod)
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + off_bh.to(tl.int64) * N_Q + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + off_bh.to(tl.int64) * N_Q + offs_m, mask=row_ok, other=0.0)
+
+    k_ptrs = _tile(K, off_b, off_h, offs_nb, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
+    v_ptrs = _tile(V, off_b, off_h, offs_nb, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
+    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_full = (N_K // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        hi_free = tl.minimum(m0, n_full)
+        hi = tl.minimum(m0 + BLOCK_M, N_K)
+    else:
+        hi_free = n_full
+        hi = N_K
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_nb, 0, hi_free, N_K,
+        qk_scale, drop_scale, seed_bh, NK4, DROP_THRESH,
+        BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+    )  # fmt: skip
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_nb, hi_free, hi, N_K,
+        qk_scale, drop_scale, seed_bh, NK4, DROP_THRESH,
+        BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+    )  # fmt: skip
+
+    dq = dq * sm_scale
+    dq_ptrs = _tile(DQ, off_b, off_h, offs_m, offs_d, stride_dqb, stride_dqh, stride_dqm, stride_dqd)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["seed", "DROP_THRESH"])
+def _dropout_mask_kernel(
+    OUT,
+    seed,
+    DROP_THRESH,
+    H,
+    N_Q,
+    N_K,
+    NK4,
+    N_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    off_bh = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed
+    keep = _dropout_rand(seed_bh, offs_m, start_n, NK4, BLOCK_N, N_ROUNDS) >= DROP_THRESH
+    ptrs = OUT + off_bh.to(tl.int64) * N_Q * N_K + offs_m[:, None].to(tl.int64) * N_K + offs_n[None, :]
+    tl.store(ptrs, keep.to(tl.int8), mask=(offs_m < N_Q)[:, None] & (offs_n < N_K)[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host-side launchers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _bucket(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _drop_thresh(p: float) -> int:
+    return min(int(round(p * 2**31)), _INT32_MAX)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # "tf32" is ignored for 16-bit inputs
+
+
+def _device_ctx(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else _NullCtx()
+
+
+class _NullCtx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Pinned:
+    """Launch the autotuned kernel's underlying JITFunction with one fixed config (tests, tuning)."""
+
+    def __init__(self, kernel, config: triton.Config):
+        self.fn, self.config = kernel.fn, config
+
+    def __getitem__(self, grid):
+        meta = self.config.all_kwargs()
+        launcher = self.fn[grid if not callable(grid) else grid(meta)]
+        return lambda *args, **kwargs: launcher(*args, **kwargs, **meta)
+
+
+def _select(kernel, config):
+    return kernel if config is None else _Pinned(kernel, config)
+
+
+def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None):
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    o = _empty_like_rowmajor(q)
+    lse = _new_buffer((B * H, Nq), q.device)
+    dropout = dropout_p > 0.0
+
+    def grid(meta):
+        return (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)
+
+    with _device_ctx(q):
+        _select(_attn_fwd_kernel, config)[grid](
+            q, k, v, o, lse,
+            sm_scale * _LOG2E, 1.0 / (1.0 - dropout_p), seed, _drop_thresh(dropout_p),
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+            H, Nq, Nk, triton.cdiv(Nk, 4), _bucket(Nq), _bucket(Nk),
+            HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, DOT_PRECISION=_dot_precision(q.dtype),
+            N_ROUNDS=_PHILOX_ROUNDS,
+        )  # fmt: skip
+    return o, lse
+
+
+def _bwd(do, q, k, v, o, lse, sm_scale, dropout_p, causal, seed, need_dq=True, need_dkdv=True, configs=None):
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    dropout = dropout_p > 0.0
+    drop_scale = 1.0 / (1.0 - dropout_p)
+    thresh = _drop_thresh(dropout_p)
+    prec = _dot_precision(q.dtype)
+    dq = dk = dv = None
+    with _device_ctx(q):
+        delta = _new_buffer((B * H, Nq), q.device)
+        _attn_bwd_preprocess[(triton.cdiv(Nq, _PRE_BLOCK_M), B * H)](
+            o, do, delta, *o.stride(), *do.stride(), H, Nq, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK_M
+        )
+        if need_dkdv:
+            dk = _empty_like_rowmajor(k)
+            dv = _empty_like_rowmajor(v)
+
+            def grid_kv(meta):
+                return (triton.cdiv(Nk, meta["BLOCK_N"]), B * H)
+
+            _select(_attn_bwd_dkdv_kernel, configs and configs[0])[grid_kv](
+                q, k, v, do, dk, dv, lse, delta,
+                sm_scale, sm_scale * _LOG2E, drop_scale, seed, thresh,
+                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+                H, Nq, Nk, triton.cdiv(Nk, 4), _bucket(Nq), _bucket(Nk),
+                HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, DOT_PRECISION=prec, N_ROUNDS=_PHILOX_ROUNDS,
+            )  # fmt: skip
+        if need_dq:
+            dq = _empty_like_rowmajor(q)
+
+            def grid_q(meta):
+                return (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)
+
+            _select(_attn_bwd_dq_kernel, configs and configs[1])[grid_q](
+                q, k, v, do, dq, lse, delta,
+                sm_scale, sm_scale * _LOG2E, drop_scale, seed, thresh,
+                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+                H, Nq, Nk, triton.cdiv(Nk, 4), _bucket(Nq), _bucket(Nk),
+                HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, DOT_PRECISION=prec, N_ROUNDS=_PHILOX_ROUNDS,
+            )  # fmt: skip
+    return dq, dk, dv
+
+
+def _new_buffer(shape, device) -> torch.Tensor:
+    """fp32 scratch (LSE, delta); every element is written by the kernels."""
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def _empty_like_rowmajor(t: torch.Tensor) -> torch.Tensor:
+    """Same layout as ``t`` when it is dense with unit last stride (keeps transposed views cheap)."""
+    out = torch.empty_like(t)
+    if out.stride(-1) != 1:
+        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Autograd Function and public API
+# ----------------------------------------------------------------------------------------------------
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper; call through :func:`attention`, which validates the inputs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sm_scale, dropout_p, causal, seed):
+        o, lse = _fwd(q, k, v, sm_scale, dropout_p, causal, seed)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.sm_scale = sm_scale
+        ctx.dropout_p = dropout_p
+        ctx.causal = causal
+        ctx.seed = seed
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        need_dq = ctx.needs_input_grad[0]
+        need_dkdv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        if do.dtype != q.dtype:
+            do = do.to(q.dtype)
+        if do.stride(-1) != 1 and do.size(-1) > 1:
+            do = do.contiguous()
+        dq, dk, dv = _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv)
+        return dq, dk, dv, None, None, None, None
+
+
+def _fail(msg: str):
+    raise ValueError(msg)
+
+
+def _check_slab_int32(name: str, t: torch.Tensor):
+    # offsets inside one (batch, head) slab are computed in int32
+    n, d = t.shape[2], t.shape[3]
+    if (n - 1) * t.stride(2) + (d - 1) * t.stride(3) > _INT32_MAX:
+        _fail(f"attention: {name} strides {tuple(t.stride())} give per-(batch, head) offsets beyond int32")
+
+
+def _validate(q, k, v, sm_scale, dropout_p, causal, seed) -> tuple[float, float, bool, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            _fail(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            _fail(f"attention: {name} must have rank 4 (B, H, N, D), got shape {tuple(t.shape)}")
+    if not (q.device == k.device == v.device):
+        _fail(f"attention: q, k, v must be on the same device, got {q.device}, {k.device}, {v.device}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        _fail(f"attention: unsupported dtype {q.dtype}; use float16, bfloat16 or float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        _fail(f"attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, H, Nq, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        _fail(f"attention: batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[1] != H or v.shape[1] != H:
+        _fail(f"attention: head counts differ: q {H}, k {k.shape[1]}, v {v.shape[1]}")
+    if k.shape[3] != D or v.shape[3] != D:
+        _fail(f"attention: head dims differ: q {D}, k {k.shape[3]}, v {v.shape[3]}")
+    if k.shape[2] != v.shape[2]:
+        _fail(f"attention: k and v lengths differ: {k.shape[2]} vs {v.shape[2]}")
+    Nk = k.shape[2]
+    if D not in SUPPORTED_HEAD_DIMS:
+        _fail(f"attention: head dim D={D} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
+    if min(B, H, Nq, Nk) == 0:
+        _fail(f"attention: empty input (q {tuple(q.shape)}, k {tuple(k.shape)})")
+    if B * H > _MAX_GRID_Y:
+        _fail(f"attention: B*H={B * H} exceeds the launch-grid limit {_MAX_GRID_Y}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, Real) or not (0.0 <= float(dropout_p) < 1.0):
+        _fail(f"attention: dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    dropout_p = float(dropout_p)
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(D)
+    elif isinstance(sm_scale, bool) or not isinstance(sm_scale, Real) or not 0.0 < float(sm_scale) < math.inf:
+        _fail(f"attention: sm_scale must be a finite positive number, got {sm_scale!r}")
+    if not isinstance(causal, bool):
+        _fail(f"attention: causal must be a bool, got {causal!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
+        _fail(f"attention: seed must be an int or None, got {seed!r}")
+    if q.device.type == "cpu":
+        if not _INTERPRET:
+            _fail(
+                "attention: CPU tensors: needs a CUDA GPU, or TRITON_INTERPRET=1 (set before importing "
+                "triton) for the CPU interpreter"
+            )
+    elif q.device.type != "cuda":
+        _fail(f"attention: unsupported device {q.device}; needs a CUDA GPU (or TRITON_INTERPRET=1 on CPU)")
+    if _INTERPRET and q.dtype == torch.bfloat16:
+        _fail(
+            "attention: bfloat16 is not supported by the Triton CPU interpreter (TRITON_INTERPRET=1, "
+            "triton 3.6 lacks bf16 there); use float16 or float32 on CPU"
+        )
+    if dropout_p > 0.0 and Nq * triton.cdiv(Nk, 4) > _INT32_MAX:
+        _fail(f"attention: dropout needs Nq*ceil(Nk/4) < 2**31, got Nq={Nq}, Nk={Nk}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_slab_int32(name, t)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
+    return float(sm_scale), dropout_p, causal, int(seed) % 2**31
+
+
+def _autocast_inputs(q, k, v):
+    """Cast fp32 CUDA inputs to the autocast dtype when CUDA autocast is on (else unchanged)."""
+    tensors = (q, k, v)
+    if not all(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors):
+        return tensors
+    if not torch.is_autocast_enabled("cuda"):
+        return tensors
+    dt = torch.get_autocast_dtype("cuda")
+    return tuple(t.to(dt) if t.dtype == torch.float32 else t for t in tensors)
+
+
+def attention(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, seed=None):
+    """Fused scaled-dot-product attention softmax(q k^T * sm_scale) v with optional dropout and causal mask.
+
+    q: (B, H, Nq, D); k, v: (B, H, Nk, D); returns (B, H, Nq, D) in q's dtype. Differentiable in q, k, v.
+    See the module docstring for the exact semantics (fp32 handling, causal alignment, dropout RNG).
+    Under CUDA autocast, fp32 inputs are first cast to the autocast dtype (as torch SDPA does).
+    """
+    q, k, v = _autocast_inputs(q, k, v)
+    sm_scale, dropout_p, causal, seed = _validate(q, k, v, sm_scale, dropout_p, causal, seed)
+    return FlashAttentionFunction.apply(q, k, v, sm_scale, dropout_p, causal, seed)
+
+
+def attention_ref(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, dropout_mask=None):
+    """Reference attention in plain PyTorch (explicit softmax), computed in fp32 (fp64 for fp64 inputs).
+
+    ``dropout_mask`` (bool, broadcastable to (B, H, Nq, Nk)) selects kept probabilities, scaled by
+    1/(1-dropout_p); without a mask and with dropout_p > 0, torch's own (different) RNG is used.
+    Causal masking is top-left aligned (key j visible to query i iff j <= i). Returns q's dtype.
+    """
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf, vf = q.to(ct), k.to(ct), v.to(ct)
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    s = torch.matmul(qf, kf.transpose(-2, -1)) * sm_scale
+    if causal:
+        nq, nk = s.shape[-2], s.shape[-1]
+        visible = torch.ones(nq, nk, dtype=torch.bool, device=s.device).tril()
+        s = s.masked_fill(~visible, float("-inf"))
+    s = s - s.amax(dim=-1, keepdim=True)
+    p = torch.exp(s)
+    p = p / p.sum(dim=-1, keepdim=True)
+    if dropout_p > 0.0:
+        if dropout_mask is not None:
+            p = p * dropout_mask.to(p.device) / (1.0 - dropout_p)
+        else:
+            p = torch.nn.functional.dropout(p, dropout_p)
+    return torch.matmul(p, vf).to(q.dtype)
+
+
+def dropout_mask(seed: int, B: int, H: int, Nq: int, Nk: int, p: float, device=None) -> torch.Tensor:
+    """The keep-mask (bool, (B, H, Nq, Nk)) that ``attention(..., dropout_p=p, seed=seed)`` applies.
+
+    Generated by a small Triton kernel through the same RNG code path as the attention kernels.
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda" if not _INTERPRET else "cpu")
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        _fail(f"dropout_mask: seed must be an int, got {seed!r}")
+    if isinstance(p, bool) or not isinstance(p, Real) or not (0.0 <= float(p) < 1.0):
+        _fail(f"dropout_mask: p must be a number in [0, 1), got {p!r}")
+    if min(B, H, Nq, Nk) <= 0 or B * H > _MAX_GRID_Y or Nq * triton.cdiv(Nk, 4) > _INT32_MAX:
+        _fail(f"dropout_mask: unsupported sizes B={B}, H={H}, Nq={Nq}, Nk={Nk}")
+    if device.type == "cpu" and not _INTERPRET:
+        _fail("dropout_mask: needs a CUDA GPU, or TRITON_INTERPRET=1 for the CPU interpreter")
+    out = torch.empty((B, H, Nq, Nk), dtype=torch.int8, device=device)
+    bm, bn = _MASK_BLOCK
+    grid = (triton.cdiv(Nq, bm), triton.cdiv(Nk, bn), B * H)
+    with _device_ctx(out):
+        _dropout_mask_kernel[grid](
+            out, int(seed) % 2**31, _drop_thresh(float(p)), H, Nq, Nk, triton.cdiv(Nk, 4),
+            N_ROUNDS=_PHILOX_ROUNDS, BLOCK_M=bm, BLOCK_N=bn,
+        )  # fmt: skip
+    return out.bool()

@@ -1,0 +1,201 @@
+"""bench.compare on the CPU: the --quick smoke end to end, the verdict rules on synthetic numbers, the
+ablation pass-through, and bad inputs (exit 2, one line, nothing trained)."""
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.compare import build_parser, main, train_argv, verdict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and immune to oversubscribed CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------
+# --quick end to end
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    assert main(["--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_writes_everything(quick):
+    for f in ("quality.md", "quality.csv", "quality_per_image.csv", "quality_runs.csv", "quality_train.csv",
+              "quality_env.json", "quality_loss.png", "quality_samples_res16.png", "quality_samples_sr24.png",
+              "quality_equal_time_samples_res16.png"):  # fmt: skip
+        assert (quick / f).is_file() and (quick / f).stat().st_size > 0, f
+    summary = pd.read_csv(quick / "quality.csv")
+    assert set(summary["budget"]) == {"equal_steps", "equal_time"}
+    assert set(summary["resolution"]) == {16, 24}
+    assert set(zip(summary["method"], summary["estimator"])) == {
+        ("nearest", "interp"), ("linear", "interp"), ("v1", "mean"), ("v1", "sample"), ("v4", "mean"), ("v4", "sample")
+    }  # fmt: skip
+    assert len(summary) == 2 * 2 * 6 and (summary["n"] == 2).all()
+    runs = pd.read_csv(quick / "quality_runs.csv")
+    steps = runs[runs["budget"] == "equal_steps"].set_index("model")["steps"]
+    assert steps["v1"] == steps["v4"] >= 1  # equal steps really are equal
+    assert runs["reused"].sum() >= 1  # the slower model's equal-time run doubles as its equal-steps run
+    env = json.loads((quick / "quality_env.json").read_text())
+    for key in ("torch", "git_commit", "budgets", "settings", "models", "mixer_backend", "gpu"):
+        assert key in env, key
+    assert env["budgets"]["equal_steps"] == steps["v1"]
+    md = (quick / "quality.md").read_text()
+    for needle in ("## Verdict\n\n**", "linear interp", "posterior mean", "## Cost", "quality_samples_res16.png",
+                   "quality_loss.png"):  # fmt: skip
+        assert needle in md, needle
+    assert len(list((quick / "runs").rglob("*_best.pth"))) == 3  # 4 runs, one of them reused
+
+
+def test_report_only_rebuilds_the_markdown_from_the_data(quick):
+    md = quick / "quality.md"
+    before = md.read_text()
+    md.unlink()
+    assert main(["--report-only", "--out", str(quick)]) == 0
+    assert md.read_text() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# The verdict, from synthetic numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def _frames(delta_by_res: dict, v1_psnr=28.0, floor=24.0, ms=(10.0, 20.0), n=8, noise=0.0):
+    """Synthetic per-image / summary / runs frames: V4 − V1 = delta_by_res[res] dB (± noise) on every image."""
+    rows = []
+    for budget in ("equal_steps", "equal_time"):
+        for res, delta in delta_by_res.items():
+            for i in range(n):
+                wiggle, d = 0.1 * ((i % 3) - 1), delta + noise * (2 * (i % 2) - 1)
+                for method, est, psnr in (("v1", "mean", v1_psnr), ("v4", "mean", v1_psnr + d),
+                                          ("v1", "sample", v1_psnr - 3), ("v4", "sample", v1_psnr - 3 + d),
+                                          ("linear", "interp", floor), ("nearest", "interp", floor - 1)):  # fmt: skip
+                    rows.append({"budget": budget, "method": method, "estimator": est, "resolution": res,
+                                 "image": i, "psnr": psnr + wiggle, "ssim": 0.8, "mse": 0.01})  # fmt: skip
+    per_image = pd.DataFrame(rows)
+    g = per_image.groupby(["budget", "method", "estimator", "resolution"])
+    summary = g["psnr"].agg(psnr_mean="mean", psnr_std="std").reset_index()
+    summary["n"] = n
+    summary["sampler"] = summary["estimator"].map({"mean": "euler 1 step, mean of 4", "sample": "heun 20 steps",
+                                                   "interp": "griddata"})  # fmt: skip
+    summary["sec_per_image"] = summary["method"].map({"v1": 0.01, "v4": 0.03, "linear": 0.001, "nearest": 0.001})
+    runs = pd.DataFrame([
+        {"budget": b, "model": k, "steps": 100, "target_steps": 100, "ms_per_step": m, "peak_mem_mb": 1000.0 * (j + 1),
+         "time_budget_s": 60.0}
+        for b in ("equal_steps", "equal_time") for j, (k, m) in enumerate(zip(("v1", "v4"), ms))
+    ])  # fmt: skip
+    return summary, per_image, runs
+
+
+@pytest.mark.parametrize(
+    "deltas,ms,scenario,needle",
+    [
+        ({32: 3.0, 64: 2.8, 128: 2.5}, (10, 20), "1", "Scenario 1"),
+        ({32: 3.0, 64: 1.5, 128: 0.8}, (10, 20), "3", "Scenario 3"),
+        ({32: 0.4, 64: 0.2, 128: 0.1}, (10, 20), "2", "MAMBA wins on efficiency"),
+        ({32: 0.4, 64: 0.2, 128: 0.1}, (20, 10), "2", "does NOT win on efficiency"),
+        ({32: -0.4, 128: 0.1}, (10, 11), "2", "both cost about the same"),
+        ({32: 1.5, 128: 1.0}, (10, 20), "1/2", "Between Scenarios 1 and 2"),
+        ({32: -2.0, 128: -1.0}, (10, 20), "none", "V1 (Mamba) is better"),
+    ],
+)
+def test_verdict_rules(deltas, ms, scenario, needle):
+    summary, per_image, runs = _frames(deltas, ms=ms)
+    v = verdict(summary, per_image, runs, train_res=32)
+    assert v["scenario"] == scenario and needle in v["headline"], v["headline"]
+    assert not any("floor" in c for c in v["caveats"])  # both models beat the floor here
+
+
+def test_verdict_flags_models_below_the_floor_and_unresolved_differences():
+    summary, per_image, runs = _frames({32: 0.01, 128: 0.0}, v1_psnr=20.0, floor=24.0, noise=0.5)
+    v = verdict(summary, per_image, runs, train_res=32)
+    assert "interpolation floor" in v["headline"]
+    assert any("Below the linear-interpolation floor" in c for c in v["caveats"])
+    assert any("within 2 standard errors" in c for c in v["caveats"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ablation_flags_pass_through_to_v4_and_where_meaningful_v1(tmp_path):
+    a = build_parser().parse_args(["--num-heads", "4", "--dim-feedforward", "512", "--num-layers", "3"])
+    a = SimpleNamespace(**{**vars(a), "batch_size": 64, "lr": 3e-4, "device": "cpu"})
+    v4 = train_argv(a, "v4", tmp_path, 10, 5.0)
+    v1 = train_argv(a, "v1", tmp_path, 10, None)
+    assert v4[v4.index("--num-heads") + 1] == "4" and v4[v4.index("--dim-feedforward") + 1] == "512"
+    assert v1[v1.index("--num-layers") + 1] == "3" and "--dim-feedforward" not in v1  # V1 has no FFN
+    assert v4[v4.index("--time-budget") + 1] == "5.000" and "--time-budget" not in v1
+
+
+@pytest.mark.parametrize(
+    "args,env,needle",
+    [
+        (["--seconds", "0"], {}, "--seconds must be > 0"),
+        (["--resolutions", "8"], {}, ">= the training resolution 32"),
+        (["--resolutions", "x"], {}, "resolution must be an integer"),
+        (["--resolution", "4"], {}, "resolution must be >= 8"),
+        (["--num_samples", "0"], {}, "--num-samples must be >= 1"),
+        (["--observed-frac", "1.5"], {}, "observed fraction"),
+        ([], {"NUM_HEADS": "7"}, "not divisible by num_heads=7"),
+        ([], {"NUM_LAYERS": "two"}, "NUM_LAYERS"),
+        (["--preset", "huge"], {}, "unknown preset"),
+        ([], {"BATCH_SIZE": "many"}, "BATCH_SIZE"),
+    ],
+)
+def test_bad_inputs_exit_2_before_training(tmp_path, capsys, monkeypatch, args, env, needle):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main([*args, "--out", str(out), "--work-dir", str(work), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bench.compare: error:") and needle in err, err
+    assert not out.exists() and not work.exists()
+
+
+def test_report_only_on_an_empty_folder_is_a_clean_error(tmp_path, capsys):
+    assert main(["--report-only", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "quality_env.json is missing" in err, err
+
+
+@pytest.mark.parametrize(
+    "ms,steps_flag,retrained,S",
+    [
+        ({"v1": 0.010, "v4": 0.020}, 0, ["v1"], 48),  # V4 slower: its equal-time run is reused, V1 trains 48 steps
+        ({"v1": 0.020, "v4": 0.010}, 0, ["v4"], 48),
+        ({"v1": 0.010, "v4": 0.010}, 0, [], 97),  # as fast as each other: both equal-time runs are reused
+        ({"v1": 0.010, "v4": 0.020}, 30, ["v1", "v4"], 30),  # --steps: both trained afresh
+    ],
+)
+def test_budget_bookkeeping(monkeypatch, ms, steps_flag, retrained, S):
+    calls = []
+
+    def fake_run(a, key, budget, max_steps, time_budget):
+        calls.append((key, budget, max_steps, time_budget))
+        return {"budget": budget, "model": key, "steps": max_steps, "target_steps": max_steps, "reused": False}
+
+    monkeypatch.setattr("bench.compare.run_training", fake_run)
+    from bench.compare import train_both
+
+    a = SimpleNamespace(seconds=1.0, steps=steps_flag)
+    runs, s, _ = train_both(a, ms)
+    assert s == S
+    assert [c[0] for c in calls if c[1] == "equal_steps"] == retrained
+    assert all(c[3] == 1.0 for c in calls if c[1] == "equal_time")  # T is a hard stop for both
+    by = {(r["model"], r["budget"]): r for r in runs}
+    assert by["v1", "equal_steps"]["steps"] == by["v4", "equal_steps"]["steps"] == S
+    assert sum(r["reused"] for r in runs) == 2 - len(retrained)

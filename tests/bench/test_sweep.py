@@ -1,0 +1,314 @@
+"""The sweep CLI on CPU: a --quick run writes every kind of file, a rerun skips what is done, OOM becomes a
+row, bad arguments exit 2 with one line; plus the max-batch search and the timing summary."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import measure, report, sweep
+from bench.measure import MaxBatch, Timing, nice_mid, search_max_batch
+
+QUICK = ["--quick", "--backends", "reference", "sdpa", "--res", "8", "12"]
+
+
+def rows(out):
+    (path,) = list((out / "raw").glob("sweep_*.json"))
+    return pd.DataFrame(json.loads(path.read_text())["rows"])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    assert sweep.main([*QUICK, "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_sweep_writes_csv_json_md_png(quick_run):
+    out = quick_run
+    for name in ("raw/sweep_B2_fp32.csv", "raw/sweep_B2_fp32.json", "README.md", "model_bench_B2_fp32.csv",
+                 "flops_per_sample.csv", "fits_B2_fp32.csv", "crossover_B2_fp32.csv",
+                 "spec_vs_measured_B2_fp32.csv", "scaling_latency_B2_fp32.png", "scaling_memory_B2_fp32.png",
+                 "scaling_flops_per_sample.png", "throughput_B2_fp32.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert list((out / "tables").glob("*.md"))
+    df = rows(out)
+    # 2 models × 1 backend × 3 levels × 2 resolutions × (flops, fwd, train)
+    assert len(df) == 36 and set(df["status"]) == {"ok"}, df[df["status"] != "ok"][["kind", "note"]]
+    assert set(df["kind"]) == {"flops", "fwd", "train"} and set(df["level"]) == {"mixer", "encoder", "model"}
+    fl = df[df["kind"] == "flops"]
+    assert fl["agree"].all(), fl[["model", "level", "res", "note"]]
+    timed = df[df["kind"] != "flops"]
+    assert (timed["median_ms"] > 0).all() and (timed["tflops"] > 0).all()
+    assert (timed[timed["kind"] == "train"]["epoch_min"] > 0).all()
+    env = json.loads((out / "raw" / "sweep_B2_fp32.json").read_text())["runs"][0]
+    for key in ("git_commit", "torch", "hostname", "date", "reduced", "settings", "triton"):
+        assert key in env
+    text = (out / "README.md").read_text()
+    assert "QUICK" in text or "REDUCED" in text
+    assert "spec" in text.lower() and "exponent" in text.lower() and ".png" in text
+
+
+def test_rerun_skips_rows_already_done(quick_run, monkeypatch):
+    before = rows(quick_run)
+
+    def boom(*a, **k):
+        raise AssertionError("a done row was measured again")
+
+    monkeypatch.setattr(measure, "time_fn", boom)
+    monkeypatch.setattr(sweep, "count_flops", boom)
+    assert sweep.main([*QUICK, "--out", str(quick_run)]) == 0
+    after = rows(quick_run)
+    assert (after["status"] == "ok").all()
+    assert list(after["run_id"]) == list(before["run_id"])
+    runs = json.loads((quick_run / "raw" / "sweep_B2_fp32.json").read_text())["runs"]
+    assert len(runs) == 2  # each invocation's environment is kept
+
+
+def test_report_rerenders_from_saved_data(quick_run):
+    png = quick_run / "scaling_latency_B2_fp32.png"
+    png.unlink()
+    (quick_run / "README.md").unlink()
+    assert report.main(["--out", str(quick_run)]) == 0
+    assert png.is_file() and (quick_run / "README.md").is_file()
+
+
+def test_oom_becomes_a_row_and_larger_r_is_skipped(tmp_path, monkeypatch):
+    calls = []
+
+    def oom(*a, **k):
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+
+    monkeypatch.setattr(measure, "time_fn", oom)
+    args = ["--quick", "--models", "v4", "--backends", "sdpa", "--levels", "mixer", "--res", "8", "12", "16",
+            "--no-flops", "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    df = rows(tmp_path).set_index(["res", "kind"])
+    assert (df["status"] == "oom").all()
+    assert "OutOfMemoryError" in df.loc[(8, "fwd"), "note"]
+    assert df.loc[(8, "train"), "note"] == "oom (skipped: the forward OOMed at r=8)"
+    assert df.loc[(12, "train"), "note"] == "oom (skipped: r=8 OOMed)"
+    assert len(calls) == 1  # only the forward at r=8 ran
+    assert "OOM" in (tmp_path / "README.md").read_text()
+    # a rerun does not retry OOM rows
+    assert sweep.main(args) == 0 and len(calls) == 1
+
+
+def test_unavailable_backend_becomes_a_row(tmp_path):
+    args = ["--quick", "--models", "v1", "--backends", "mamba_ssm", "--levels", "mixer", "--res", "8", "--out",
+            str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    assert set(df["status"]) == {"unavailable"} and df["note"].str.contains("CUDA").all()
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--res", "4"], "too small"),
+        (["--res", "32", "abc"], "not an integer"),
+        (["--models", "v9"], "unknown value 'v9'"),
+        (["--backends", "flash"], "unknown value 'flash'"),
+        (["--levels", "layer"], "unknown value 'layer'"),
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--models", "v1", "--backends", "sdpa"], "none of sdpa is a v1 backend"),
+        (["--timer", "stopwatch"], "unknown timer"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
+    assert sweep.main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bench.sweep: error:") and words in err, err
+    assert not (tmp_path / "raw").exists()
+
+
+def test_unknown_flag_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--bogus"])
+    assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 1000, 5000])
+def test_max_batch_search_finds_the_limit(limit):
+    probes = []
+
+    def fits(b):
+        probes.append(b)
+        return b <= limit
+
+    mb = search_max_batch(fits, start=8, cap=4096, max_probes=20)
+    if limit >= 4096:
+        assert mb.capped and mb.max_ok == 4096 and mb.describe() == ">= 4096 (cap)"
+    else:
+        assert mb.max_ok <= limit < mb.min_fail
+        assert mb.min_fail - mb.max_ok <= max(1, mb.max_ok // 8)
+    assert len(set(probes)) == len(probes)  # no probe repeated
+
+
+def test_max_batch_search_respects_the_probe_budget():
+    mb = search_max_batch(lambda b: b <= 1000, start=8, cap=4096, max_probes=4)
+    assert len(mb.probes) == 4 and mb.max_ok == 64 and mb.min_fail is None
+    assert "probes exhausted" in mb.describe()
+
+
+def test_nothing_fits():
+    mb = search_max_batch(lambda b: False, start=8)
+    assert mb.max_ok == 0 and mb.min_fail == 1 and "does not fit" in mb.describe()
+
+
+def test_nice_mid_is_powers_of_two_ish():
+    assert nice_mid(512, 1024) == 768 and nice_mid(768, 1024) == 896 and nice_mid(3, 5) == 4
+    assert nice_mid(8, 9) == 8
+
+
+def test_predicted_start_from_measured_memory():
+    # 1 GiB static + 1 GiB per sample at batch 8, 100 GiB capacity → 99 fit; 80 % → 79 → first probe 64
+    assert measure.predicted_start(1024 + 8 * 1024, 8, 1024, 100 * 1024, cap=4096) == 64
+    assert measure.predicted_start(0, 8, 0, 100, cap=4096) == 8  # nonsense measurements: start at the batch
+
+
+def test_timing_summary():
+    t = Timing([4.0, 1.0, 3.0, 2.0], "perf_counter")
+    s = t.summary()
+    assert s["median_ms"] == 2.5 and s["q1_ms"] == 1.75 and s["q3_ms"] == 3.25 and s["iqr_ms"] == 1.5
+    assert s["n_reps"] == 4 and s["min_ms"] == 1.0
+
+
+def test_time_fn_on_cpu_counts_reps():
+    n = []
+    t = measure.time_fn(lambda: n.append(1), torch.device("cpu"), warmup_ms=0, rep_ms=0, min_reps=3, max_reps=3)
+    assert len(t.times_ms) == 3 == len(n)
+
+
+def test_is_oom():
+    assert measure.is_oom(torch.OutOfMemoryError("x"))
+    assert measure.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not measure.is_oom(RuntimeError("shape mismatch")) and not measure.is_oom(ValueError("out of memory"))
+
+
+def test_max_batch_type():
+    assert MaxBatch(10, 12, 4096, [(8, True)]).probes_str() == "8:ok"
+
+
+# ----------------------------------------------------------------------------------------------
+# The report on GPU-shaped data (what the H200 sweep writes), and the GPU plan
+# ----------------------------------------------------------------------------------------------
+
+
+def _synthetic_gpu_rows() -> list[dict]:
+    """Rows shaped like a GPU sweep's: V1 ∝ N, V4 ∝ N², with OOM / unavailable / skipped cells."""
+    from bench.flops import analytic_flops
+    from models.v1_mamba import v1_config
+    from models.v4_transformer import v4_config
+
+    cfgs = {"v1": v1_config("default", env={}), "v4": v4_config("default", env={})}
+    out = []
+    series = [("v1", "mamba_ssm"), ("v1", "reference"), ("v4", "seed"), ("v4", "sdpa"), ("v4", "triton")]
+    for level in ("mixer", "encoder", "model"):
+        for res in (32, 64, 128):
+            N = res * res
+            for m, b in series:
+                base = {"model": m, "backend": b, "level": level, "res": res, "N": N, "preset": "default",
+                        "run_id": "x", "mode": "full", "params": 3_000_000}  # fmt: skip
+                fl = analytic_flops(m, cfgs[m], level, 1, N) / 1e9
+                out.append({**base, "batch": 1, "dtype": "fp32", "kind": "flops", "status": "ok", "gflop_analytic": fl,
+                            "gflop_fvcore": fl, "gflop_flopcounter": fl * 1.01, "agree": True, "note": ""})  # fmt: skip
+                for kind, k in (("fwd", 1.0), ("train", 3.0)):
+                    row = {**base, "batch": 8, "dtype": "bf16", "kind": kind}
+                    if b == "seed" and kind == "train" and res == 128:
+                        row.update(status="oom", note="OutOfMemoryError: CUDA out of memory")
+                    elif b == "reference" and res > 64:
+                        row.update(status="skipped", note="--ref-max-res")
+                    elif b == "triton" and res == 32:
+                        row.update(status="unavailable", note="ImportError")
+                    else:
+                        ms = k * (1e-3 * N if m == "v1" else 1e-6 * N**2) + 0.5
+                        row.update(status="ok", median_ms=ms, iqr_ms=0.01 * ms, n_reps=10, timer="cuda-events",
+                                   samples_per_s=8e3 / ms, tokens_per_s=8e3 * N / ms, tflops=1.0,
+                                   mem_alloc_peak_mb=100 + (N / 10 if m == "v1" else N**2 / 1e5),
+                                   mem_alloc_before_mb=100.0, mem_reserved_peak_mb=200.0, nvml_used_peak_mb=900.0,
+                                   epoch_min=6250 * ms / 6e4 if kind == "train" else None)  # fmt: skip
+                    out.append(row)
+    for m, b in (("v1", "mamba_ssm"), ("v4", "sdpa")):
+        for kind in ("fwd", "train"):
+            out.append({"model": m, "backend": b, "level": "model", "res": 32, "N": 1024, "batch": 64, "dtype": "bf16",
+                        "kind": kind, "status": "ok", "median_ms": 50.0 if m == "v1" else 90.0, "n_reps": 5,
+                        "mem_alloc_peak_mb": 6000.0, "mem_alloc_before_mb": 100.0, "epoch_samples": 50000,
+                        "epoch_min": 0.65, "samples_per_s": 1000.0, "run_id": "x"})  # fmt: skip
+        for res in (32, 64, 128):
+            out.append({"model": m, "backend": b, "level": "model", "res": res, "N": res * res, "batch": 8,
+                        "dtype": "bf16", "kind": "max_batch", "status": "ok", "max_batch": 4096 // (res // 32) ** 2,
+                        "max_batch_desc": f"{4096 // (res // 32) ** 2} (fails at 9999)", "probes": "8:ok 16:ok",
+                        "tokens_at_max": 4096 * 1024, "note": "training step", "run_id": "x"})  # fmt: skip
+    return out
+
+
+def test_report_on_gpu_shaped_rows(tmp_path):
+    env = {"gpu": "NVIDIA H200", "driver": "570.00", "sm_clock_mhz": 1980, "sm_clock_max_mhz": 1980,
+           "power_draw_w": 120.0, "power_limit_w": 700.0, "torch": "2.11.0+cu130", "cuda": "13.0",
+           "git_commit": "abc", "date": "2026-01-01", "hostname": "h200", "reduced": False,
+           "settings": {"mode": "full", "preset": "default", "dtype": "bf16", "threads": None}}  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    data = {"runs": [env], "rows": _synthetic_gpu_rows()}
+    (tmp_path / "raw" / "sweep_B8_bf16.json").write_text(json.dumps(data))
+    written = report.render(tmp_path)
+    names = {p.name for p in written}
+    assert {"max_batch_B8_bf16.csv", "max_batch_bf16.png", "scaling_latency_B8_bf16.png", "README.md"} <= names
+    text = (tmp_path / "README.md").read_text()
+    assert "REDUCED" not in text and "NVIDIA H200" in text
+    for needle in ("Largest batch", "batch 64", "| OOM |", "| n/a |", "| skipped |", "V4/V1", "mamba_ssm"):
+        assert needle in text, needle
+    fits = pd.read_csv(tmp_path / "fits_B8_bf16.csv")
+    enc = fits[(fits["level"] == "encoder") & (fits["metric"] == "FLOPs (analytic, forward)")].set_index("series")
+    assert abs(enc.loc["V1 mamba_ssm", "exponent (last two r)"] - 1) < 0.05
+    assert abs(enc.loc["V4 sdpa", "exponent (last two r)"] - 2) < 0.2
+    lat = fits[(fits["level"] == "mixer") & (fits["metric"] == "training-step latency")].set_index("series")
+    assert abs(lat.loc["V4 sdpa", "exponent (last two r)"] - 2) < 0.05
+    spec = pd.read_csv(tmp_path / "spec_vs_measured_B8_bf16.csv")
+    slow = spec[spec["claim"] == "training slowdown V4/V1 (32×32, batch 64)"]
+    assert slow["measured"].iloc[0] == "1.80×"
+    cross = pd.read_csv(tmp_path / "crossover_B8_bf16.csv")
+    assert len(cross) and cross["V4 starts to cost more than V1"].notna().all()
+
+
+def test_gpu_plan_order_and_settings(monkeypatch):
+    monkeypatch.setattr(sweep, "pick_device", lambda name: torch.device("cuda"))
+    s = sweep.settings_from_args(sweep.build_parser().parse_args([]))
+    assert s.mode == "full" and s.batch == 8 and s.dtype == "bf16" and s.res == [32, 48, 64, 96, 128]
+    assert s.max_batch and s.spec_batch == 64 and s.out.endswith("results") and s.threads is None
+    plan = sweep.make_plan(s, torch.device("cuda"))
+    order = [(c.backend, tuple(k)) for c, k in plan]
+    first_secondary = next(i for i, (b, _) in enumerate(order) if b not in ("mamba_ssm", "sdpa"))
+    assert all(b in ("mamba_ssm", "sdpa") for b, _ in order[:first_secondary])
+    assert order[-1][0] == "triton" and all(b == "triton" for b, _ in order[-15:])
+    spec = [c for c, _ in plan if c.batch == 64]
+    assert {c.model for c in spec} == {"v1", "v4"} and all(c.res == 32 for c in spec)
+    mb = [c for c, k in plan if k == ["max_batch"]]
+    assert len(mb) == 10 and {c.backend for c in mb} == {"mamba_ssm", "sdpa"}
+    est = sum(sweep.estimate_seconds(c, k, s, torch.device("cuda")) for c, ks in plan for k in ks)
+    assert 60 < est < s.time_budget_s
+    ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--no-max-batch"]))
+    assert ext.res[-3:] == [160, 192, 256] and not ext.max_batch
+
+
+def test_time_budget_skips_rows_that_a_rerun_then_measures(tmp_path):
+    args = ["--quick", "--models", "v4", "--backends", "sdpa", "--levels", "mixer", "--res", "8", "--no-flops",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main([*args, "--time-budget", "1e-6"]) == 0
+    df = rows(tmp_path)
+    assert set(df["status"]) == {"skipped"} and df["note"].str.contains("time budget").all()
+    assert sweep.main(args) == 0
+    assert set(rows(tmp_path)["status"]) == {"ok"}
+
+
+def test_sticky_cuda_errors_are_recognised():
+    assert sweep.sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert sweep.sticky_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not sweep.sticky_cuda_error(RuntimeError("CUDA out of memory"))

@@ -1,0 +1,67 @@
+"""The attention-kernel benchmark CLI: --quick runs end to end (CPU: under the Triton interpreter)."""
+
+import os
+
+os.environ.setdefault("FLASH_ATTN_AUTOTUNE", "0")  # before kernels.flash_attention is imported
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bench import attention_kernel as ak  # noqa: E402
+
+
+def test_quick_writes_csv_md_json_png(tmp_path):
+    assert ak.main(["--quick", "--out", str(tmp_path)]) == 0
+    csvs = list(tmp_path.glob("attention_kernel_B*_H*_*.csv"))
+    assert len(csvs) == 1
+    stem = csvs[0].with_suffix("")
+    for ext in (".md", ".json", ".png"):
+        assert stem.with_suffix(ext).is_file(), ext
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+    df = pd.read_csv(csvs[0])
+    assert set(ak.COLUMNS) <= set(df.columns)
+    tri = df[df["backend"] == "triton"]
+    assert set(tri["pass"]) == {"fwd", "fwd+bwd"}
+    assert (tri["status"] == "ok").all()
+    assert (tri["tflops"] > 0).all()
+    assert (tri["rel_err"] < 2e-2).all()
+    assert (tri["p20_ms"] <= tri["p80_ms"]).all()
+    md = stem.with_suffix(".md").read_text()
+    assert "| N |" in md and "triton / fastest SDPA" in md and "Bar:" in md
+
+
+def test_replot_from_csv(tmp_path):
+    rows = []
+    for backend, ms in (("triton", 1.0), ("sdpa_flash", 1.1), ("sdpa_cudnn", 0.9), ("naive", None)):
+        for pass_name in ak.PASSES:
+            row = ak._row(backend, 32, 32, 1024, pass_name, 64, 8, "bf16", "ok" if ms else "oom")
+            if ms:
+                row.update(ms=ms, p20_ms=ms, p80_ms=ms, tflops=100.0 / ms, rel_err=1e-3, max_err=1e-2)
+            rows.append(row)
+    ak._fill_ratios(rows)
+    csv = tmp_path / "attention_kernel_B64_H8_bf16.csv"
+    ak.write_csv_atomic(csv, rows)
+    assert ak.main(["--replot", str(csv)]) == 0
+    md = csv.with_suffix(".md").read_text()
+    assert "OOM" in md
+    assert "N=1024: met (0.90 vs ≥0.9)" in md  # fwd: 0.9 / 1.0
+    assert "N=1024: met (0.90 vs ≥0.8)" in md  # fwd+bwd
+    assert csv.with_suffix(".png").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--dims", "48"], ["--batch", "0"], ["--res", "x"], ["--dtype", "fp64"], ["--backends", "nope"]],
+)
+def test_bad_arguments_exit(argv):
+    with pytest.raises(SystemExit) as info:
+        ak.main(argv)
+    assert info.value.code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_cpu_without_quick_exits_with_message():
+    with pytest.raises(SystemExit) as info:
+        ak.main(["--out", "/nonexistent-dir-not-created"])
+    assert "CUDA GPU" in str(info.value.code)

@@ -1,0 +1,576 @@
+"""Tests for kernels.flash_attention.
+
+Without CUDA the kernels run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1), at
+small sizes, in fp16 and fp32 (the interpreter cannot run bf16). Tests marked ``gpu`` need CUDA: bf16/fp16
+at model sizes, dropout, SDPA equivalence, every autotune config, int64 offsets.
+"""
+
+import math
+import os
+
+# One config per kernel instead of autotuning (set before the module is imported): saves GPU time.
+os.environ.setdefault("FLASH_ATTN_AUTOTUNE", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+
+import kernels.flash_attention as fa  # noqa: E402
+from kernels.flash_attention import attention, attention_ref, dropout_mask  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+# relative-norm tolerances: (forward, gradients)
+TOL = {
+    torch.float32: (1e-5, 2e-5),
+    torch.float16: (5e-3, 1.5e-2),
+    torch.bfloat16: (2e-2, 4e-2),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| (with an RMS floor of 1e-2 so all-zero references stay meaningful)."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    out, ref = out.detach().double(), ref.detach().double()
+    assert not torch.isnan(out).any(), "NaN in output"
+    assert torch.isfinite(out).all(), "inf in output"
+    denom = max(ref.norm().item(), 1e-2 * math.sqrt(ref.numel()))
+    return (out - ref).norm().item() / denom
+
+
+def make(shape, dtype, layout="contig", seed=0, scale=1.0, device=DEVICE):
+    """Random (B, H, N, D) tensor in the given memory layout."""
+    B, H, N, D = shape
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*size):
+        return torch.randn(*size, generator=g, device=device).to(dtype)
+
+    if layout == "contig":
+        x = randn(B, H, N, D)
+    elif layout == "bnhd":  # how the model calls it: (B, N, H, D).transpose(1, 2)
+        x = randn(B, N, H, D).transpose(1, 2)
+    elif layout == "slice_n":  # every other row of a bigger tensor
+        x = randn(B, H, 2 * N, D)[:, :, ::2]
+    elif layout == "stride_d":  # non-unit stride along D
+        x = randn(B, H, N, 2 * D)[..., ::2]
+    elif layout == "head_slice":  # heads taken out of a bigger head dimension
+        x = randn(B, 2 * H, N, D)[:, 1::2]
+    else:
+        raise AssertionError(layout)
+    return x * scale if scale != 1.0 else x
+
+
+def qkv(B, H, Nq, Nk, D, dtype, layout="contig", seed=0, scale=1.0):
+    q = make((B, H, Nq, D), dtype, layout, seed, scale)
+    k = make((B, H, Nk, D), dtype, layout, seed + 1, scale)
+    v = make((B, H, Nk, D), dtype, layout, seed + 2)
+    return q, k, v
+
+
+def ref_dtype(dtype):
+    return torch.float64 if dtype == torch.float32 else torch.float32
+
+
+def run_fwd_bwd(q, k, v, *, causal=False, dropout_p=0.0, seed=None, sm_scale=None, grad_seed=7):
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out = attention(q, k, v, causal=causal, dropout_p=dropout_p, seed=seed, sm_scale=sm_scale)
+    g = torch.Generator(device=out.device).manual_seed(grad_seed)
+    dout = torch.randn(out.shape, generator=g, device=out.device).to(out.dtype)
+    out.backward(dout)
+    return out, (q.grad, k.grad, v.grad), dout
+
+
+def run_ref(q, k, v, dout, *, causal=False, dropout_p=0.0, mask=None, sm_scale=None):
+    rd = ref_dtype(q.dtype)
+    qr, kr, vr = (x.detach().to(rd).requires_grad_() for x in (q, k, v))
+    ref = attention_ref(qr, kr, vr, causal=causal, dropout_p=dropout_p, dropout_mask=mask, sm_scale=sm_scale)
+    ref.backward(dout.to(rd))
+    return ref, (qr.grad, kr.grad, vr.grad)
+
+
+def check_against_ref(q, k, v, *, causal=False, dropout_p=0.0, seed=None, sm_scale=None, tol=None):
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    out, grads, dout = run_fwd_bwd(q, k, v, causal=causal, dropout_p=dropout_p, seed=seed, sm_scale=sm_scale)
+    mask = dropout_mask(seed, B, H, Nq, Nk, dropout_p, q.device) if dropout_p > 0 else None
+    ref, ref_grads = run_ref(q, k, v, dout, causal=causal, dropout_p=dropout_p, mask=mask, sm_scale=sm_scale)
+    tf, tg = tol or TOL[q.dtype]
+    assert out.shape == q.shape and out.dtype == q.dtype
+    errs = {"out": rel_err(out, ref)}
+    for name, a, b in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert a.shape == b.shape and a.dtype == q.dtype
+        errs[name] = rel_err(a, b)
+    assert errs["out"] < tf, errs
+    assert max(errs["dq"], errs["dk"], errs["dv"]) < tg, errs
+    return errs
+
+
+# ----------------------------------------------------------------------------------------------------
+# forward + backward against the reference
+# ----------------------------------------------------------------------------------------------------
+
+SHAPES = [(77, 130), (130, 77), (1, 5), (64, 64)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("nq,nk", SHAPES, ids=[f"{a}x{b}" for a, b in SHAPES])
+@pytest.mark.parametrize("D", [16, 32, 64, 128])
+def test_matches_reference(D, nq, nk, causal, dtype):
+    q, k, v = qkv(1, 1, nq, nk, D, dtype, seed=D + nq)
+    check_against_ref(q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("layout", ["bnhd", "slice_n", "stride_d", "head_slice"])
+def test_noncontiguous_inputs(layout, dtype):
+    q, k, v = qkv(2, 2, 37, 50, 32, dtype, layout=layout, seed=3)
+    assert not q.is_contiguous()
+    check_against_ref(q, k, v, causal=dtype == torch.float16)
+
+
+def test_output_and_grads_follow_bnhd_layout():
+    """A (B, N, H, D).transpose(1, 2) input gives an output (and grads) in the same (B, N, H, D) memory."""
+    q, k, v = qkv(2, 3, 40, 24, 16, torch.float32, layout="bnhd")
+    out, grads, _ = run_fwd_bwd(q, k, v)
+    assert out.transpose(1, 2).is_contiguous()
+    for g in grads:
+        assert g.transpose(1, 2).is_contiguous()
+
+
+def test_mixed_layouts_and_noncontiguous_grad_output():
+    q = make((2, 2, 50, 32), torch.float16, "bnhd", 1)
+    k = make((2, 2, 70, 32), torch.float16, "slice_n", 2)
+    v = make((2, 2, 70, 32), torch.float16, "contig", 3)
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    out = attention(qg, kg, vg)
+    dout = make((2, 2, 50, 32), torch.float16, "stride_d", 4)  # non-unit last stride
+    out.backward(dout)
+    ref, ref_grads = run_ref(q, k, v, dout)
+    assert rel_err(out, ref) < TOL[torch.float16][0]
+    for a, b in zip((qg.grad, kg.grad, vg.grad), ref_grads):
+        assert rel_err(a, b) < TOL[torch.float16][1]
+
+
+def test_sum_backward_expanded_grad():
+    """out.sum().backward() hands the backward a stride-0 (expanded) gradient."""
+    q, k, v = (x.requires_grad_() for x in qkv(1, 2, 33, 45, 16, torch.float32))
+    attention(q, k, v, causal=True).sum().backward()
+    qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
+    attention_ref(qr, kr, vr, causal=True).sum().backward()
+    for a, b in zip((q.grad, k.grad, v.grad), (qr.grad, kr.grad, vr.grad)):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("sm_scale", [0.05, 1.0])
+def test_explicit_scale_and_large_logits(sm_scale):
+    """Large scores (q, k scaled by 4, sm_scale up to 1): online softmax must stay stable."""
+    q, k, v = qkv(1, 2, 70, 90, 32, torch.float32, seed=11, scale=4.0)
+    check_against_ref(q, k, v, sm_scale=sm_scale, causal=True)
+
+
+def test_poisoned_buffers(monkeypatch):
+    """Every element of the output, LSE/delta scratch and gradients must be written by the kernels."""
+
+    def nan_like(t):
+        out = torch.empty_like(t)
+        if out.stride(-1) != 1:
+            out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        return out.fill_(float("nan"))
+
+    def nan_buffer(shape, device):
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+
+    monkeypatch.setattr(fa, "_empty_like_rowmajor", nan_like)
+    monkeypatch.setattr(fa, "_new_buffer", nan_buffer)
+    q, k, v = qkv(1, 2, 77, 130, 16, torch.float32, seed=5)
+    check_against_ref(q, k, v, causal=True)
+    q, k, v = qkv(1, 2, 130, 77, 16, torch.float16, seed=6)
+    check_against_ref(q, k, v, causal=False)
+
+
+def test_only_q_requires_grad():
+    q, k, v = qkv(1, 2, 40, 50, 32, torch.float32)
+    q.requires_grad_()
+    out = attention(q, k, v)
+    out.backward(torch.ones_like(out))
+    qr = q.detach().double().requires_grad_()
+    attention_ref(qr, k.double(), v.double()).backward(torch.ones(out.shape, dtype=torch.float64))
+    assert rel_err(q.grad, qr.grad) < 1e-5
+    assert k.grad is None and v.grad is None
+
+
+def test_no_grad_forward():
+    q, k, v = qkv(1, 2, 40, 50, 32, torch.float32)
+    with torch.no_grad():
+        out = attention(q, k, v)
+    assert not out.requires_grad
+    assert rel_err(out, attention_ref(q.double(), k.double(), v.double())) < 1e-5
+
+
+def _pinned_block_pairs():
+    """Distinct block shapes of the GPU configs (num_stages=1), to run under any backend."""
+    fwd = sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _gpu_configs("_FWD_CONFIGS")})
+    kv = sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _gpu_configs("_BWD_KV_CONFIGS")})
+    dq = sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _gpu_configs("_BWD_Q_CONFIGS")})
+    n = max(len(fwd), len(kv), len(dq))
+    return [(fwd[i % len(fwd)], kv[i % len(kv)], dq[i % len(dq)]) for i in range(n)]
+
+
+def _gpu_configs(name):
+    """The GPU config lists, also when the module was built for the interpreter (parsed from the source)."""
+    if not fa.interpreter_active():
+        return getattr(fa, name)
+    import ast
+    import inspect
+
+    src = inspect.getsource(fa)
+    tree = ast.parse(src)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "_INTERPRET":
+            for stmt in node.orelse:
+                if isinstance(stmt, ast.Assign) and stmt.targets[0].id == name:
+                    return [
+                        triton.Config({"BLOCK_M": e.args[0].value, "BLOCK_N": e.args[1].value}) for e in stmt.value.elts
+                    ]
+    raise AssertionError(name)
+
+
+def _cfg(bm, bn):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)
+
+
+@pytest.mark.parametrize("blocks", _pinned_block_pairs(), ids=lambda b: "-".join(f"{m}x{n}" for m, n in b))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_block_shapes_of_gpu_configs(blocks, causal):
+    """The kernels' loop splitting (full / diagonal / tail blocks) with every block shape the GPU configs use."""
+    (fm, fn_), (km, kn), (qm, qn) = blocks
+    dtype = torch.float16 if CUDA else torch.float32  # fp32 on GPU would compile big FMA tiles (slow)
+    tf, tg = TOL[dtype]
+    for nq, nk in ((77, 130), (130, 77)):
+        q, k, v = qkv(1, 1, nq, nk, 16, dtype, seed=nq)
+        sm = 0.25
+        o, lse = fa._fwd(q, k, v, sm, 0.0, causal, 0, config=_cfg(fm, fn_))
+        dout = make(o.shape, dtype, seed=99)
+        dq, dk, dv = fa._bwd(dout, q, k, v, o, lse, sm, 0.0, causal, 0, configs=(_cfg(km, kn), _cfg(qm, qn)))
+        ref, ref_grads = run_ref(q, k, v, dout, causal=causal, sm_scale=sm)
+        assert rel_err(o, ref) < tf
+        for a, b in zip((dq, dk, dv), ref_grads):
+            assert rel_err(a, b) < tg
+
+
+def test_reference_causal_matches_sdpa_top_left():
+    """attention_ref's causal mask is SDPA's is_causal (top-left aligned), also for Nq != Nk."""
+    for nq, nk in ((7, 13), (13, 7), (16, 16)):
+        q, k, v = (x.cpu().double() for x in qkv(1, 2, nq, nk, 16, torch.float32))
+        ref = attention_ref(q, k, v, causal=True)
+        sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        assert torch.allclose(ref, sdpa, atol=1e-12, rtol=1e-10)
+        assert ref.dtype == torch.float64
+
+
+def test_kernel_matches_sdpa_fp32():
+    for causal in (False, True):
+        q, k, v = qkv(2, 2, 77, 130, 32, torch.float32, seed=21)
+        out = attention(q, k, v, causal=causal)
+        sdpa = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+        assert rel_err(out, sdpa) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------
+# dropout
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("nq,nk", [(37, 70), (70, 37)])
+def test_dropout_matches_reference_with_kernel_mask(nq, nk, causal, dtype):
+    q, k, v = qkv(1, 2, nq, nk, 32, dtype, seed=nq + 1)
+    check_against_ref(q, k, v, causal=causal, dropout_p=0.3, seed=1234)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_rate(p):
+    B, H, Nq, Nk = 2, 3, 64, 101
+    m = dropout_mask(42, B, H, Nq, Nk, p, DEVICE)
+    assert m.shape == (B, H, Nq, Nk) and m.dtype == torch.bool
+    n = m.numel()
+    rate = m.float().mean().item()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(rate - (1 - p)) < 5 * sigma, (rate, 1 - p, sigma)
+    # streams differ between heads and batches, and rows are not copies of each other
+    assert not torch.equal(m[0, 0], m[0, 1])
+    assert not torch.equal(m[0, 0], m[1, 0])
+    assert not torch.equal(m[0, 0, 0], m[0, 0, 1])
+    # no visible column structure: per-column keep rates all plausible
+    col_rate = m.float().mean(dim=(0, 1, 2))
+    col_sigma = math.sqrt(p * (1 - p) / (B * H * Nq))
+    assert ((col_rate - (1 - p)).abs() < 6 * col_sigma).all()
+
+
+def test_dropout_mask_depends_on_seed_only_through_stream():
+    a = dropout_mask(7, 1, 2, 30, 41, 0.25, DEVICE)
+    b = dropout_mask(7, 1, 2, 30, 41, 0.25, DEVICE)
+    c = dropout_mask(8, 1, 2, 30, 41, 0.25, DEVICE)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # a higher p drops a superset (same random numbers, higher threshold)
+    d = dropout_mask(7, 1, 2, 30, 41, 0.5, DEVICE)
+    assert not (d & ~a).any()
+
+
+def test_dropout_seed_determinism():
+    q, k, v = qkv(1, 1, 20, 30, 16, torch.float32, seed=2)
+    o1, g1, _ = run_fwd_bwd(q, k, v, dropout_p=0.2, seed=5)
+    o2, g2, _ = run_fwd_bwd(q, k, v, dropout_p=0.2, seed=5)
+    o3, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.2, seed=6)
+    assert torch.equal(o1, o2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+    assert not torch.equal(o1, o3)
+    # seed=None draws from torch's default generator: manual_seed makes it reproducible
+    torch.manual_seed(123)
+    o4, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.2)
+    o5, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.2)
+    torch.manual_seed(123)
+    o6, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.2)
+    assert torch.equal(o4, o6)
+    assert not torch.equal(o4, o5)
+
+
+def test_dropout_zero_is_exact_noop():
+    q, k, v = qkv(1, 2, 25, 40, 32, torch.float16, seed=3)
+    o1, g1, _ = run_fwd_bwd(q, k, v)
+    o2, g2, _ = run_fwd_bwd(q, k, v, dropout_p=0.0, seed=99)
+    assert torch.equal(o1, o2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def test_dropout_unbiased_on_average():
+    """E[dropout output] = no-dropout output: the mean over 24 seeds is close to it."""
+    q, k, v = qkv(1, 1, 16, 32, 16, torch.float32, seed=4)
+    base = attention(q, k, v)
+    mean = torch.stack([attention(q, k, v, dropout_p=0.5, seed=s) for s in range(24)]).mean(0)
+    spread = torch.stack([attention(q, k, v, dropout_p=0.5, seed=s) for s in range(4)]).std(0).mean()
+    assert (mean - base).abs().mean() < 0.5 * spread
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad inputs
+# ----------------------------------------------------------------------------------------------------
+
+
+def _t(*shape, dtype=torch.float32, device=DEVICE):
+    return torch.randn(*shape).to(device=device, dtype=dtype)
+
+
+BAD_CASES = {
+    "rank3_q": lambda: attention(_t(2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16)),
+    "rank5_k": lambda: attention(_t(1, 2, 8, 16), _t(1, 1, 2, 8, 16), _t(1, 2, 8, 16)),
+    "not_tensor": lambda: attention([[1.0]], _t(1, 2, 8, 16), _t(1, 2, 8, 16)),
+    "batch_mismatch": lambda: attention(_t(2, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16)),
+    "heads_mismatch": lambda: attention(_t(1, 3, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16)),
+    "d_mismatch_k": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 32), _t(1, 2, 8, 16)),
+    "d_mismatch_v": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 32)),
+    "kv_len_mismatch": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 9, 16), _t(1, 2, 8, 16)),
+    "dtype_fp64": lambda: attention(*(_t(1, 2, 8, 16, dtype=torch.float64) for _ in range(3))),
+    "dtype_int": lambda: attention(*(torch.ones(1, 2, 8, 16, dtype=torch.int32, device=DEVICE) for _ in range(3))),
+    "dtype_mixed": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16, dtype=torch.float16), _t(1, 2, 8, 16)),
+    "head_dim_48": lambda: attention(_t(1, 2, 8, 48), _t(1, 2, 8, 48), _t(1, 2, 8, 48)),
+    "head_dim_256": lambda: attention(_t(1, 1, 4, 256), _t(1, 1, 4, 256), _t(1, 1, 4, 256)),
+    "head_dim_8": lambda: attention(_t(1, 2, 8, 8), _t(1, 2, 8, 8), _t(1, 2, 8, 8)),
+    "empty_seq": lambda: attention(_t(1, 2, 0, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16)),
+    "dropout_one": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p=1.0),
+    "dropout_negative": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p=-0.1),
+    "dropout_nan": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p=float("nan")),
+    "dropout_str": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p="0.1"),
+    "scale_zero": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), sm_scale=0.0),
+    "scale_negative": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), sm_scale=-1.0),
+    "scale_inf": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), sm_scale=float("inf")),
+    "causal_not_bool": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), causal=1),
+    "seed_float": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p=0.1, seed=1.5),
+    "different_devices": lambda: attention(_t(1, 2, 8, 16), torch.empty(1, 2, 8, 16, device="meta"), _t(1, 2, 8, 16)),
+    "mask_p_one": lambda: dropout_mask(1, 1, 1, 4, 4, 1.0, DEVICE),
+    "mask_bad_size": lambda: dropout_mask(1, 1, 1, 0, 4, 0.1, DEVICE),
+    "mask_seed_none": lambda: dropout_mask(None, 1, 1, 4, 4, 0.1, DEVICE),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_raises_value_error(case):
+    with pytest.raises(ValueError) as info:
+        BAD_CASES[case]()
+    msg = str(info.value)
+    assert msg and "\n" not in msg
+
+
+def test_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(fa, "_INTERPRET", False)
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match=r"CUDA GPU.*TRITON_INTERPRET=1"):
+        attention(q, q, q)
+    with pytest.raises(ValueError, match=r"CUDA GPU.*TRITON_INTERPRET=1"):
+        dropout_mask(1, 1, 1, 4, 4, 0.1, "cpu")
+
+
+def test_bf16_under_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(fa, "_INTERPRET", True)
+    q = torch.randn(1, 2, 8, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="interpreter"):
+        attention(q, q, q)
+
+
+def test_public_api():
+    assert set(fa.__all__) >= {"attention", "attention_ref", "dropout_mask"}
+    assert fa.interpreter_active() == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU: model sizes, bf16, SDPA equivalence, every autotune config, int64 offsets
+# ----------------------------------------------------------------------------------------------------
+
+MODEL_SHAPES = [
+    (8, 8, 1024, 1024, 32),
+    (8, 8, 1024, 1024, 64),
+    (4, 8, 4096, 4096, 32),
+    (4, 8, 4096, 4096, 64),
+    (4, 8, 205, 819, 32),
+    (4, 8, 819, 205, 64),
+]
+
+
+def _sdpa_err(q, k, v, dout, ref, ref_grads, causal=False):
+    """Error of torch SDPA (same dtype) vs the fp32 reference: the yardstick for our error."""
+    qs, ks, vs = (x.detach().requires_grad_() for x in (q, k, v))
+    out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
+    out.backward(dout)
+    return [rel_err(out, ref)] + [rel_err(a, b) for a, b in zip((qs.grad, ks.grad, vs.grad), ref_grads)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", MODEL_SHAPES, ids=lambda s: "B{}H{}_{}x{}_D{}".format(*s))
+def test_gpu_model_sizes(shape, dtype):
+    B, H, Nq, Nk, D = shape
+    q, k, v = qkv(B, H, Nq, Nk, D, dtype, layout="bnhd", seed=Nq)
+    out, grads, dout = run_fwd_bwd(q, k, v)
+    ref, ref_grads = run_ref(q, k, v, dout)
+    ours = [rel_err(out, ref)] + [rel_err(a, b) for a, b in zip(grads, ref_grads)]
+    sdpa = _sdpa_err(q, k, v, dout, ref, ref_grads)
+    tf, tg = TOL[dtype]
+    assert ours[0] < tf, (ours, sdpa)
+    assert max(ours[1:]) < tg, (ours, sdpa)
+    # no worse than torch's own kernels by more than a small factor
+    for a, b in zip(ours, sdpa):
+        assert a < 2.0 * b + 2e-3, (ours, sdpa)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("D", [32, 64])
+def test_gpu_matches_sdpa_bf16(D, causal):
+    q, k, v = qkv(4, 8, 1024, 1024, D, torch.bfloat16, layout="bnhd", seed=D)
+    out, grads, dout = run_fwd_bwd(q, k, v, causal=causal)
+    qs, ks, vs = (x.detach().requires_grad_() for x in (q, k, v))
+    sdpa = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
+    sdpa.backward(dout)
+    assert rel_err(out, sdpa) < 1e-2
+    for a, b in zip(grads, (qs.grad, ks.grad, vs.grad)):
+        assert rel_err(a, b) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gpu_dropout_bf16(causal):
+    B, H, N, D = 4, 8, 1024, 32
+    q, k, v = qkv(B, H, N, N, D, torch.bfloat16, layout="bnhd", seed=9)
+    check_against_ref(q, k, v, causal=causal, dropout_p=0.1, seed=2024)
+    m = dropout_mask(2024, B, H, N, N, 0.1, DEVICE)
+    rate = m.float().mean().item()
+    assert abs(rate - 0.9) < 5 * math.sqrt(0.09 / m.numel())
+    o1, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.1, seed=1)
+    o2, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.1, seed=1)
+    o3, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.1, seed=2)
+    assert torch.equal(o1, o2) and not torch.equal(o1, o3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gpu_fp32_is_ieee_exact(causal):
+    q, k, v = qkv(2, 4, 333, 517, 64, torch.float32, seed=1)
+    errs = check_against_ref(q, k, v, causal=causal)
+    assert errs["out"] < 1e-5  # TF32 would give ~1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [16, 128])
+def test_gpu_other_head_dims(D):
+    q, k, v = qkv(2, 4, 1000, 777, D, torch.bfloat16, layout="bnhd", seed=D)
+    check_against_ref(q, k, v)
+    check_against_ref(q, k, v, causal=True)
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_casts_fp32_inputs():
+    q, k, v = qkv(2, 4, 300, 200, 32, torch.float32, layout="bnhd", seed=4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, attention_ref(q, k, v)) < TOL[torch.bfloat16][0]
+
+
+@pytest.mark.gpu
+def test_gpu_tiny_and_odd_lengths():
+    for nq, nk in ((1, 1), (1, 300), (300, 1), (3, 5), (129, 65)):
+        q, k, v = qkv(2, 2, nq, nk, 32, torch.bfloat16, seed=nq)
+        check_against_ref(q, k, v)
+        check_against_ref(q, k, v, causal=True, dropout_p=0.2, seed=3)
+
+
+@pytest.mark.gpu
+def test_gpu_every_autotune_config():
+    """Each forward / dK-dV / dQ config gives the right answer (bf16, D=32, lengths with tails)."""
+    B, H, Nq, Nk, D = 2, 4, 1000, 1000, 32
+    q, k, v = qkv(B, H, Nq, Nk, D, torch.bfloat16, layout="bnhd", seed=1)
+    sm = 1.0 / math.sqrt(D)
+    dout = make((B, H, Nq, D), torch.bfloat16, seed=2)
+    ref, ref_grads = run_ref(q, k, v, dout)
+    o_def, lse = fa._fwd(q, k, v, sm, 0.0, False, 0)
+    for cfg in fa._FWD_CONFIGS:
+        o, _ = fa._fwd(q, k, v, sm, 0.0, False, 0, config=cfg)
+        assert rel_err(o, ref) < TOL[torch.bfloat16][0], cfg
+    for kv_cfg in fa._BWD_KV_CONFIGS:
+        _, dk, dv = fa._bwd(dout, q, k, v, o_def, lse, sm, 0.0, False, 0, need_dq=False, configs=(kv_cfg, None))
+        assert rel_err(dk, ref_grads[1]) < TOL[torch.bfloat16][1], kv_cfg
+        assert rel_err(dv, ref_grads[2]) < TOL[torch.bfloat16][1], kv_cfg
+    for q_cfg in fa._BWD_Q_CONFIGS:
+        dq, _, _ = fa._bwd(dout, q, k, v, o_def, lse, sm, 0.0, False, 0, need_dkdv=False, configs=(None, q_cfg))
+        assert rel_err(dq, ref_grads[0]) < TOL[torch.bfloat16][1], q_cfg
+
+
+@pytest.mark.gpu
+def test_gpu_int64_offsets():
+    """B*H*N*D > 2**31 elements: the last (batch, head) slab must still be right (int64 base offsets)."""
+    B, H, N, D = 64, 8, 16384, 32
+    assert B * H * N * D > 2**31
+    q, k, v = qkv(B, H, N, N, D, torch.bfloat16, layout="bnhd", seed=0)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = attention(q, k, v)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    sl = (slice(B - 1, B), slice(H - 1, H))
+    ref, ref_grads = run_ref(q[sl], k[sl], v[sl], dout[sl])
+    assert rel_err(out[sl], ref) < TOL[torch.bfloat16][0]
+    for a, b in zip((q.grad[sl], k.grad[sl], v.grad[sl]), ref_grads):
+        assert rel_err(a, b) < TOL[torch.bfloat16][1]
