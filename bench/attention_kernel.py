@@ -27,13 +27,14 @@ import datetime as _dt
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from bench.env import git_commit
 
 BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
@@ -140,19 +141,6 @@ def _try(fn, default=None):
         return fn()
     except Exception:
         return default
-
-
-def git_commit() -> str:
-    def run(*args):
-        return subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    commit = _try(lambda: run("rev-parse", "HEAD"))
-    if not commit:
-        return "unknown"
-    dirty = _try(lambda: run("status", "--porcelain", "--untracked-files=no"))
-    return commit + ("+dirty" if dirty else "")
 
 
 def environment(args, device: torch.device, dtype_name: str) -> dict:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from bench.env import git_commit
 from bench.evaluate import (
     LABELS,
     EvalConfig,
@@ -349,14 +349,6 @@ def _version(pkg: str):
         return None
 
 
-def _git(*args):
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wall_s: float) -> dict:
     models = {}
     for r in runs:
@@ -371,7 +363,6 @@ def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wal
         mixer = resolve_mixer_backend(a.mixer_backend)
     except ConfigError as e:
         mixer = f"unavailable ({e})"
-    status = _git("status", "--porcelain")
     return {
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "bench.compare", *sys.argv[1:]]),
@@ -385,8 +376,7 @@ def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wal
         "causal_conv1d": _version("causal-conv1d") or _version("causal_conv1d"),
         "triton": _version("triton"),
         "mixer_backend": mixer,
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("GIT_COMMIT"),  # a copy without .git: pass it
-        "git_dirty": bool(status) if status is not None else None,
+        "git_commit": git_commit(),  # "+dirty" if tracked files were modified; $GIT_COMMIT in a copy without .git
         "env_overrides": {
             k: os.environ[k]
             for k in ("NUM_HEADS", "DIM_FEEDFORWARD", "NUM_LAYERS", "D_MODEL", "DROPOUT", "BATCH_SIZE", "LR")
@@ -503,7 +493,7 @@ def write_report(out_dir) -> Path:
         "# V1 (Mamba) vs V4 (Transformer): quality under equal budgets",
         "",
         f"Run on {where} ({env['device']}), torch {env['torch']}, {mamba} (V1 mixer: {env['mixer_backend']}), "
-        f"commit `{(env['git_commit'] or '?')[:12]}`{' (dirty)' if env['git_dirty'] else ''}, {env['date_utc']}, "
+        f"commit `{env['git_commit']}`, {env['date_utc']}, "
         f"{env['wall_clock_s'] / 60:.1f} min in all. Command: `{env['command']}`"
         + (f"; overrides from the environment: {env['env_overrides']}" if env["env_overrides"] else "")
         + ".",

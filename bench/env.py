@@ -31,7 +31,8 @@ def _version(dist: str) -> str | None:
 
 
 def git_commit(repo: Path = REPO) -> str:
-    """`git rev-parse HEAD`, or "unknown"; a "+dirty" suffix when tracked files are modified."""
+    """`git rev-parse HEAD` (+dirty when tracked files are modified); in a copy without .git (the GPU machine)
+    the commit the caller passes in $GIT_COMMIT; else "unknown"."""
 
     def run(*args):
         return subprocess.run(
@@ -40,7 +41,7 @@ def git_commit(repo: Path = REPO) -> str:
 
     commit = _try(lambda: run("rev-parse", "HEAD"))
     if not commit:
-        return "unknown"
+        return os.environ.get("GIT_COMMIT") or "unknown"
     dirty = _try(lambda: run("status", "--porcelain", "--untracked-files=no"))
     return commit + ("+dirty" if dirty else "")
 

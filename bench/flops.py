@@ -8,7 +8,9 @@
                  and the reference scan (sparse_bench::selective_scan, see below). While tracing, tensor
                  sizes are traced 0-dim tensors, which kernel launchers cannot take: the Triton attention and
                  mamba_ssm's entry points are therefore called with tracing paused, each recorded as one
-                 prim::PythonOp.Traced<name> op with the same inputs and the same handle.
+                 prim::PythonOp.Traced<name> op with the same inputs and the same handle. Should tracing
+                 through mamba_ssm.Mamba still fail, each mixer is counted as one op (TracedMambaMixer, the
+                 analytic mixer formula) and the note says so.
     flopcounter  torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add already). Formulas are
                  registered (register_flop_formula) where the op is a dispatcher op: the reference scan and
                  CPU flash attention. Kernels it cannot see at all — mamba_ssm's selective_scan_cuda /

@@ -73,9 +73,13 @@ def is_oom(e: BaseException) -> bool:
 
 
 def free_memory(device: torch.device | None = None) -> None:
+    """Best effort (never raises: after a CUDA error even empty_cache can fail)."""
     gc.collect()
-    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
-        torch.cuda.empty_cache()
+    try:
+        if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
 
 
 def sync(device: torch.device) -> None:

@@ -532,7 +532,7 @@ def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
         fl["kind"] = "analytic"
         written.append(_facet_plot(
             fl, ["analytic"], levels, "gflop_analytic", "GFLOP per sample",
-            "FLOPs of one forward pass per sample vs N (fvcore and FlopCounterMode agree: see the FLOP table)",
+            "FLOPs of one forward pass per sample vs N (analytic; fvcore and FlopCounterMode: see the FLOP table)",
             out / "scaling_flops_per_sample.png", "kind", "level",
         ))  # fmt: skip
     plt, sns = _plt()
@@ -649,6 +649,9 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
             t = safe(scaling_table, df, runs, level, kind, col, batch)
             if t.empty:
                 continue
+            if metric == "epoch_time":
+                n_ep = int((env.get("settings") or {}).get("epoch_samples") or 50000)
+                title = f"{title} of {n_ep:,} samples{' (CIFAR-10-sized)' if n_ep == 50000 else ''}, from the step time"
             text = f"**{title}** ({unit}; batch {batch})\n\n{md_table(t)}"
             written.append(atomic_write_text(out / "tables" / f"{metric}_{level}_{tag}.md", text))
             parts.append(text)

@@ -1,6 +1,6 @@
 """The V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)) benchmark sweep.
 
-    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 4–6 min on one H200)
+    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 4–5 min on one H200, ≤ ~7)
     python -m bench.sweep --quick         # tiny smoke run (CI), into runs/bench_quick/
     python -m bench.sweep --res 32 64 --models v4 --backends sdpa triton --levels mixer
 

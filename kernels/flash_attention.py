@@ -308,6 +308,7 @@ def _attn_fwd_kernel(
     K,
     V,
     O,
+    RES,
     LSE,
     qk_scale,
     drop_scale,
@@ -329,6 +330,10 @@ def _attn_fwd_kernel(
     stride_oh,
     stride_om,
     stride_od,
+    stride_rb,
+    stride_rh,
+    stride_rm,
+    stride_rd,
     H,
     N_Q,
     N_K,
@@ -338,6 +343,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    STORE_RES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -394,27 +400,45 @@ def _attn_fwd_kernel(
     out = acc * (drop_scale / l_i)[:, None]
     tl.store(LSE + off_bh.to(tl.int64) * N_Q + offs_m, lse, mask=row_ok)
     o_ptrs = o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    out_lp = out.to(O.dtype.element_ty)
+    tl.store(o_ptrs, out_lp, mask=row_ok[:, None])
+    if STORE_RES:
+        # rounding residual of the 16-bit output (exact in fp32): the backward's delta = rowsum(dO * O) must
+        # use the unrounded O, else dS = P * (dP - delta) inherits O's rounding error (see _attn_bwd_preprocess)
+        res_ptrs = _tile(RES, off_b, off_h, offs_m, offs_d, stride_rb, stride_rh, stride_rm, stride_rd)
+        tl.store(res_ptrs, (out - out_lp.to(tl.float32)).to(RES.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
 def _attn_bwd_preprocess(
     O,
+    RES,
     DO,
     DELTA,
     stride_ob,
     stride_oh,
     stride_om,
     stride_od,
+    stride_rb,
+    stride_rh,
+    stride_rm,
+    stride_rd,
     stride_dob,
     stride_doh,
     stride_dom,
     stride_dod,
     H,
     N_Q,
+    HAS_RES: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
+    """delta = rowsum(dO * O) with O the forward's fp32 output (16-bit O + its rounding residual RES).
+
+    dS = P * (dP - delta) cancels to ~0 where the softmax is (nearly) one-hot, e.g. a causal row with one
+    visible key; computing delta from the rounded O would leave an error of size eps(dtype) * |dO| * |O| in
+    every such dS (with dropout, O = V / (1 - p) is not exact in 16 bits even for one key).
+    """
     pid_m = tl.program_id(0)
     off_bh = tl.program_id(1)
     off_b = (off_bh // H).to(tl.int64)
@@ -425,6 +449,9 @@ def _attn_bwd_preprocess(
     o_ptrs = _tile(O, off_b, off_h, offs_m, offs_d, stride_ob, stride_oh, stride_om, stride_od)
     do_ptrs = _tile(DO, off_b, off_h, offs_m, offs_d, stride_dob, stride_doh, stride_dom, stride_dod)
     o = tl.load(o_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    if HAS_RES:
+        res_ptrs = _tile(RES, off_b, off_h, offs_m, offs_d, stride_rb, stride_rh, stride_rm, stride_rd)
+        o += tl.load(res_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + off_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, 1), mask=row_ok)
 
@@ -836,10 +863,18 @@ def _select(kernel, config):
     return kernel if config is None else _Pinned(kernel, config)
 
 
-def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None):
+def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=None):
+    """Forward launch; returns ``(o, lse, res)``.
+
+    ``res`` (o's shape and dtype, or None) is the rounding residual ``O_fp32 - O`` for the backward's
+    ``delta``; it is stored when ``residual`` is true, by default for 16-bit inputs (fp32 O is exact).
+    """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     o = _empty_like_rowmajor(q)
+    if residual is None:
+        residual = q.dtype != torch.float32
+    res = _empty_like_rowmajor(o) if residual and q.dtype != torch.float32 else None
     lse = _new_buffer((B * H, Nq), q.device)
     dropout = dropout_p > 0.0
 
@@ -848,17 +883,18 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None):
 
     with _device_ctx(q):
         _select(_attn_fwd_kernel, config)[grid](
-            q, k, v, o, lse,
+            q, k, v, o, o if res is None else res, lse,
             sm_scale * _LOG2E, 1.0 / (1.0 - dropout_p), seed, _drop_thresh(dropout_p),
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *(o if res is None else res).stride(),
             H, Nq, Nk, triton.cdiv(Nk, 4), _bucket(Nq), _bucket(Nk),
-            HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, DOT_PRECISION=_dot_precision(q.dtype),
-            N_ROUNDS=_PHILOX_ROUNDS,
+            HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, STORE_RES=res is not None,
+            DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS,
         )  # fmt: skip
-    return o, lse
+    return o, lse, res
 
 
-def _bwd(do, q, k, v, o, lse, sm_scale, dropout_p, causal, seed, need_dq=True, need_dkdv=True, configs=None):
+def _bwd(do, q, k, v, o, lse, sm_scale, dropout_p, causal, seed, need_dq=True, need_dkdv=True, configs=None, res=None):
+    """Backward launch; ``res`` is the forward's rounding residual of ``o`` (None: use ``o`` as is)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     dropout = dropout_p > 0.0
@@ -869,8 +905,10 @@ def _bwd(do, q, k, v, o, lse, sm_scale, dropout_p, causal, seed, need_dq=True, n
     with _device_ctx(q):
         delta = _new_buffer((B * H, Nq), q.device)
         _attn_bwd_preprocess[(triton.cdiv(Nq, _PRE_BLOCK_M), B * H)](
-            o, do, delta, *o.stride(), *do.stride(), H, Nq, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK_M
-        )
+            o, o if res is None else res, do, delta,
+            *o.stride(), *(o if res is None else res).stride(), *do.stride(), H, Nq,
+            HAS_RES=res is not None, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK_M,
+        )  # fmt: skip
         if need_dkdv:
             dk = _empty_like_rowmajor(k)
             dv = _empty_like_rowmajor(v)
@@ -923,9 +961,10 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper; call through :func:`attention`, which validates the inputs."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sm_scale, dropout_p, causal, seed):
-        o, lse = _fwd(q, k, v, sm_scale, dropout_p, causal, seed)
-        ctx.save_for_backward(q, k, v, o, lse)
+    def forward(ctx, q, k, v, sm_scale, dropout_p, causal, seed, needs_grad=True):
+        # the rounding residual of O is only needed by the backward (not stored under no_grad)
+        o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad)
+        ctx.save_for_backward(q, k, v, o, lse, res)
         ctx.sm_scale = sm_scale
         ctx.dropout_p = dropout_p
         ctx.causal = causal
@@ -934,26 +973,37 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, lse, res = ctx.saved_tensors
         need_dq = ctx.needs_input_grad[0]
         need_dkdv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         if do.dtype != q.dtype:
             do = do.to(q.dtype)
-        if do.stride(-1) != 1 and do.size(-1) > 1:
+        if (do.stride(-1) != 1 and do.size(-1) > 1) or _slab_span(do) > _INT32_MAX:
             do = do.contiguous()
-        dq, dk, dv = _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = _bwd(
+            do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv, res=res
+        )
+        return dq, dk, dv, None, None, None, None, None
 
 
 def _fail(msg: str):
     raise ValueError(msg)
 
 
+def _slab_span(t: torch.Tensor) -> int:
+    """Largest element offset inside one (batch, head) slab of a (B, H, N, D) tensor."""
+    return (t.shape[2] - 1) * t.stride(2) + (t.shape[3] - 1) * t.stride(3)
+
+
 def _check_slab_int32(name: str, t: torch.Tensor):
-    # offsets inside one (batch, head) slab are computed in int32
+    # offsets inside one (batch, head) slab are computed in int32 (batch/head base offsets in int64); outputs
+    # and gradients of a non-dense input (e.g. stride-0 expanded) are allocated contiguous: N*D elements
     n, d = t.shape[2], t.shape[3]
-    if (n - 1) * t.stride(2) + (d - 1) * t.stride(3) > _INT32_MAX:
-        _fail(f"attention: {name} strides {tuple(t.stride())} give per-(batch, head) offsets beyond int32")
+    if _slab_span(t) > _INT32_MAX or n * d - 1 > _INT32_MAX:
+        _fail(
+            f"attention: {name} shape {tuple(t.shape)} / strides {tuple(t.stride())} give per-(batch, head) "
+            "offsets beyond int32"
+        )
 
 
 def _validate(q, k, v, sm_scale, dropout_p, causal, seed) -> tuple[float, float, bool, int]:
@@ -1037,7 +1087,8 @@ def attention(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, seed=None)
     """
     q, k, v = _autocast_inputs(q, k, v)
     sm_scale, dropout_p, causal, seed = _validate(q, k, v, sm_scale, dropout_p, causal, seed)
-    return FlashAttentionFunction.apply(q, k, v, sm_scale, dropout_p, causal, seed)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return FlashAttentionFunction.apply(q, k, v, sm_scale, dropout_p, causal, seed, needs_grad)
 
 
 def attention_ref(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, dropout_mask=None):
