@@ -10,8 +10,9 @@ Public API
     * Any lengths: ``Nq != Nk`` (cross-attention) and lengths that are not multiples of the block size
       (77, 130, 1, ...) are handled with masked tail blocks. ``D`` in {16, 32, 64, 128}.
     * Any strides: inputs are addressed through their four strides, so transposed / sliced views need
-      no copy. Batch/head base offsets are computed in int64 (B*H*N*D may exceed 2**31); offsets inside
-      one (batch, head) slab must fit in int32 (checked, ValueError otherwise).
+      no copy. Batch/head base offsets are computed in int64 (B*H*N*D may exceed 2**31), as are the LSE /
+      delta row offsets (B*H*Nq); offsets inside one (batch, head) slab, N*D, and the dropout counter
+      Nq*ceil(Nk/4) must fit in int32 (checked, ValueError otherwise).
     * dtypes: float16 and bfloat16 use tensor cores with fp32 accumulation (P and dS are rounded to the
       input dtype before their matmuls, as in FlashAttention-2). float32 inputs are computed with
       IEEE-fp32 dot products (``input_precision="ieee"``, no TF32 and no rounding of P), so they match
@@ -37,7 +38,11 @@ Public API
     * Gradients for q, k and v (a ``torch.autograd.Function``): the forward saves the log-sum-exp per row;
       the backward runs a preprocess kernel (``delta = rowsum(dO * O)``), a dK/dV kernel (one program per
       key block, looping over query blocks) and a dQ kernel (one program per query block, looping over key
-      blocks). No atomics, so results are deterministic.
+      blocks). No atomics, so results are deterministic. For 16-bit inputs that need a gradient, the forward
+      also saves the rounding residual ``O_fp32 - O`` (O's shape and dtype) so that ``delta`` uses the
+      unrounded output: ``dS = P * (dP - delta)`` cancels to ~0 where the softmax is one-hot (a causal row
+      with one visible key, Nk = 1), and a delta from the rounded O (inexact as soon as dropout scales it)
+      left an error of eps(dtype) * |dO| * |O| in dQ and dK there.
     * Bad inputs raise a one-line ``ValueError``.
 
 ``attention_ref(q, k, v, *, sm_scale=None, dropout_p=0.0, causal=False, dropout_mask=None)``

@@ -259,13 +259,101 @@ def test_block_shapes_of_gpu_configs(blocks, causal):
     for nq, nk in ((77, 130), (130, 77)):
         q, k, v = qkv(1, 1, nq, nk, 16, dtype, seed=nq)
         sm = 0.25
-        o, lse = fa._fwd(q, k, v, sm, 0.0, causal, 0, config=_cfg(fm, fn_))
+        o, lse, res = fa._fwd(q, k, v, sm, 0.0, causal, 0, config=_cfg(fm, fn_))
         dout = make(o.shape, dtype, seed=99)
-        dq, dk, dv = fa._bwd(dout, q, k, v, o, lse, sm, 0.0, causal, 0, configs=(_cfg(km, kn), _cfg(qm, qn)))
+        cfgs = (_cfg(km, kn), _cfg(qm, qn))
+        dq, dk, dv = fa._bwd(dout, q, k, v, o, lse, sm, 0.0, causal, 0, configs=cfgs, res=res)
         ref, ref_grads = run_ref(q, k, v, dout, causal=causal, sm_scale=sm)
         assert rel_err(o, ref) < tf
         for a, b in zip((dq, dk, dv), ref_grads):
             assert rel_err(a, b) < tg
+
+
+def _first_gpu_configs():
+    """Block shapes of the first config of each GPU list: what FLASH_ATTN_AUTOTUNE=0 runs on the GPU."""
+    return tuple(
+        _cfg(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"])
+        for c in (_gpu_configs(n)[0] for n in ("_FWD_CONFIGS", "_BWD_KV_CONFIGS", "_BWD_Q_CONFIGS"))
+    )
+
+
+def check_pinned(q, k, v, *, causal, dropout_p, seed, configs, tol, sm_scale=None, residual=True):
+    """check_against_ref through _fwd/_bwd with pinned (forward, dK/dV, dQ) configs; returns the errors."""
+    fwd_cfg, kv_cfg, q_cfg = configs
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    sm = sm_scale or 1.0 / math.sqrt(D)
+    o, lse, res = fa._fwd(q, k, v, sm, dropout_p, causal, seed, config=fwd_cfg, residual=residual)
+    dout = make(o.shape, q.dtype, seed=Nq + 7)
+    dq, dk, dv = fa._bwd(dout, q, k, v, o, lse, sm, dropout_p, causal, seed, configs=(kv_cfg, q_cfg), res=res)
+    mask = dropout_mask(seed, B, H, Nq, Nk, dropout_p, q.device) if dropout_p > 0 else None
+    ref, ref_grads = run_ref(q, k, v, dout, causal=causal, dropout_p=dropout_p, mask=mask, sm_scale=sm)
+    errs = {name: rel_err(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), (o, dq, dk, dv), (ref, *ref_grads))}
+    if tol is not None:
+        assert errs["out"] < tol[0], errs
+        assert max(errs["dq"], errs["dk"], errs["dv"]) < tol[1], errs
+    return errs
+
+
+# test_gpu_tiny_and_odd_lengths' shapes, plus Nq > Nk and Nq < Nk with tails on both axes
+ODD_SHAPES = [(1, 1), (1, 300), (300, 1), (3, 5), (129, 65), (200, 77), (77, 200), (257, 130), (130, 257)]
+
+
+@pytest.mark.parametrize("nq,nk", ODD_SHAPES, ids=[f"{a}x{b}" for a, b in ODD_SHAPES])
+def test_gpu_first_configs_causal_dropout_fp16(nq, nk):
+    """Regression (H200 run, bf16): causal + dropout gave dQ/dK errors ~0.23 with the first GPU configs.
+
+    Cause: delta = rowsum(dO * O) was computed from the 16-bit output. Where the softmax is one-hot (one
+    visible key: causal row 0, Nk = 1) the true dS = P * (dP - delta) is exactly 0 and the reference dQ/dK
+    are 0, but O = V / (1 - p) is not exact in 16 bits, so dS picked up eps(dtype) * |dO| * |O|. The forward
+    now also stores O's rounding residual and delta uses the fp32 output. fp16 here (no bf16 in the
+    interpreter): before the fix 1x300 gave dQ 0.025 and 300x1 dK 0.42 against the 0.015 tolerance.
+    """
+    q, k, v = qkv(2, 2, nq, nk, 32, torch.float16, seed=nq)
+    for causal, p in ((True, 0.2), (True, 0.0), (False, 0.2)):
+        check_pinned(q, k, v, causal=causal, dropout_p=p, seed=3, configs=_first_gpu_configs(), tol=TOL[torch.float16])
+
+
+def test_gpu_first_configs_masking_exact_fp32():
+    """Causal / tail masking and the dK/dV causal start block with Nq != Nk, at fp32 precision (1e-5): any
+    wrongly masked or skipped element would show far above rounding error. Nk = 1 is left out: its dK
+    reference is exactly 0 and the relative error then measures fp32 rounding against the norm floor."""
+    for nq, nk in [(1, 300), (3, 5), (129, 65), (65, 129), (200, 77), (77, 200), (257, 130), (130, 257)]:
+        q, k, v = qkv(1, 2, nq, nk, 16, torch.float32, seed=nq + nk)
+        for causal, p in ((True, 0.0), (True, 0.3), (False, 0.3)):
+            cfgs = _first_gpu_configs()
+            check_pinned(q, k, v, causal=causal, dropout_p=p, seed=5, configs=cfgs, tol=TOL[torch.float32])
+
+
+def test_delta_uses_unrounded_output():
+    """One key per row (Nk = 1) with dropout: the exact dQ, dK are 0; they stay ~0 only with the residual."""
+    q, k, v = qkv(2, 2, 300, 1, 32, torch.float16, seed=1)
+    cfgs = _first_gpu_configs()
+    fixed = check_pinned(q, k, v, causal=True, dropout_p=0.2, seed=3, configs=cfgs, tol=None)
+    rounded = check_pinned(q, k, v, causal=True, dropout_p=0.2, seed=3, configs=cfgs, tol=None, residual=False)
+    assert max(fixed["dq"], fixed["dk"]) < 1e-3, fixed
+    assert rounded["dk"] > 30 * max(fixed["dk"], 1e-5), (rounded, fixed)
+
+
+def test_residual_only_stored_when_grads_are_needed(monkeypatch):
+    allocated = []
+
+    def counting(t):
+        out = torch.empty_like(t)
+        allocated.append(out)
+        return out
+
+    monkeypatch.setattr(fa, "_empty_like_rowmajor", counting)
+    q, k, v = qkv(1, 1, 20, 30, 16, torch.float16)
+    with torch.no_grad():
+        attention(q.requires_grad_(), k, v)
+    assert len(allocated) == 1  # the output only
+    allocated.clear()
+    attention(q, k, v)
+    assert len(allocated) == 2  # output + rounding residual
+    allocated.clear()
+    attention(*(x.float() for x in (q, k, v)))
+    assert len(allocated) == 1  # fp32: no residual
 
 
 def test_reference_causal_matches_sdpa_top_left():
@@ -400,6 +488,9 @@ BAD_CASES = {
     "scale_inf": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), sm_scale=float("inf")),
     "causal_not_bool": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), causal=1),
     "seed_float": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p=0.1, seed=1.5),
+    "expanded_q_too_long": lambda: attention(
+        torch.zeros(1, 1, 1, 16, device=DEVICE).expand(1, 1, 2**27 + 1, 16), _t(1, 1, 8, 16), _t(1, 1, 8, 16)
+    ),
     "different_devices": lambda: attention(_t(1, 2, 8, 16), torch.empty(1, 2, 8, 16, device="meta"), _t(1, 2, 8, 16)),
     "mask_p_one": lambda: dropout_mask(1, 1, 1, 4, 4, 1.0, DEVICE),
     "mask_bad_size": lambda: dropout_mask(1, 1, 1, 0, 4, 0.1, DEVICE),
@@ -546,31 +637,79 @@ def test_gpu_every_autotune_config():
     sm = 1.0 / math.sqrt(D)
     dout = make((B, H, Nq, D), torch.bfloat16, seed=2)
     ref, ref_grads = run_ref(q, k, v, dout)
-    o_def, lse = fa._fwd(q, k, v, sm, 0.0, False, 0)
+    o_def, lse, res = fa._fwd(q, k, v, sm, 0.0, False, 0)
     for cfg in fa._FWD_CONFIGS:
-        o, _ = fa._fwd(q, k, v, sm, 0.0, False, 0, config=cfg)
+        o, _, _ = fa._fwd(q, k, v, sm, 0.0, False, 0, config=cfg)
         assert rel_err(o, ref) < TOL[torch.bfloat16][0], cfg
+    args = (dout, q, k, v, o_def, lse, sm, 0.0, False, 0)
     for kv_cfg in fa._BWD_KV_CONFIGS:
-        _, dk, dv = fa._bwd(dout, q, k, v, o_def, lse, sm, 0.0, False, 0, need_dq=False, configs=(kv_cfg, None))
+        _, dk, dv = fa._bwd(*args, need_dq=False, configs=(kv_cfg, None), res=res)
         assert rel_err(dk, ref_grads[1]) < TOL[torch.bfloat16][1], kv_cfg
         assert rel_err(dv, ref_grads[2]) < TOL[torch.bfloat16][1], kv_cfg
     for q_cfg in fa._BWD_Q_CONFIGS:
-        dq, _, _ = fa._bwd(dout, q, k, v, o_def, lse, sm, 0.0, False, 0, need_dkdv=False, configs=(None, q_cfg))
+        dq, _, _ = fa._bwd(*args, need_dkdv=False, configs=(None, q_cfg), res=res)
         assert rel_err(dq, ref_grads[0]) < TOL[torch.bfloat16][1], q_cfg
 
 
-@pytest.mark.gpu
-def test_gpu_int64_offsets():
-    """B*H*N*D > 2**31 elements: the last (batch, head) slab must still be right (int64 base offsets)."""
-    B, H, N, D = 64, 8, 16384, 32
-    assert B * H * N * D > 2**31
-    q, k, v = qkv(B, H, N, N, D, torch.bfloat16, layout="bnhd", seed=0)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = attention(q, k, v)
-    dout = torch.randn_like(out)
+def check_far_slabs(B, H, Nq, Nk, D, dtype, *, causal=False, device=DEVICE):
+    """One call on (B, H, Nq/Nk, D) tensors; forward and grads of a few (batch, head) slabs against the reference.
+
+    Checked: the slab that straddles element offset 2**31 of the biggest tensor (numel // 2 when it is
+    smaller, for the CPU version), the next one and the last one; the loss only involves those slabs (dO is
+    0 elsewhere), so every other slab's gradients must be exactly 0 (slab 0 is checked: a wrapped int32
+    offset would write there or fault). Returns the checked slab indices (b * H + h).
+    """
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def randn(n):
+        return torch.randn(B, H, n, D, generator=g, device=device, dtype=dtype)
+
+    q, k, v = (randn(n).requires_grad_() for n in (Nq, Nk, Nk))
+    slab = max(Nq, Nk) * D
+    numel = B * H * slab
+    boundary = 2**31 if numel > 2**31 else numel // 2
+    first = (boundary - 1) // slab
+    slabs = sorted({first, min(first + 1, B * H - 1), B * H - 1} - {0})
+    out = attention(q, k, v, causal=causal)
+    dout = torch.zeros_like(out)
+    for s in slabs:
+        dout[s // H, s % H] = torch.randn(Nq, D, generator=g, device=device, dtype=dtype)
     out.backward(dout)
-    sl = (slice(B - 1, B), slice(H - 1, H))
-    ref, ref_grads = run_ref(q[sl], k[sl], v[sl], dout[sl])
-    assert rel_err(out[sl], ref) < TOL[torch.bfloat16][0]
-    for a, b in zip((q.grad[sl], k.grad[sl], v.grad[sl]), ref_grads):
-        assert rel_err(a, b) < TOL[torch.bfloat16][1]
+    tf, tg = TOL[dtype]
+    for s in slabs:
+        sl = (slice(s // H, s // H + 1), slice(s % H, s % H + 1))
+        ref, ref_grads = run_ref(q[sl], k[sl], v[sl], dout[sl], causal=causal)
+        assert rel_err(out[sl], ref) < tf, s
+        for name, a, b in zip(("dq", "dk", "dv"), (q.grad[sl], k.grad[sl], v.grad[sl]), ref_grads):
+            assert rel_err(a, b) < tg, (s, name)
+    ref0 = attention_ref(*(x[:1, :1].detach().float() for x in (q, k, v)), causal=causal)
+    assert rel_err(out[:1, :1], ref0) < tf
+    for grad in (q.grad, k.grad, v.grad):
+        assert not grad[0, 0].any()
+    return slabs
+
+
+def test_far_slabs_check_small():
+    """check_far_slabs (the int64-offset GPU test's checker) at interpreter size, both sides and causal."""
+    assert check_far_slabs(2, 3, 40, 24, 16, torch.float16) == [2, 3, 5]
+    check_far_slabs(2, 3, 24, 40, 16, torch.float16, causal=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("side", ["q", "kv"])
+def test_gpu_int64_offsets(side):
+    """More than 2**31 elements in one tensor: q/o/dO/dQ (side "q") or k/v/dK/dV (side "kv"), bf16.
+
+    B*H = 30800 slabs of 1100 x 64 = 2.17e9 elements (4.3 GB) in each big tensor; the batch/head base
+    offset b*stride_b + h*stride_h passes 2**31 from slab 30504 on (int64 in the kernels). The other
+    length is 96, so the small tensors are 0.38 GB; about 22 GB (side q: q, o, residual, dO, dQ) or
+    17 GB (side kv) of GPU memory. Causal for side "kv" (Nq < Nk: only the first key blocks are seen).
+    """
+    B, H, D, n_big, n_small = 4, 7700, 64, 1100, 96
+    assert B * H * n_big * D > 2**31 and B * H <= 65535
+    nq, nk = (n_big, n_small) if side == "q" else (n_small, n_big)
+    try:
+        slabs = check_far_slabs(B, H, nq, nk, D, torch.bfloat16, causal=side == "kv")
+        assert slabs[0] * n_big * D < 2**31 < (slabs[0] + 1) * n_big * D  # one slab straddles 2**31
+    finally:
+        torch.cuda.empty_cache()
