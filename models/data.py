@@ -159,9 +159,7 @@ class SparseFieldDataset(Dataset):
                     flip=bool(augment and rng.random() < 0.5),
                 )
             )
-        self.dense = torch.stack(
-            [self.render(i, self.resolution) for i in range(num_samples)]
-        )  # (n, 3, r, r)
+        self.dense = torch.stack([self.render(i, self.resolution) for i in range(num_samples)])  # (n, 3, r, r)
         self.coords = pixel_coords(self.resolution)  # (N, 2)
 
     def __len__(self) -> int:

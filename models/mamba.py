@@ -94,9 +94,7 @@ def _scan_chunk(h0, u, delta, A, B, C):
     return y, h[:, :, -1]
 
 
-def selective_scan_ref(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 64
-):
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 64):
     """Same signature and result as mamba_ssm's selective_scan_fn (no return_last_state), in fp32."""
     dtype = u.dtype
     with torch.autocast(u.device.type, enabled=False):
@@ -129,9 +127,7 @@ class MambaRef(nn.Module):
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True
-        )
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         # Initialisation as in mamba_ssm: dt_proj so that softplus(bias) is log-uniform in [dt_min, dt_max].

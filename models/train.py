@@ -149,9 +149,7 @@ def train(args) -> dict:
         model, ckpt = model_from_checkpoint(latest, args.model, device, **backends)
     else:
         if ckpt_dir.exists() and any(ckpt_dir.glob("*.pth")) and not args.overwrite:
-            raise ConfigError(
-                f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite"
-            )
+            raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite")
         overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "dropout")}
         if args.model == "v4":
             overrides["dim_feedforward"] = args.dim_feedforward
@@ -306,9 +304,7 @@ def build_parser() -> ArgParser:
                        ("--dim-feedforward", int), ("--dropout", float)):  # fmt: skip
         p.add_argument(flag, type=cast, default=None, help="override (also via the spec's env vars)")
     p.add_argument("--out-dir", default=".", help="where checkpoints_<name>/ goes")
-    p.add_argument(
-        "--save-every", type=int, default=50, help="keep an _epoch_XXXX.pth every N epochs (0: never)"
-    )
+    p.add_argument("--save-every", type=int, default=50, help="keep an _epoch_XXXX.pth every N epochs (0: never)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <name>_latest.pth")
     p.add_argument("--overwrite", action="store_true", help="start fresh even if checkpoints exist")

@@ -67,9 +67,7 @@ class TransformerEncoder(nn.Module):
     def __init__(self, cfg: V4Config):
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(
-                cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attn_backend
-            )
+            TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.attn_backend)
             for _ in range(cfg.num_layers)
         )
 
