@@ -23,7 +23,7 @@ class V4Config:
     dim_feedforward: int = 1024  # FFN hidden width (4× d_model)
     dropout: float = 0.1  # attention-weight, FFN and positional-encoding dropout
     num_fourier: int = 128  # random Fourier frequencies per coordinate embedding (features = 2×)
-    fourier_scale: float = 10.0  # std of the Fourier frequencies, in cycles per unit of [0, 1]
+    fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
     value_channels: int = 3  # channels of the field (RGB)
     attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton
 
