@@ -695,7 +695,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--report-only", action="store_true", help="rebuild quality.md from the saved data in --out")
     g = p.add_argument_group("budgets")
     g.add_argument(
-        "--seconds", type=float, default=110.0, help="equal-time budget: seconds of training per model (default 110)"
+        "--seconds", type=float, default=95.0, help="equal-time budget: seconds of training per model (default 95)"
     )
     g.add_argument(
         "--steps",
