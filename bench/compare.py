@@ -57,7 +57,7 @@ from models.checkpoint import read_checkpoint
 from models.common import ConfigError
 from models.data import SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.sample import METHODS
-from models.train import autocast_for, flow_matching_loss, to_device, train
+from models.train import autocast_for, env_number, flow_matching_loss, to_device, train
 from models.train import parse_args as train_parse_args
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 
@@ -618,16 +618,6 @@ def check_args(a) -> None:
         MODELS[key][1](a.preset, model_overrides(a, key))  # ConfigError on a bad combination (d_model % heads)
 
 
-def _env_number(name: str, cast, default):
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a valid {cast.__name__}") from None
-
-
 def main_compare(argv=None) -> None:
     p = build_parser()
     first = p.parse_args(argv)
@@ -639,8 +629,8 @@ def main_compare(argv=None) -> None:
         p.set_defaults(**QUICK)
     p.set_defaults(out=str(out), work_dir=str(out / "runs") if first.quick else "runs/compare")
     a = p.parse_args(argv)
-    a.batch_size = a.batch_size or _env_number("BATCH_SIZE", int, 64)
-    a.lr = a.lr or _env_number("LR", float, 6e-4)
+    a.batch_size = a.batch_size or env_number("BATCH_SIZE", int, 64)
+    a.lr = a.lr or env_number("LR", float, 6e-4)
     a.device = str(pick_device(a.device)) if a.device == "auto" else a.device
     check_args(a)
     device = pick_device(a.device)

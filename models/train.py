@@ -267,7 +267,8 @@ def train(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _env(name, cast, default):
+def env_number(name, cast, default):
+    """A number from the environment (the spec's BATCH_SIZE, LR, ...), or the default; bad text → ConfigError."""
     raw = os.environ.get(name)
     if not raw:
         return default
@@ -318,7 +319,7 @@ def parse_args(argv=None):
     for env_name, field in ENV_TRAIN.items():
         if getattr(args, field) is None:
             cast, default = defaults[field]
-            setattr(args, field, _env(env_name, cast, default))
+            setattr(args, field, env_number(env_name, cast, default))
     return args
 
 
