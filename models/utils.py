@@ -21,9 +21,26 @@ class ArgParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def tame_cpu_allocator(threshold: int = 1 << 20) -> bool:
+    """Pin glibc's mmap threshold so large freed tensors go back to the OS.
+
+    glibc raises its mmap threshold after each large free, so later tensor-sized blocks come from the heap and stay
+    resident: the reference Mamba's training step at batch 8 peaked at 24 GB of RSS on CPU (0.9 GB with this).
+    No-op where mallopt is missing (non-glibc); returns whether it applied.
+    """
+    try:
+        import ctypes
+
+        M_MMAP_THRESHOLD = -3
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def cli_main(run, argv=None, parser: ArgParser | None = None) -> int:
     """Run a CLI body; ConfigError → one-line message and exit 2. Returns the exit code."""
     prog = parser.prog if parser else Path(sys.argv[0]).name
+    tame_cpu_allocator()
     try:
         run(argv)
     except ConfigError as e:
