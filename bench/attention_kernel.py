@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bench.env import git_commit
+from bench.env import git_commit, nvml_info, try_call
 
 BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
@@ -136,25 +136,19 @@ def write_csv_atomic(path: Path, rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _try(fn, default=None):
-    try:
-        return fn()
-    except Exception:
-        return default
-
-
 def environment(args, device: torch.device, dtype_name: str) -> dict:
     import triton
 
+    cuda = device.type == "cuda"
     env = {
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": str(device),
-        "gpu_name": _try(lambda: torch.cuda.get_device_name(device)) if device.type == "cuda" else None,
-        "capability": _try(lambda: list(torch.cuda.get_device_capability(device))) if device.type == "cuda" else None,
+        "gpu_name": try_call(lambda: torch.cuda.get_device_name(device)) if cuda else None,
+        "capability": try_call(lambda: list(torch.cuda.get_device_capability(device))) if cuda else None,
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": _try(lambda: torch.backends.cudnn.version()),
+        "cudnn": try_call(lambda: torch.backends.cudnn.version()),
         "python": sys.version.split()[0],
         "git_commit": git_commit(),
         "dtype": dtype_name,
@@ -171,31 +165,8 @@ def environment(args, device: torch.device, dtype_name: str) -> dict:
         "flops": "fwd = 4*B*H*Nq*Nk*D; fwd+bwd = 3.5 * fwd",
     }
     if device.type == "cuda":
-        env.update(_nvml(device))
+        env.update(nvml_info(device.index or 0))
     return env
-
-
-def _nvml(device: torch.device) -> dict:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        index = _try(lambda: torch.cuda._get_nvml_device_index(device.index or 0), device.index or 0)
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:
-        return {"nvml": "unavailable"}
-
-    def s(x):
-        return x.decode() if isinstance(x, bytes) else x
-
-    return {
-        "driver": _try(lambda: s(pynvml.nvmlSystemGetDriverVersion())),
-        "sm_clock_mhz": _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
-        "sm_clock_max_mhz": _try(lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)),
-        "mem_clock_mhz": _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)),
-        "power_limit_w": _try(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0),
-        "memory_total_gb": _try(lambda: pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ decided from the numbers. Data first (CSV/JSON), then the report and figures fro
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from bench.env import git_commit
+from bench.env import git_commit, package_version
 from bench.evaluate import (
     LABELS,
     EvalConfig,
@@ -50,6 +49,7 @@ from bench.evaluate import (
     quality_table,
     run_evaluation,
     summarize,
+    sync,
     write_grids,
 )
 from models import MODELS, build_model
@@ -81,11 +81,6 @@ SAFETY = 0.97  # equal-time schedules are sized to 97% of T / (calibrated s/step
 # ----------------------------------------------------------------------------------------------
 # Training under the two budgets
 # ----------------------------------------------------------------------------------------------
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def model_overrides(a, key: str) -> dict:
@@ -151,10 +146,10 @@ def calibrate(a, device) -> dict:
     ds = SparseFieldDataset(images, a.resolution, 4 * a.batch_size, a.observed_frac, a.seed)
     loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True)
     batches = [to_device(b, device) for b in loader]  # first pass: allocations and lazy init, not timed
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     batches = [to_device(b, device) for b in loader]
-    _sync(device)
+    sync(device)
     data_s = (time.perf_counter() - t0) / len(batches)
     amp = device.type == "cuda"
     out = {}
@@ -164,7 +159,7 @@ def calibrate(a, device) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=a.lr)
         for i in range(a.calib_steps + 2):  # 2 warm-up steps
             if i == 2:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
             with autocast_for(device, amp):
                 loss = flow_matching_loss(model, batches[i % len(batches)])
@@ -173,7 +168,7 @@ def calibrate(a, device) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             loss.item()
-        _sync(device)
+        sync(device)
         out[key] = (time.perf_counter() - t0) / a.calib_steps + data_s
         print(f"[compare] calibration: {key.upper()} {1e3 * out[key]:.1f} ms/step "
               f"(data loading {1e3 * data_s:.1f} ms)", flush=True)  # fmt: skip
@@ -344,13 +339,6 @@ def verdict(summary: pd.DataFrame, per_image: pd.DataFrame, runs: pd.DataFrame, 
 # ----------------------------------------------------------------------------------------------
 
 
-def _version(pkg: str):
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wall_s: float) -> dict:
     models = {}
     for r in runs:
@@ -374,9 +362,9 @@ def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wal
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
-        "mamba_ssm": _version("mamba-ssm") or _version("mamba_ssm"),
-        "causal_conv1d": _version("causal-conv1d") or _version("causal_conv1d"),
-        "triton": _version("triton"),
+        "mamba_ssm": package_version("mamba-ssm") or package_version("mamba_ssm"),
+        "causal_conv1d": package_version("causal-conv1d") or package_version("causal_conv1d"),
+        "triton": package_version("triton"),
         "mixer_backend": mixer,
         "git_commit": git_commit(),  # "+dirty" if tracked files were modified; $GIT_COMMIT in a copy without .git
         "env_overrides": {

@@ -19,15 +19,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _try(fn, default=None):
+def try_call(fn, default=None):
     try:
         return fn()
     except Exception:
         return default
 
 
-def _version(dist: str) -> str | None:
-    return _try(lambda: importlib.metadata.version(dist))
+def package_version(dist: str) -> str | None:
+    return try_call(lambda: importlib.metadata.version(dist))
 
 
 def git_commit(repo: Path = REPO) -> str:
@@ -39,10 +39,10 @@ def git_commit(repo: Path = REPO) -> str:
             ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
 
-    commit = _try(lambda: run("rev-parse", "HEAD"))
+    commit = try_call(lambda: run("rev-parse", "HEAD"))
     if not commit:
         return os.environ.get("GIT_COMMIT") or "unknown"
-    dirty = _try(lambda: run("status", "--porcelain", "--untracked-files=no"))
+    dirty = try_call(lambda: run("status", "--porcelain", "--untracked-files=no"))
     return commit + ("+dirty" if dirty else "")
 
 
@@ -53,7 +53,7 @@ def cpu_name() -> str | None:
                 return line.split(":", 1)[1].strip()
         return platform.processor() or None
 
-    return _try(read)
+    return try_call(read)
 
 
 def nvml_info(index: int = 0) -> dict:
@@ -64,29 +64,29 @@ def nvml_info(index: int = 0) -> dict:
         pynvml.nvmlInit()
     except Exception:
         return {}
-    nvml_index = _try(lambda: torch.cuda._get_nvml_device_index(index), index)
-    h = _try(lambda: pynvml.nvmlDeviceGetHandleByIndex(nvml_index))
+    nvml_index = try_call(lambda: torch.cuda._get_nvml_device_index(index), index)
+    h = try_call(lambda: pynvml.nvmlDeviceGetHandleByIndex(nvml_index))
     if h is None:
         return {}
 
     def s(x):
         return x.decode() if isinstance(x, bytes) else x
 
-    mem = _try(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
+    mem = try_call(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
     return {
-        "nvml_name": _try(lambda: s(pynvml.nvmlDeviceGetName(h))),
-        "driver": _try(lambda: s(pynvml.nvmlSystemGetDriverVersion())),
-        "cuda_driver_version": _try(lambda: pynvml.nvmlSystemGetCudaDriverVersion()),
-        "sm_clock_mhz": _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
-        "sm_clock_max_mhz": _try(lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)),
-        "mem_clock_mhz": _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)),
-        "power_draw_w": _try(lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
-        "power_limit_w": _try(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000),
-        "temperature_c": _try(lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+        "nvml_name": try_call(lambda: s(pynvml.nvmlDeviceGetName(h))),
+        "driver": try_call(lambda: s(pynvml.nvmlSystemGetDriverVersion())),
+        "cuda_driver_version": try_call(lambda: pynvml.nvmlSystemGetCudaDriverVersion()),
+        "sm_clock_mhz": try_call(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+        "sm_clock_max_mhz": try_call(lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)),
+        "mem_clock_mhz": try_call(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)),
+        "power_draw_w": try_call(lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
+        "power_limit_w": try_call(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000),
+        "temperature_c": try_call(lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
         "nvml_mem_total_mb": mem.total / 2**20 if mem else None,
         "nvml_mem_used_mb": mem.used / 2**20 if mem else None,
-        "mig_mode": _try(lambda: pynvml.nvmlDeviceGetMigMode(h)[0]),
-        "persistence_mode": _try(lambda: pynvml.nvmlDeviceGetPersistenceMode(h)),
+        "mig_mode": try_call(lambda: pynvml.nvmlDeviceGetMigMode(h)[0]),
+        "persistence_mode": try_call(lambda: pynvml.nvmlDeviceGetPersistenceMode(h)),
     }
 
 
@@ -107,18 +107,18 @@ def gpu_info(device: torch.device | None = None) -> dict:
 
 
 def software_versions() -> dict:
-    mamba = _version("mamba-ssm") or _version("mamba_ssm")
+    mamba = package_version("mamba-ssm") or package_version("mamba_ssm")
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": _try(lambda: torch.backends.cudnn.version()) if torch.cuda.is_available() else None,
-        "triton": _try(lambda: __import__("triton").__version__),
+        "cudnn": try_call(lambda: torch.backends.cudnn.version()) if torch.cuda.is_available() else None,
+        "triton": try_call(lambda: __import__("triton").__version__),
         "mamba_ssm": mamba,
-        "causal_conv1d": _version("causal-conv1d") or _version("causal_conv1d"),
-        "fvcore": _version("fvcore"),
-        "numpy": _version("numpy"),
-        "pandas": _version("pandas"),
+        "causal_conv1d": package_version("causal-conv1d") or package_version("causal_conv1d"),
+        "fvcore": package_version("fvcore"),
+        "numpy": package_version("numpy"),
+        "pandas": package_version("pandas"),
     }
 
 

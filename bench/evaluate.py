@@ -166,7 +166,7 @@ def held_out_set(cfg: EvalConfig, train_res: int, observed_frac: float):
 # ----------------------------------------------------------------------------------------------
 
 
-def _sync(device) -> None:
+def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -193,14 +193,14 @@ def predict_model(model, ds, observed, out_res, estimator, cfg: EvalConfig, devi
         qry = [_queries(r, out_res, observed[i]) for i in idx]
         q_c = torch.stack([coords_hr[q] for q in qry]).to(device)  # (b, Nq, 2)
         g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b0)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         if estimator == "sample":
             x = sample(model, q_c, in_c, in_v, cfg.steps, cfg.method, g, amp=cfg.amp)
         else:  # posterior mean: average of 1-step Euler estimates x0 + v(x0, 0)
             x = sum(sample(model, q_c, in_c, in_v, 1, "euler", g, amp=cfg.amp) for _ in range(cfg.mean_draws))
             x = x / cfg.mean_draws
-        _sync(device)
+        sync(device)
         seconds += time.perf_counter() - t0
         x = x.float().cpu().clamp(-1, 1)  # (b, Nq, 3)
         for j, q in enumerate(qry):

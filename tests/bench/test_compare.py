@@ -6,18 +6,10 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import torch
 
 from bench.compare import build_parser, main, train_argv, verdict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to oversubscribed CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bench/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,14 +23,7 @@ from models.common import ConfigError
 from models.data import pixel_coords, split_pixels
 from models.train import parse_args, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and immune to oversubscribed CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bench/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------
