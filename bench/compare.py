@@ -36,7 +36,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from bench.env import git_commit, package_version
 from bench.evaluate import (
@@ -55,9 +54,9 @@ from bench.evaluate import (
 from models import MODELS, build_model
 from models.checkpoint import read_checkpoint
 from models.common import ConfigError
-from models.data import SparseFieldDataset, check_fraction, check_resolution, load_images
+from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.sample import METHODS
-from models.train import autocast_for, env_number, flow_matching_loss, to_device, train
+from models.train import autocast_for, env_number, flow_matching_loss, train
 from models.train import parse_args as train_parse_args
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 
@@ -99,7 +98,7 @@ def train_argv(a, key: str, out_dir: Path, max_steps: int, time_budget: float | 
             "--epochs", str(10**9), "--max-steps", str(max_steps), "--train-samples", str(a.train_samples),
             "--val-samples", str(a.val_samples), "--seed", str(a.seed), "--device", a.device,
             "--attn-backend", a.attn_backend, "--mixer-backend", a.mixer_backend, "--out-dir", str(out_dir),
-            "--num-workers", str(a.num_workers), "--save-every", "0", "--overwrite"]  # fmt: skip
+            "--save-every", "0", "--overwrite"]  # fmt: skip
     if time_budget:
         argv += ["--time-budget", f"{time_budget:.3f}"]
     if a.data:
@@ -144,11 +143,11 @@ def calibrate(a, device) -> dict:
     on a real batch, plus the data loading of one batch. Sizes the equal-time schedules."""
     images = load_images(a.data, "train")
     ds = SparseFieldDataset(images, a.resolution, 4 * a.batch_size, a.observed_frac, a.seed)
-    loader = DataLoader(ds, batch_size=a.batch_size, shuffle=True, drop_last=True)
-    batches = [to_device(b, device) for b in loader]  # first pass: allocations and lazy init, not timed
+    loader = DeviceBatches(ds, a.batch_size, device)  # the training loop's data path
+    batches = list(loader.epoch(0))  # first pass: allocations and lazy init, not timed
     sync(device)
     t0 = time.perf_counter()
-    batches = [to_device(b, device) for b in loader]
+    batches = list(loader.epoch(1))
     sync(device)
     data_s = (time.perf_counter() - t0) / len(batches)
     amp = device.type == "cuda"
@@ -692,7 +691,6 @@ def build_parser() -> ArgParser:
     g.add_argument("--val-samples", type=int, default=256)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
-    g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton")
     g.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
     for flag, cast in (("--d-model", int), ("--num-layers", int), ("--num-heads", int),

@@ -25,13 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from models import MODELS, build_model, count_parameters
 from models.checkpoint import model_from_checkpoint, save_checkpoint
 from models.common import ENV_TRAIN, ConfigError
-from models.data import SparseFieldDataset, check_fraction, check_resolution, load_images
+from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pick_device
 
 # ----------------------------------------------------------------------------------------------
@@ -57,18 +56,13 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return nullcontext()
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 @torch.no_grad()
-def validation_loss(model, loader, device, amp=True, seed=1234) -> float:
-    """Mean loss over the validation set with fixed noise and times (comparable across epochs and models)."""
+def validation_loss(model, batches: DeviceBatches, device, amp=True, seed=1234) -> float:
+    """Mean loss over the validation set with fixed masks, noise and times (comparable across epochs and models)."""
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)
     total, n = 0.0, 0
-    for batch in loader:
-        batch = to_device(batch, device)
+    for batch in batches.epoch(0):
         with autocast_for(device, amp):
             loss = flow_matching_loss(model, batch, g)
         bs = batch["query_values"].shape[0]
@@ -164,7 +158,10 @@ def train(args) -> dict:
         load_images(args.data, "val"), args.resolution, args.val_samples, args.observed_frac,
         args.seed + 1, augment=False,
     )  # fmt: skip
-    val_loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False)
+    if args.batch_size > len(train_ds):
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than --train-samples {len(train_ds)}")
+    train_batches = DeviceBatches(train_ds, args.batch_size, device)
+    val_batches = DeviceBatches(val_ds, args.batch_size, device, shuffle=False, drop_last=False)
     steps_per_epoch = len(train_ds) // args.batch_size or 1
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
@@ -201,19 +198,14 @@ def train(args) -> dict:
     for epoch in range(start_epoch, args.epochs):
         if stop or step >= total_steps:
             break
-        train_ds.set_epoch(epoch)
-        loader = DataLoader(
-            train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers,
-            generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch),
-        )  # fmt: skip
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0, losses = time.perf_counter(), []
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+        batches = train_batches.epoch(epoch)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch or step >= total_steps:
                 break
-            batch = to_device(batch, device)
             with autocast_for(device, not args.no_amp):
                 loss = flow_matching_loss(model, batch)
             opt.zero_grad(set_to_none=True)
@@ -231,7 +223,7 @@ def train(args) -> dict:
             torch.cuda.synchronize(device)
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
-        val = validation_loss(model, val_loader, device, not args.no_amp)
+        val = validation_loss(model, val_batches, device, not args.no_amp)
         row = {
             "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val, "epoch_time_s": epoch_time, "steps": len(losses),
@@ -306,7 +298,6 @@ def build_parser() -> ArgParser:
         p.add_argument(flag, type=cast, default=None, help="override (also via the spec's env vars)")
     p.add_argument("--out-dir", default=".", help="where checkpoints_<name>/ goes")
     p.add_argument("--save-every", type=int, default=50, help="keep an _epoch_XXXX.pth every N epochs (0: never)")
-    p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <name>_latest.pth")
     p.add_argument("--overwrite", action="store_true", help="start fresh even if checkpoints exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from models import ConfigError
-from models.data import SparseFieldDataset, load_images, pixel_coords
+from models.data import DeviceBatches, SparseFieldDataset, load_images, pixel_coords
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,41 @@ def test_deterministic_under_seed_and_new_masks_per_epoch(images):
     before = a[0]["input_index"]
     a.set_epoch(1)
     assert not torch.equal(before, a[0]["input_index"])
+
+
+@pytest.mark.parametrize("res,frac,batch", [(16, 0.2, 4), (9, 0.5, 3), (8, 0.05, 5)])
+def test_device_batches_have_the_dataset_invariants(images, res, frac, batch):
+    ds = SparseFieldDataset(images, res, num_samples=10, observed_frac=frac, seed=3)
+    batches = list(DeviceBatches(ds, batch, "cpu").epoch(0))
+    assert len(batches) == 10 // batch  # drop_last
+    N, grid = res * res, pixel_coords(res)
+    seen = torch.cat([b["index"] for b in batches])
+    assert len(set(seen.tolist())) == len(seen)  # each sample at most once per epoch
+    for b in batches:
+        inp, qry = b["input_index"], b["query_index"]  # (B, N_in), (B, N_q)
+        assert inp.shape[1] == min(max(1, round(frac * N)), N - 1) and inp.shape[1] + qry.shape[1] == N
+        for i in range(len(b["index"])):
+            assert torch.equal(torch.cat([inp[i], qry[i]]).sort().values, torch.arange(N))  # disjoint, complete
+            assert torch.all(inp[i, 1:] > inp[i, :-1]) and torch.all(qry[i, 1:] > qry[i, :-1])  # row-major
+            dense = ds.dense[b["index"][i]].flatten(1).t()  # (N, C)
+            torch.testing.assert_close(b["input_values"][i], dense[inp[i]])
+            torch.testing.assert_close(b["query_values"][i], dense[qry[i]])
+            torch.testing.assert_close(b["input_coords"][i], grid[inp[i]])
+            torch.testing.assert_close(b["query_coords"][i], grid[qry[i]])
+
+
+def test_device_batches_are_deterministic_per_epoch(images):
+    ds = SparseFieldDataset(images, 8, num_samples=6, seed=1)
+    a, b = DeviceBatches(ds, 2, "cpu"), DeviceBatches(ds, 2, "cpu")
+    for x, y in zip(a.epoch(3), b.epoch(3), strict=True):
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["input_index"], y["input_index"])
+    first, other = next(a.epoch(0)), next(a.epoch(1))
+    assert not torch.equal(first["input_index"], other["input_index"])  # new masks each epoch
+    val = DeviceBatches(ds, 4, "cpu", shuffle=False, drop_last=False)
+    assert [len(x["index"]) for x in val.epoch(0)] == [4, 2]
+    assert torch.equal(torch.cat([x["index"] for x in val.epoch(0)]), torch.arange(6))  # dataset order
+    with pytest.raises(ConfigError, match="larger than"):
+        DeviceBatches(ds, 7, "cpu")
 
 
 def test_render_at_other_resolution_is_the_same_crop(images):
