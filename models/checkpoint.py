@@ -63,7 +63,7 @@ def model_from_checkpoint(path, model: str | None = None, device="cpu", **backen
     cls, make_cfg = MODELS[key]
     cfg = make_cfg("default", env={})
     try:
-        cfg = replace(cfg, **ckpt["config"])
+        cfg = replace(cfg, **{"prediction": "velocity", **ckpt["config"]})  # checkpoints before x1-prediction
         cfg = replace(cfg, **{k: v for k, v in backend_overrides.items() if v is not None})
         cfg.validate()
         net = cls(cfg)

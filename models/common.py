@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ATTN_BACKENDS = ("seed", "sdpa", "triton")
+PREDICTIONS = ("x1", "velocity")
+T_GAP_MIN = 1e-3  # x1-prediction: v = (x̂1 − x_t) / max(1 − t, T_GAP_MIN); samplers never evaluate t = 1
 
 
 class ConfigError(ValueError):
@@ -170,6 +172,13 @@ class SparseFieldModel(nn.Module):
 
     forward(noisy_values, query_coords, t, input_coords, input_values) → velocity at the query points:
       noisy_values (B, Nq, C), query_coords (B, Nq, 2), t (B,), input_coords (B, Nin, 2), input_values (B, Nin, C)
+    predict_x1(same arguments) → the estimate of the clean values x̂1 = E[x1 | x_t, context].
+
+    The two are one field in two parameterisations: on the path x_t = (1 − t)·x0 + t·x1 the velocity is
+    v = x1 − x0 = (x1 − x_t)/(1 − t). With cfg.prediction = "x1" (default) the decoder outputs x̂1 and forward
+    divides; with "velocity" it outputs v and predict_x1 multiplies. x1-prediction spares the network from
+    carrying the noise x0 through every layer to subtract it at the end (at t = 0, v = E[x1] − x0 needs x0
+    reproduced exactly; x̂1 does not), which is what the posterior-mean reconstruction x̂1(x0, t = 0) rewards.
     """
 
     name = "base"  # checkpoint prefix, set by subclasses
@@ -193,7 +202,8 @@ class SparseFieldModel(nn.Module):
     def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
         raise NotImplementedError
 
-    def forward(self, noisy_values, query_coords, t, input_coords, input_values):
+    def head(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:
+        """The decoder's raw output (B, Nq, C): x̂1 or v, per cfg.prediction."""
         query_tokens = self.query_proj(torch.cat([self.fourier_features(query_coords), noisy_values], -1))
         input_tokens = self.input_proj(torch.cat([self.fourier_features(input_coords), input_values], -1))
         t_embed = self.time_embed(t).unsqueeze(1)  # (B, 1, D)
@@ -203,6 +213,19 @@ class SparseFieldModel(nn.Module):
         input_seq, query_seq = seq[:, :n_in], seq[:, n_in:]  # (B, Nin, D), (B, Nq, D)
         out = self.query_cross_attn(query_seq, input_seq, input_seq)  # (B, Nq, D)
         return self.decoder(self.cross_norm(query_seq + out))  # (B, Nq, C)
+
+    def forward(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:
+        out = self.head(noisy_values, query_coords, t, input_coords, input_values)  # (B, Nq, C)
+        if self.cfg.prediction == "velocity":
+            return out
+        gap = (1 - t).clamp_min(T_GAP_MIN)[:, None, None].to(out.dtype)  # (B, 1, 1)
+        return (out - noisy_values.to(out.dtype)) / gap
+
+    def predict_x1(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:
+        out = self.head(noisy_values, query_coords, t, input_coords, input_values)  # (B, Nq, C)
+        if self.cfg.prediction == "x1":
+            return out
+        return noisy_values.to(out.dtype) + (1 - t)[:, None, None].to(out.dtype) * out
 
     def set_attn_backend(self, backend: str) -> None:
         check_attn_backend(backend)
@@ -267,3 +290,5 @@ def validate_common(cfg) -> None:
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout={cfg.dropout} must be in [0, 1)")
     check_attn_backend(cfg.attn_backend)
+    if cfg.prediction not in PREDICTIONS:
+        raise ConfigError(f"unknown prediction {cfg.prediction!r}; choose one of {', '.join(PREDICTIONS)}")

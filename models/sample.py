@@ -33,7 +33,11 @@ def sample(
     generator: torch.Generator | None = None,
     amp: bool = True,
 ) -> torch.Tensor:
-    """ODE integration dx/dt = v(x, t) from x0 ~ N(0, I); returns x1 (B, Nq, C) in fp32."""
+    """ODE integration dx/dt = v(x, t) from x0 ~ N(0, I); returns x1 (B, Nq, C) in fp32.
+
+    Heun takes 2·steps − 1 network evaluations: its last step, into t = 1, is an Euler step (as in EDM, Karras et
+    al. 2022), because an x1-predicting model's velocity (x̂1 − x_t)/(1 − t) is singular there.
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown sampler {method!r}; choose one of {', '.join(METHODS)}")
     if steps < 1:
@@ -52,9 +56,9 @@ def sample(
     for i in range(steps):
         t, dt = ts[i], ts[i + 1] - ts[i]
         v = velocity(x, t)
-        if method == "heun":  # trapezoid: average the slope at both ends
+        if method == "heun" and i < steps - 1:  # trapezoid: average the slope at both ends
             v = 0.5 * (v + velocity(x + dt * v, ts[i + 1]))
-        x = x + dt * v
+        x = x + dt * v  # the last step, into t = 1, is an Euler step (as EDM's Heun): v is singular at t = 1
     return x
 
 

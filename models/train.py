@@ -39,14 +39,21 @@ from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pic
 
 
 def flow_matching_loss(model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-    """MSE between predicted and true velocity at a random time on the straight noise→data path."""
+    """The flow-matching regression at a random time t ~ U[0, 1) on the straight noise→data path.
+
+    prediction = velocity: MSE(v̂, x1 − x0), Lipman et al.'s loss. prediction = x1: MSE(x̂1, x1), the same
+    regression in the x1 parameterisation, i.e. the velocity MSE weighted by (1 − t)²: it does not blow up as
+    t → 1, where v = (x1 − x_t)/(1 − t) is ill-conditioned, and weights every t's denoising alike.
+    """
     x1 = batch["query_values"]  # (B, Nq, C)
     B = x1.shape[0]
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
     t = torch.rand(B, generator=generator, device=x1.device)
     xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
-    v = model(xt, batch["query_coords"], t, batch["input_coords"], batch["input_values"])
-    return F.mse_loss(v.float(), x1 - x0)
+    args = (xt, batch["query_coords"], t, batch["input_coords"], batch["input_values"])
+    if model.cfg.prediction == "x1":
+        return F.mse_loss(model.predict_x1(*args).float(), x1)
+    return F.mse_loss(model(*args).float(), x1 - x0)
 
 
 def autocast_for(device: torch.device, enabled: bool = True):

@@ -27,6 +27,7 @@ class V1Config:
     dropout: float = 0.0  # cross-attention dropout (the Mamba blocks have none)
     num_fourier: int = 128  # random Fourier frequencies per coordinate embedding (features = 2×)
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
+    prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
     mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch)
     attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton

@@ -24,6 +24,7 @@ class V4Config:
     dropout: float = 0.1  # attention-weight, FFN and positional-encoding dropout
     num_fourier: int = 128  # random Fourier frequencies per coordinate embedding (features = 2×)
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
+    prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
     attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton
 

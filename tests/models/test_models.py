@@ -42,6 +42,20 @@ def test_every_parameter_gets_a_gradient(name):
     assert not missing, missing
 
 
+@pytest.mark.parametrize("name", ["v1", "v4"])
+@pytest.mark.parametrize("prediction", ["x1", "velocity"])
+def test_velocity_and_x1_are_one_field(name, prediction):
+    """v = (x̂1 − x_t)/(1 − t) on the straight path, whichever of the two the decoder outputs."""
+    torch.manual_seed(0)
+    model = build_model(name, "tiny", {"prediction": prediction}).eval()
+    xt, qc, t, ic, iv = _batch()
+    v, x1 = model(xt, qc, t, ic, iv), model.predict_x1(xt, qc, t, ic, iv)
+    raw = model.head(xt, qc, t, ic, iv)
+    torch.testing.assert_close(raw, x1 if prediction == "x1" else v)
+    torch.testing.assert_close(x1, xt + (1 - t)[:, None, None] * v, atol=1e-5, rtol=1e-5)
+    assert build_model(name).cfg.prediction == "x1"  # the default
+
+
 @pytest.mark.parametrize("backend", ["seed", "sdpa", "triton"])
 def test_attention_backends_agree(backend):
     torch.manual_seed(0)
@@ -107,6 +121,7 @@ def test_env_and_cli_overrides():
         lambda: build_model("v4", "tiny", {"num_heads": 5}),
         lambda: build_model("v4", "tiny", env={"NUM_HEADS": "many"}),
         lambda: build_model("v4", "tiny", {"dropout": 1.5}),
+        lambda: build_model("v1", "tiny", {"prediction": "epsilon"}),
     ],
 )
 def test_bad_config_is_a_config_error(call):

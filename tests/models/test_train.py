@@ -55,6 +55,45 @@ def test_sampler_runs_at_denser_grid(tmp_path):
         assert x.shape == (1, 4096, 3) and torch.isfinite(x).all()
 
 
+class _Field(torch.nn.Module):
+    """A known velocity field v(x, t) = a·x + b (counts its evaluations): the sampler's arithmetic, checkable."""
+
+    def __init__(self, a=-0.5, b=0.25):
+        super().__init__()
+        self.a, self.b, self.calls = a, b, []
+
+    def forward(self, x, qc, t, ic, iv):
+        self.calls.append(float(t[0]))
+        return self.a * x + self.b
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_samplers_integrate_and_heun_ends_with_an_euler_step(steps):
+    q, ic, iv = torch.rand(1, 5, 2), torch.rand(1, 3, 2), torch.rand(1, 3, 3)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 5, 3, generator=torch.Generator().manual_seed(0))
+    f = _Field()
+    x = sample(f, q, ic, iv, steps=steps, method="heun", generator=g, amp=False)
+    assert len(f.calls) == 2 * steps - 1 and max(f.calls) < 1  # never evaluated at t = 1
+    want, h = x0.clone(), 1 / steps
+    for i in range(steps):  # the same recursion by hand
+        v = f.a * want + f.b
+        if i < steps - 1:
+            v = 0.5 * (v + f.a * (want + h * v) + f.b)
+        want = want + h * v
+    torch.testing.assert_close(x, want)
+
+
+def test_checkpoint_without_prediction_field_loads_as_velocity(tmp_path):
+    _train(tmp_path, "v4", "--epochs", "1")
+    path = tmp_path / "checkpoints_transformer_v4/transformer_v4_latest.pth"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["prediction"]  # as written before x1-prediction existed
+    torch.save(ckpt, path)
+    model, _ = model_from_checkpoint(path, "v4")
+    assert model.cfg.prediction == "velocity"
+
+
 def _cli(*args):
     r = subprocess.run([sys.executable, "-m", "models.train", *args], capture_output=True, text=True)
     return r.returncode, r.stderr.strip()
