@@ -31,8 +31,10 @@ def package_version(dist: str) -> str | None:
 
 
 def git_commit(repo: Path = REPO) -> str:
-    """`git rev-parse HEAD` (+dirty when tracked files are modified); in a copy without .git (the GPU machine)
-    the commit the caller passes in $GIT_COMMIT; else "unknown"."""
+    """The commit the caller names in $GIT_COMMIT (a copy on the GPU machine, whose .git may be absent or stale),
+    else `git rev-parse HEAD` (+dirty when tracked files are modified), else "unknown"."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
 
     def run(*args):
         return subprocess.run(
@@ -41,7 +43,7 @@ def git_commit(repo: Path = REPO) -> str:
 
     commit = try_call(lambda: run("rev-parse", "HEAD"))
     if not commit:
-        return os.environ.get("GIT_COMMIT") or "unknown"
+        return "unknown"
     dirty = try_call(lambda: run("status", "--porcelain", "--untracked-files=no"))
     return commit + ("+dirty" if dirty else "")
 

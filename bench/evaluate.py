@@ -331,6 +331,18 @@ def paired_delta(per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metr
     return out.reset_index()
 
 
+def floor_margin(per_image: pd.DataFrame, model: str, estimator="mean", floor="linear", metric="psnr"):
+    """metric(model) − metric(floor) per resolution, paired over the same images: mean, standard error, n, and
+    on how many images the model is better."""
+    key = ["resolution", "image"]
+    m = per_image[(per_image["method"] == model) & (per_image["estimator"] == estimator)].set_index(key)[metric]
+    f = per_image[(per_image["method"] == floor) & (per_image["estimator"] == "interp")].set_index(key)[metric]
+    d = (m - f).dropna().groupby(level="resolution")
+    out = pd.DataFrame({"delta": d.mean(), "sem": d.std() / np.sqrt(d.count()), "n": d.count(),
+                        "wins": d.apply(lambda x: int((x > 0).sum()))})  # fmt: skip
+    return out.reset_index()
+
+
 # ----------------------------------------------------------------------------------------------
 # Tables and figures (from the saved data)
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Both models read a sparse field the same way:
     query pixels  (coords, x_t)     ─┘
     tokens = [inputs ; queries]  (row-major within each part)
           → encoder (V1: Mamba blocks, V4: positional encoding + Transformer layers)
-          → split → queries cross-attend to inputs → linear decoder → velocity at the queries
+          → split → queries cross-attend to inputs → linear decoder → x̂1 (or velocity) at the queries
 
 Only the encoder differs; everything here is common, so any difference measured between the models
 is the encoder's.

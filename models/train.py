@@ -1,7 +1,9 @@
 """Flow-matching training of V1 (Mamba) or V4 (Transformer) on sparse neural fields.
 
 Flow matching (Lipman et al. 2023), rectified path: x_t = (1 − t)·x0 + t·x1 with x0 ~ N(0, I) and x1 the true
-query values; the model predicts the velocity x1 − x0 at the query points, given the observed pixels.
+query values; the model gives the velocity x1 − x0 at the query points, given the observed pixels. By default its
+decoder predicts x1 itself (velocity = (x̂1 − x_t)/(1 − t), loss MSE(x̂1, x1)); `prediction="velocity"` in the
+config trains the velocity head directly (Lipman et al.'s loss). See models/common.py:SparseFieldModel.
 
     python -m models.train --model v4 --resolution 32 --epochs 10
     BATCH_SIZE=32 NUM_HEADS=4 python -m models.train --model v4      # the spec's environment variables

@@ -312,3 +312,12 @@ def test_sticky_cuda_errors_are_recognised():
     assert sweep.sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert sweep.sticky_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
     assert not sweep.sticky_cuda_error(RuntimeError("CUDA out of memory"))
+
+
+def test_git_commit_prefers_the_callers_commit(monkeypatch, tmp_path):
+    from bench.env import git_commit
+
+    monkeypatch.setenv("GIT_COMMIT", "74973f0")
+    assert git_commit() == "74973f0"  # a GPU machine's copy may carry a stale .git: the caller's word wins
+    monkeypatch.delenv("GIT_COMMIT")
+    assert git_commit(tmp_path) == "unknown"  # no repository, nothing passed
