@@ -3,6 +3,8 @@
     python -m bench.compare                          # the committed run: one H200, ~7 min in all
     python -m bench.compare --quick --out /tmp/q     # CI smoke: tiny models on the CPU, < 1 min
     NUM_HEADS=4 python -m bench.compare --out results/heads4     # the spec's ablations pass through
+    python -m bench.compare --seconds 220 --phase time            # a longer run in two processes (two GPU calls
+    python -m bench.compare --seconds 220 --phase steps           #   of < 10 min): the state goes via quality_state.pt
 
 Both models see the same data (crops, masks, order), seed, batch and learning-rate schedule shape, under two
 budgets:
@@ -59,7 +61,15 @@ from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check
 from models.sample import METHODS
 from models.train import autocast_for, env_number, flow_matching_loss, train
 from models.train import parse_args as train_parse_args
-from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
+from models.utils import (
+    ArgParser,
+    atomic_savefig,
+    atomic_to_csv,
+    atomic_torch_save,
+    atomic_write_text,
+    cli_main,
+    pick_device,
+)
 
 MODEL_KEYS = ("v1", "v4")
 CKPT = {"v1": "checkpoints_mamba/mamba_best.pth", "v4": "checkpoints_transformer_v4/transformer_v4_best.pth"}
@@ -133,6 +143,8 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
         "final_val": float(log["val_loss"].iloc[-1]), "checkpoint": str(out_dir / CKPT[key]), "reused": False,
         "log": s["log"],
     }  # fmt: skip
+    ckpt = read_checkpoint(row["checkpoint"])
+    row["info"] = {"class": ckpt["model_version"], "config": ckpt["config"]}  # for the environment record
     print(f"[compare] {key.upper()} {BUDGET_LABELS[budget]}: {row['steps']} steps in {row['train_time_s']:.1f} s "
           f"({row['mean_ms_per_step']:.1f} ms/step), peak {row['peak_mem_mb']:.0f} MB, best val {row['best_val']:.4f}",
           flush=True)  # fmt: skip
@@ -178,19 +190,24 @@ def calibrate(a, device) -> dict:
     return out
 
 
-def train_both(a, sec_per_step: dict) -> tuple[list[dict], int, str]:
-    """Equal time first, then equal steps. Returns the run rows, S, and how S was chosen.
-
-    Equal time: T seconds each; each model's cosine schedule is sized to the steps it should make in T
-    (SAFETY · T / calibrated s/step), and T is also a hard stop. Equal steps (default): S = the steps the slower
-    model made in T; that run is reused, and only the faster model is trained again, for S steps. So the whole
-    training costs at most 3T, whatever the hardware's speed.
-    """
+def train_equal_time(a, sec_per_step: dict) -> list[dict]:
+    """T seconds each; each model's cosine schedule is sized to the steps it should make in T
+    (SAFETY · T / calibrated s/step), and T is also a hard stop."""
     T = float(a.seconds)
-    runs = {}
+    runs = []
     for key in MODEL_KEYS:
         planned = max(1, math.floor(SAFETY * T / sec_per_step[key]))
-        runs[key, "equal_time"] = run_training(a, key, "equal_time", planned, T)
+        runs.append(run_training(a, key, "equal_time", planned, T))
+    return runs
+
+
+def train_equal_steps(a, time_runs: list[dict]) -> tuple[list[dict], int, str]:
+    """Equal steps after equal time. Returns all four run rows, S, and how S was chosen.
+
+    Default: S = the steps the slower model made in T; that run is reused, and only the faster model is trained
+    again, for S steps. So the whole training costs at most 3T, whatever the hardware's speed.
+    """
+    runs = {(r["model"], "equal_time"): r for r in time_runs}
     steps = {key: runs[key, "equal_time"]["steps"] for key in MODEL_KEYS}
     if a.steps:
         S, todo = a.steps, list(MODEL_KEYS)
@@ -353,13 +370,11 @@ def verdict(summary: pd.DataFrame, per_image: pd.DataFrame, runs: pd.DataFrame, 
 # ----------------------------------------------------------------------------------------------
 
 
-def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wall_s: float) -> dict:
+def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wall_s: float, phases: list) -> dict:
     models = {}
     for r in runs:
-        ckpt = read_checkpoint(r["checkpoint"])
         models.setdefault(r["budget"], {})[r["model"]] = {
-            "class": ckpt["model_version"], "config": ckpt["config"], "params": r["params"],
-            "steps": r["steps"], "checkpoint": r["checkpoint"],
+            **r["info"], "params": r["params"], "steps": r["steps"], "checkpoint": r["checkpoint"],
         }  # fmt: skip
     try:
         from models.mamba import resolve_mixer_backend
@@ -395,6 +410,7 @@ def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wal
         "settings": {k: v for k, v in vars(a).items()},
         "models": models,
         "wall_clock_s": wall_s,
+        "phases": phases,  # one entry per process: the whole run, or --phase time then --phase steps
     }
 
 
@@ -628,6 +644,51 @@ def check_args(a) -> None:
         MODELS[key][1](a.preset, model_overrides(a, key))  # ConfigError on a bad combination (d_model % heads)
 
 
+STATE = "quality_state.pt"  # --phase time → --phase steps: everything the second process needs (no checkpoints)
+SAME_SETTINGS = ("seconds", "steps", "calib_steps", "preset", "resolution", "observed_frac", "batch_size", "lr",
+                 "train_samples", "val_samples", "seed", "data", "attn_backend", "mixer_backend", *MODEL_FLAGS,
+                 "num_samples", "eval_steps", "method", "mean_draws", "eval_batch", "resolutions", "show")  # fmt: skip
+
+
+def phase_record(t0: float) -> dict:
+    return {"date_utc": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            "wall_clock_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def evaluate_budget(a, device, ecfg, runs, budget, earlier, out, S, t0) -> EvalResult:
+    """Evaluate one budget's checkpoints (reusing `earlier` rows for a reused run) and draw its sample grids."""
+    todo = {r["model"]: r["checkpoint"] for r in runs if r["budget"] == budget and not r["reused"]}
+    reused = [r["model"] for r in runs if r["budget"] == budget and r["reused"]]
+    print(f"[compare] evaluating the {BUDGET_LABELS[budget]} checkpoints of {', '.join(todo).upper() or '-'} "
+          f"({time.perf_counter() - t0:.0f} s so far)", flush=True)  # fmt: skip
+    if todo:
+        result = run_evaluation(load_models(todo, device, a.attn_backend, a.mixer_backend), ecfg, device)
+        result = merge_results(result, earlier, reused)
+    else:  # both equal-time runs made the same number of steps: they are the equal-steps runs too
+        result = earlier
+    note = f"; {BUDGET_LABELS[budget]}" + (f" ({S} steps)" if budget == "equal_steps" else f" ({a.seconds:g} s)")
+    write_grids(result, out, "quality" if budget == "equal_steps" else "quality_equal_time", note)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def load_state(out: Path, a) -> dict:
+    path = out / STATE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: run python -m bench.compare --phase time --out {out} first")
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}): run --phase time again") from None
+    saved = state["settings"]
+    diff = [f"--{k.replace('_', '-')} {saved.get(k)!r} vs {getattr(a, k)!r}" for k in SAME_SETTINGS
+            if saved.get(k) != getattr(a, k)]  # fmt: skip
+    if diff:
+        raise ConfigError("--phase steps must run with the settings of --phase time: " + "; ".join(diff))
+    return state
+
+
 def main_compare(argv=None) -> None:
     p = build_parser()
     first = p.parse_args(argv)
@@ -645,33 +706,38 @@ def main_compare(argv=None) -> None:
         a.dropout = 0.0  # minutes of training: no dropout for either model (the spec's V4 uses 0.1 for 1,000 epochs)
     a.device = str(pick_device(a.device)) if a.device == "auto" else a.device
     check_args(a)
+    state = load_state(out, a) if a.phase == "steps" else None  # checked before anything is trained
     device = pick_device(a.device)
     if a.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscribed CI cores
     ecfg = eval_config(a)
     t0 = time.perf_counter()
 
-    calib = calibrate(a, device)
-    runs, S, rule = train_both(a, calib)
+    if state is None:  # phase 1: calibration, the equal-time runs and their evaluation
+        calib = calibrate(a, device)
+        time_runs = train_equal_time(a, calib)
+        result = evaluate_budget(a, device, ecfg, time_runs, "equal_time", None, out, None, t0)
+        state = {"settings": vars(a), "calib": calib, "time_runs": time_runs, "equal_time": result,
+                 "phases": [{"phase": "time", **phase_record(t0)}]}  # fmt: skip
+        if a.phase == "time":
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(state, out / STATE)
+            print(f"[compare] phase 'time' done in {time.perf_counter() - t0:.0f} s; state in {out / STATE}: "
+                  f"run --phase steps --out {out} (same settings) to finish", flush=True)  # fmt: skip
+            return
+        t0 = time.perf_counter()
+    else:
+        print(f"[compare] phase 'steps': continuing from {out / STATE}", flush=True)
 
-    per_image, summaries, results = [], [], {}
-    for budget in ("equal_time", "equal_steps"):  # the equal-time runs first: equal steps may reuse one
-        todo = {r["model"]: r["checkpoint"] for r in runs if r["budget"] == budget and not r["reused"]}
-        reused = [r["model"] for r in runs if r["budget"] == budget and r["reused"]]
-        print(f"[compare] evaluating the {BUDGET_LABELS[budget]} checkpoints of {', '.join(todo).upper() or '-'} "
-              f"({time.perf_counter() - t0:.0f} s so far)", flush=True)  # fmt: skip
-        if todo:
-            result = run_evaluation(load_models(todo, device, a.attn_backend, a.mixer_backend), ecfg, device)
-            result = merge_results(result, results.get("equal_time"), reused)
-        else:  # both equal-time runs made the same number of steps: they are the equal-steps runs too
-            result = results["equal_time"]
-        results[budget] = result
-        per_image.append(result.per_image.assign(budget=budget))
-        summaries.append(summarize(result.per_image, result.timing).assign(budget=budget))
-        note = f"; {BUDGET_LABELS[budget]}" + (f" ({S} steps)" if budget == "equal_steps" else f" ({a.seconds:g} s)")
-        write_grids(result, out, "quality" if budget == "equal_steps" else "quality_equal_time", note)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    # phase 2: the equal-steps runs, their evaluation, the data files and the report
+    calib, results = state["calib"], {"equal_time": state["equal_time"]}
+    runs, S, rule = train_equal_steps(a, state["time_runs"])
+    results["equal_steps"] = evaluate_budget(a, device, ecfg, runs, "equal_steps", results["equal_time"], out, S, t0)
+    phases = [*state["phases"], {"phase": "steps" if a.phase == "steps" else "all", **phase_record(t0)}]
+    per_image = [results[b].per_image.assign(budget=b) for b in ("equal_time", "equal_steps")]
+    summaries = [
+        summarize(results[b].per_image, results[b].timing).assign(budget=b) for b in ("equal_time", "equal_steps")
+    ]
     train_rows = [{"budget": r["budget"], "model": r["model"], "reused": r["reused"], **row}
                   for r in runs for row in r["log"]]  # fmt: skip
 
@@ -679,12 +745,15 @@ def main_compare(argv=None) -> None:
     summary = pd.concat(summaries, ignore_index=True)
     atomic_to_csv(summary[first_cols + [c for c in summary.columns if c not in first_cols]], out / "quality.csv")
     atomic_to_csv(pd.concat(per_image, ignore_index=True), out / "quality_per_image.csv")
-    atomic_to_csv(pd.DataFrame([{k: v for k, v in r.items() if k != "log"} for r in runs]), out / "quality_runs.csv")
+    skip = ("log", "info")
+    atomic_to_csv(pd.DataFrame([{k: v for k, v in r.items() if k not in skip} for r in runs]), out / "quality_runs.csv")
     atomic_to_csv(pd.DataFrame(train_rows), out / "quality_train.csv")
-    env = environment(a, device, runs, S, rule, calib, time.perf_counter() - t0)
+    wall = sum(ph["wall_clock_s"] for ph in phases)
+    env = environment(a, device, runs, S, rule, calib, wall, phases)
     atomic_write_text(out / "quality_env.json", json.dumps(env, indent=2, default=str) + "\n")
     report = write_report(out)
-    print(f"[compare] done in {time.perf_counter() - t0:.0f} s: {report}")
+    (out / STATE).unlink(missing_ok=True)  # consumed
+    print(f"[compare] done in {wall:.0f} s: {report}")
     print(report.read_text().split("## Verdict")[1].split("The verdict is computed")[0].strip())
 
 
@@ -695,6 +764,9 @@ def build_parser() -> ArgParser:
     p.add_argument("--work-dir", default=None, help="checkpoints (default: runs/compare/, git-ignored)")
     p.add_argument("--quick", action="store_true", help="CI smoke: tiny models, 16², 2 images, < 1 min on a CPU")
     p.add_argument("--report-only", action="store_true", help="rebuild quality.md from the saved data in --out")
+    p.add_argument("--phase", default="all", choices=("all", "time", "steps"),
+                   help="all: the whole run; time: calibration + equal-time runs + their evaluation, saved to "
+                   f"<out>/{STATE}; steps: the rest, from that file (two processes, e.g. two GPU calls)")  # fmt: skip
     g = p.add_argument_group("budgets")
     g.add_argument(
         "--seconds", type=float, default=110.0, help="equal-time budget: seconds of training per model (default 110)"

@@ -51,6 +51,29 @@ def test_quick_writes_everything(quick):
     assert len(list((quick / "runs").rglob("*_best.pth"))) == 3  # 4 runs, one of them reused
 
 
+def test_two_phases_give_the_same_files_as_one(quick, tmp_path, capsys):
+    """--phase time then --phase steps (two processes: two GPU calls) write what one run writes."""
+    assert main(["--quick", "--phase", "time", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "quality_state.pt").is_file() and not (tmp_path / "quality.md").exists()
+    assert main(["--quick", "--phase", "steps", "--out", str(tmp_path), "--seconds", "9"]) == 2  # other settings
+    assert "--seconds 4.0 vs 9.0" in capsys.readouterr().err
+    assert main(["--quick", "--phase", "steps", "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "quality_state.pt").exists()  # consumed
+    assert sorted(p.name for p in tmp_path.glob("quality*")) == sorted(p.name for p in quick.glob("quality*"))
+    env = json.loads((tmp_path / "quality_env.json").read_text())
+    assert [ph["phase"] for ph in env["phases"]] == ["time", "steps"]
+    assert env["wall_clock_s"] == pytest.approx(sum(ph["wall_clock_s"] for ph in env["phases"]))
+    for f in ("quality_per_image.csv", "quality_runs.csv"):  # the same rows and columns
+        a, b = pd.read_csv(quick / f), pd.read_csv(tmp_path / f)
+        assert list(a.columns) == list(b.columns) and len(a) == len(b), f
+
+
+def test_phase_steps_without_phase_time_is_a_clean_error(tmp_path, capsys):
+    assert main(["--quick", "--phase", "steps", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run python -m bench.compare --phase time" in err and len(err.splitlines()) == 1
+
+
 def test_report_only_rebuilds_the_markdown_from_the_data(quick):
     md = quick / "quality.md"
     before = md.read_text()
@@ -118,6 +141,16 @@ def test_verdict_flags_models_below_the_floor_and_unresolved_differences():
     assert any("within 2 standard errors" in c for c in v["caveats"])
 
 
+def test_verdict_says_when_a_model_is_above_the_floor_but_not_clearly():
+    summary, per_image, runs = _frames({32: 0.0, 128: 0.0}, v1_psnr=24.05, floor=24.0, noise=0.5)
+    v = verdict(summary, per_image, runs, train_res=32)
+    floor_line = next(line for line in v["lines"] if line.startswith("Against the floor"))
+    assert "V1 +0.05 ± 0.00 dB (better on 8 of 8 crops)" in floor_line, floor_line
+    unclear = [c for c in v["caveats"] if c.startswith("Above the linear-interpolation floor on average")]
+    assert len(unclear) == 1 and "V4's margin" in unclear[0] and "V1's margin" not in unclear[0]
+    assert "not clearly above the interpolation floor" in v["headline"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Flags
 # ----------------------------------------------------------------------------------------------
@@ -181,10 +214,10 @@ def test_budget_bookkeeping(monkeypatch, ms, steps_flag, retrained, S):
         return {"budget": budget, "model": key, "steps": max_steps, "target_steps": max_steps, "reused": False}
 
     monkeypatch.setattr("bench.compare.run_training", fake_run)
-    from bench.compare import train_both
+    from bench.compare import train_equal_steps, train_equal_time
 
     a = SimpleNamespace(seconds=1.0, steps=steps_flag)
-    runs, s, _ = train_both(a, ms)
+    runs, s, _ = train_equal_steps(a, train_equal_time(a, ms))
     assert s == S
     assert [c[0] for c in calls if c[1] == "equal_steps"] == retrained
     assert all(c[3] == 1.0 for c in calls if c[1] == "equal_time")  # T is a hard stop for both
