@@ -53,7 +53,7 @@ class EvalConfig:
     num_samples: int = 20  # held-out images
     steps: int = 20  # ODE steps of the configured sampler
     method: str = "heun"  # euler | heun
-    mean_draws: int = 4  # noise draws averaged by the posterior-mean estimate (1-step Euler each)
+    mean_draws: int = 16  # noise draws averaged by the posterior-mean estimate (1-step Euler each)
     batch: int = 8  # images per forward pass
     seed: int = 0
     data: str | None = None  # folder of images (default: scikit-image's photographs, validation split)
@@ -491,7 +491,7 @@ def build_parser() -> ArgParser:
                    help="held-out images")  # fmt: skip
     p.add_argument("--steps", type=int, default=20, help="ODE steps of the sampler")
     p.add_argument("--method", default="heun", choices=METHODS, help="ODE sampler")
-    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=int, default=4,
+    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=int, default=16,
                    help="noise draws averaged by the posterior-mean (1-step Euler) estimate")  # fmt: skip
     p.add_argument("--resolutions", nargs="+", default=["64,96,128"],
                    help="zero-shot SR resolutions (the training resolution is always evaluated)")  # fmt: skip
