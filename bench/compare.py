@@ -3,8 +3,8 @@
     python -m bench.compare                          # the committed run: one H200, ~7 min in all
     python -m bench.compare --quick --out /tmp/q     # CI smoke: tiny models on the CPU, < 1 min
     NUM_HEADS=4 python -m bench.compare --out results/heads4     # the spec's ablations pass through
-    python -m bench.compare --seconds 220 --phase time            # a longer run in two processes (two GPU calls
-    python -m bench.compare --seconds 220 --phase steps           #   of < 10 min): the state goes via quality_state.pt
+    python -m bench.compare --seconds 200 --phase time            # a longer run in two processes (two GPU calls
+    python -m bench.compare --seconds 200 --phase steps           #   of < 10 min): the state goes via quality_state.pt
 
 Both models see the same data (crops, masks, order), seed, batch and learning-rate schedule shape, under two
 budgets:
