@@ -55,7 +55,6 @@ from bench.evaluate import (
     write_grids,
 )
 from models import MODELS, build_model
-from models.checkpoint import read_checkpoint
 from models.common import ConfigError
 from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.sample import METHODS
@@ -143,8 +142,7 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
         "final_val": float(log["val_loss"].iloc[-1]), "checkpoint": str(out_dir / CKPT[key]), "reused": False,
         "log": s["log"],
     }  # fmt: skip
-    ckpt = read_checkpoint(row["checkpoint"])
-    row["info"] = {"class": ckpt["model_version"], "config": ckpt["config"]}  # for the environment record
+    row["info"] = {"class": s["model_version"], "config": s["config"]}  # for the environment record
     print(f"[compare] {key.upper()} {BUDGET_LABELS[budget]}: {row['steps']} steps in {row['train_time_s']:.1f} s "
           f"({row['mean_ms_per_step']:.1f} ms/step), peak {row['peak_mem_mb']:.0f} MB, best val {row['best_val']:.4f}",
           flush=True)  # fmt: skip

@@ -318,29 +318,26 @@ def summarize(per_image: pd.DataFrame, timing: pd.DataFrame, keys=("method", "es
     return out.merge(timing, on=[k for k in keys if k in timing.columns], how="left")
 
 
-def paired_delta(per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", **filters):
-    """Mean and standard error of metric(a) − metric(b) per resolution, paired over the same images."""
-    df = per_image[per_image["estimator"] == estimator]
+def paired_delta(per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, **filters):
+    """metric(a) − metric(b) per resolution, paired over the same images: mean, standard error, n, and on how many
+    images a is better. b_estimator: b's estimator when it differs from a's (the floors' is "interp")."""
+    b_estimator = b_estimator or estimator
+    df = per_image[((per_image["method"] == a) & (per_image["estimator"] == estimator))
+                   | ((per_image["method"] == b) & (per_image["estimator"] == b_estimator))]  # fmt: skip
     for k, v in filters.items():
         df = df[df[k] == v]
     wide = df.pivot_table(index=["resolution", "image"], columns="method", values=metric)
     if a not in wide or b not in wide:
-        return pd.DataFrame(columns=["resolution", "delta", "sem", "n"])
-    d = (wide[a] - wide[b]).groupby(level="resolution")
-    out = pd.DataFrame({"delta": d.mean(), "sem": d.std() / np.sqrt(d.count()), "n": d.count()})
+        return pd.DataFrame(columns=["resolution", "delta", "sem", "n", "wins"])
+    d = (wide[a] - wide[b]).dropna().groupby(level="resolution")
+    out = pd.DataFrame({"delta": d.mean(), "sem": d.std() / np.sqrt(d.count()), "n": d.count(),
+                        "wins": d.apply(lambda x: int((x > 0).sum()))})  # fmt: skip
     return out.reset_index()
 
 
 def floor_margin(per_image: pd.DataFrame, model: str, estimator="mean", floor="linear", metric="psnr"):
-    """metric(model) − metric(floor) per resolution, paired over the same images: mean, standard error, n, and
-    on how many images the model is better."""
-    key = ["resolution", "image"]
-    m = per_image[(per_image["method"] == model) & (per_image["estimator"] == estimator)].set_index(key)[metric]
-    f = per_image[(per_image["method"] == floor) & (per_image["estimator"] == "interp")].set_index(key)[metric]
-    d = (m - f).dropna().groupby(level="resolution")
-    out = pd.DataFrame({"delta": d.mean(), "sem": d.std() / np.sqrt(d.count()), "n": d.count(),
-                        "wins": d.apply(lambda x: int((x > 0).sum()))})  # fmt: skip
-    return out.reset_index()
+    """paired_delta of one model's estimate against an interpolation floor."""
+    return paired_delta(per_image, model, floor, estimator, metric, b_estimator="interp")
 
 
 # ----------------------------------------------------------------------------------------------

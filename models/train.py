@@ -21,6 +21,7 @@ import random
 import resource
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +259,8 @@ def train(args) -> dict:
         atomic_to_csv(pd.DataFrame(log_rows), log_csv)
         plot_loss_curve(log_csv, loss_png)
     return {
-        "model": args.model, "name": cls.name, "params": n_params, "steps": step, "best_val": best,
+        "model": args.model, "name": cls.name, "model_version": model.version, "config": asdict(model.cfg),
+        "params": n_params, "steps": step, "best_val": best,
         "train_time_s": train_time, "checkpoint_dir": str(ckpt_dir), "log": log_rows,
     }  # fmt: skip
 
