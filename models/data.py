@@ -199,8 +199,8 @@ class DeviceBatches:
     The rendered crops are copied to `device` once; each batch's observed/query split is drawn there, as a few
     batched kernels (random keys → argsort → the first N_in indices are observed, both parts re-sorted to
     row-major order). On the H200, training with a DataLoader collating on the training thread ran at ~45.6 ms per
-    step (batch 64, 32²) against ~29 ms for the step alone (make bench); with this path the loop runs at 27.6 (V4)
-    / 32.2 (V1) ms per step (results/quality_runs.csv).
+    step (batch 64, 32²) against 28.6 (V1) / 30.8 (V4) ms for the step alone (make bench); with this path the loop
+    runs at 32.2 (V1) / 27.6 (V4) ms per step (results/quality_runs.csv).
 
     Deterministic: epoch e's order and masks come from (seed, e) alone, so a run resumed at an epoch boundary
     sees the same batches. shuffle=False keeps the dataset order (validation: call epoch(0) every time).
