@@ -54,7 +54,7 @@ class EvalConfig:
     steps: int = 20  # ODE steps of the configured sampler
     method: str = "heun"  # euler | heun
     mean_draws: int = 16  # noise draws averaged by the posterior-mean estimate (1-step Euler each)
-    batch: int = 8  # images per forward pass
+    batch: int = 32  # images per forward pass
     seed: int = 0
     data: str | None = None  # folder of images (default: scikit-image's photographs, validation split)
     amp: bool = True  # bf16 autocast on CUDA
@@ -285,7 +285,7 @@ def run_evaluation(models: dict, cfg: EvalConfig, device) -> EvalResult:
                     peak = torch.cuda.max_memory_allocated(device) / 2**20
             for i in range(len(ds)):
                 rows.append({"method": method, "estimator": estimator, "resolution": res, "image": i,
-                             **image_metrics(truth[i], preds[i])})  # fmt: skip
+                             "source": ds.crops[i].image, **image_metrics(truth[i], preds[i])})  # fmt: skip
             timing.append({
                 "method": method, "estimator": estimator, "resolution": res,
                 "sampler": estimator_name(estimator, cfg), "sec_per_image": secs / len(ds),
@@ -318,15 +318,21 @@ def summarize(per_image: pd.DataFrame, timing: pd.DataFrame, keys=("method", "es
     return out.merge(timing, on=[k for k in keys if k in timing.columns], how="left")
 
 
-def paired_delta(per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, **filters):
+def paired_delta(
+    per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
+):
     """metric(a) − metric(b) per resolution, paired over the same images: mean, standard error, n, and on how many
-    images a is better. b_estimator: b's estimator when it differs from a's (the floors' is "interp")."""
+    units a is better. b_estimator: b's estimator when it differs from a's (the floors' is "interp").
+    unit="source" first averages the metric over each held-out photograph's crops and pairs those averages: crops
+    of one photograph are not independent, so this is the coarser, more conservative count."""
     b_estimator = b_estimator or estimator
     df = per_image[((per_image["method"] == a) & (per_image["estimator"] == estimator))
                    | ((per_image["method"] == b) & (per_image["estimator"] == b_estimator))]  # fmt: skip
     for k, v in filters.items():
         df = df[df[k] == v]
-    wide = df.pivot_table(index=["resolution", "image"], columns="method", values=metric)
+    if unit not in df:
+        return pd.DataFrame(columns=["resolution", "delta", "sem", "n", "wins"])
+    wide = df.pivot_table(index=["resolution", unit], columns="method", values=metric)  # mean over a unit's crops
     if a not in wide or b not in wide:
         return pd.DataFrame(columns=["resolution", "delta", "sem", "n", "wins"])
     d = (wide[a] - wide[b]).dropna().groupby(level="resolution")
@@ -335,9 +341,9 @@ def paired_delta(per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metr
     return out.reset_index()
 
 
-def floor_margin(per_image: pd.DataFrame, model: str, estimator="mean", floor="linear", metric="psnr"):
+def floor_margin(per_image: pd.DataFrame, model: str, estimator="mean", floor="linear", metric="psnr", unit="image"):
     """paired_delta of one model's estimate against an interpolation floor."""
-    return paired_delta(per_image, model, floor, estimator, metric, b_estimator="interp")
+    return paired_delta(per_image, model, floor, estimator, metric, b_estimator="interp", unit=unit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,7 +498,7 @@ def build_parser() -> ArgParser:
                    help="noise draws averaged by the posterior-mean (1-step Euler) estimate")  # fmt: skip
     p.add_argument("--resolutions", nargs="+", default=["64,96,128"],
                    help="zero-shot SR resolutions (the training resolution is always evaluated)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass")
     p.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton (weights unchanged)")

@@ -107,6 +107,21 @@ def test_paired_delta_pairs_by_image():
     assert d["delta"].iloc[0] == pytest.approx(1.5) and d["sem"].iloc[0] == pytest.approx(0.0)
 
 
+def test_paired_delta_by_source_averages_each_photographs_crops_first():
+    # two photographs; v4 is ahead on photograph 0's crops and behind on photograph 1's
+    deltas = {0: [1.0, 3.0], 1: [-0.5, -1.5]}
+    rows = [{"method": m, "estimator": "mean", "resolution": 16, "image": 2 * s + j, "source": s,
+             "psnr": 20.0 + (d[j] if m == "v4" else 0.0)}
+            for m in ("v1", "v4") for s, d in deltas.items() for j in range(2)]  # fmt: skip
+    per_crop = paired_delta(pd.DataFrame(rows)).iloc[0]
+    per_photo = paired_delta(pd.DataFrame(rows), unit="source").iloc[0]
+    assert (per_crop["n"], per_crop["wins"]) == (4, 2) and per_crop["delta"] == pytest.approx(0.5)
+    assert (per_photo["n"], per_photo["wins"]) == (2, 1) and per_photo["delta"] == pytest.approx(0.5)
+    assert per_photo["sem"] == pytest.approx(1.5)  # std of (2.0, -1.0) / √2
+    old = pd.DataFrame(rows).drop(columns="source")  # data saved before the column existed
+    assert paired_delta(old, unit="source").empty
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end on tiny checkpoints
 # ----------------------------------------------------------------------------------------------
