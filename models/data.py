@@ -72,16 +72,15 @@ def _load(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def load_images(data_dir: str | None = None, split: str = "train") -> list[torch.Tensor]:
-    """Source images for a split. data_dir=None: scikit-image's bundled photographs."""
+def image_paths(data_dir: str | None = None, split: str = "train") -> list[Path]:
+    """The files of a split, in the order their images are indexed. data_dir=None: scikit-image's photographs."""
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     if data_dir is None:
         import skimage.data
 
         root = Path(skimage.data.__file__).parent
-        names = SKIMAGE_TRAIN if split == "train" else SKIMAGE_VAL
-        return [_load(root / n) for n in names]
+        return [root / n for n in (SKIMAGE_TRAIN if split == "train" else SKIMAGE_VAL)]
     root = Path(data_dir)
     if not root.is_dir():
         raise ConfigError(f"data folder {data_dir} does not exist or is not a folder")
@@ -90,8 +89,12 @@ def load_images(data_dir: str | None = None, split: str = "train") -> list[torch
         raise ConfigError(f"data folder {data_dir} holds {len(files)} PNG/JPEG images; need at least 2")
     n_val = max(1, len(files) // 10)  # a fixed, seed-independent split: every 10th file is held out
     val = files[:: max(1, len(files) // n_val)][:n_val]
-    chosen = val if split == "val" else [f for f in files if f not in set(val)]
-    return [_load(p) for p in chosen]
+    return val if split == "val" else [f for f in files if f not in set(val)]
+
+
+def load_images(data_dir: str | None = None, split: str = "train") -> list[torch.Tensor]:
+    """Source images for a split. data_dir=None: scikit-image's bundled photographs."""
+    return [_load(p) for p in image_paths(data_dir, split)]
 
 
 def pixel_coords(resolution: int, device=None) -> torch.Tensor:
