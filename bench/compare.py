@@ -1,6 +1,6 @@
 """V1 (Mamba) vs V4 (Transformer) under equal budgets → results/quality.md, with a computed verdict.
 
-    python -m bench.compare                          # the committed run: one H200, ~14 min in all
+    python -m bench.compare                          # the committed run: one H200, ~13 min in all
     python -m bench.compare --quick --out /tmp/q     # CI smoke: tiny models on the CPU, < 1 min
     NUM_HEADS=4 python -m bench.compare --out results/heads4     # the spec's ablations pass through
     python -m bench.compare --phase time             # the same run in two processes (two GPU calls of
