@@ -47,6 +47,7 @@ from bench.evaluate import (
     floor_margin,
     load_models,
     paired_delta,
+    paired_differences,
     parse_resolutions,
     quality_table,
     run_evaluation,
@@ -305,19 +306,20 @@ def verdict(
         f"({run['v4']['peak_mem_mb']:.0f} vs {run['v1']['peak_mem_mb']:.0f} MB).",
     ]
     floor = _get(summary, budget=budget, method="linear", estimator="interp", resolution=train_res)
-    margins, by_photo = {}, {}  # per crop; per held-out photograph (its crops averaged)
+    margins, by_photo = {}, {}  # per crop (summary); per held-out photograph (its crops averaged, one per source)
+    at_budget = per_image[per_image["budget"] == budget]
     for k in MODEL_KEYS:
-        fm = floor_margin(per_image[per_image["budget"] == budget], k, est).set_index("resolution")
+        fm = floor_margin(at_budget, k, est).set_index("resolution")
         if train_res in fm.index:
             margins[k] = fm.loc[train_res]
-        fp = floor_margin(per_image[per_image["budget"] == budget], k, est, unit="source").set_index("resolution")
-        if train_res in fp.index:
-            by_photo[k] = fp.loc[train_res]
+        fp = paired_differences(at_budget, k, "linear", est, b_estimator="interp", unit="source", resolution=train_res)
+        if len(fp):
+            by_photo[k] = fp.droplevel("resolution")
     if floor is not None and len(margins) == len(MODEL_KEYS):
         lines.append(f"Against the floor (linear interpolation, {floor['psnr_mean']:.2f} dB at {train_res}²), paired "
                      "over the same crops: " + ", ".join(
                          f"{k.upper()} {m['delta']:+.2f} ± {m['sem']:.2f} dB (better on {int(m['wins'])} of "
-                         f"{int(m['n'])} crops" + (f"; ahead on {int(by_photo[k]['wins'])} of {int(by_photo[k]['n'])} "
+                         f"{int(m['n'])} crops" + (f"; ahead on {int((by_photo[k] > 0).sum())} of {len(by_photo[k])} "
                                                    "held-out photographs" if k in by_photo else "") + ")"
                          for k, m in margins.items()) + ".")  # fmt: skip
     sample_delta = paired_delta(per_image[per_image["budget"] == budget], estimator="sample").set_index("resolution")
@@ -368,14 +370,12 @@ def verdict(
         if not below:
             headline += " (Caveat: not clearly above the interpolation floor — see below.)"
     behind = {}  # model -> [(photograph, margin over its crops, crops)]
-    if "source" in per_image:
-        rows = per_image[(per_image["budget"] == budget) & (per_image["resolution"] == train_res)]
-        for k in (k for k, m in margins.items() if m["delta"] > 0):
-            for src, g in rows.groupby("source"):
-                d = paired_delta(g, k, "linear", est, b_estimator="interp")
-                if len(d) and d["delta"].iloc[0] <= 0:
-                    name = photo_names[int(src)] if photo_names and int(src) < len(photo_names) else f"#{int(src)}"
-                    behind.setdefault(k, []).append((name, d["delta"].iloc[0], int(d["n"].iloc[0])))
+    if by_photo:
+        crops = at_budget[at_budget["resolution"] == train_res].groupby("source")["image"].nunique()
+        for k in (k for k, m in margins.items() if m["delta"] > 0 and k in by_photo):
+            for src, d in by_photo[k][by_photo[k] <= 0].items():
+                name = photo_names[int(src)] if photo_names and int(src) < len(photo_names) else f"#{int(src)}"
+                behind.setdefault(k, []).append((name, d, int(crops[src])))
     if behind:
         n_photos = per_image["source"].nunique()
         caveats.append(f"Not ahead of the linear-interpolation floor on every held-out photograph ({n_photos} of "
@@ -835,12 +835,14 @@ def build_parser() -> ArgParser:
         g.add_argument(flag, type=cast, default=None, help="ablation override (also the spec's env vars)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=96, help="held-out crops")
-    g.add_argument("--eval-steps", type=int, default=20, help="ODE steps of the sampler")
-    g.add_argument("--method", default="heun", choices=METHODS)
-    g.add_argument("--mean-draws", type=int, default=16, help="noise draws of the posterior-mean estimate")
-    g.add_argument("--eval-batch", type=int, default=32, help="images per forward pass")
+    g.add_argument("--eval-steps", type=int, default=EvalConfig.steps, help="ODE steps of the sampler")
+    g.add_argument("--method", default=EvalConfig.method, choices=METHODS)
+    g.add_argument(
+        "--mean-draws", type=int, default=EvalConfig.mean_draws, help="noise draws of the posterior-mean estimate"
+    )
+    g.add_argument("--eval-batch", type=int, default=EvalConfig.batch, help="images per forward pass")
     g.add_argument("--resolutions", default="64,96,128", help="zero-shot SR resolutions")
-    g.add_argument("--show", type=int, default=4, help="images in the sample grids")
+    g.add_argument("--show", type=int, default=EvalConfig.show, help="images in the sample grids")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--verbose", action="store_true", help="progress bars")
     return p

@@ -318,24 +318,34 @@ def summarize(per_image: pd.DataFrame, timing: pd.DataFrame, keys=("method", "es
     return out.merge(timing, on=[k for k in keys if k in timing.columns], how="left")
 
 
-def paired_delta(
+def paired_differences(
     per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
-):
-    """metric(a) − metric(b) per resolution, paired over the same images: mean, standard error, n, and on how many
-    units a is better. b_estimator: b's estimator when it differs from a's (the floors' is "interp").
-    unit="source" first averages the metric over each held-out photograph's crops and pairs those averages: crops
-    of one photograph are not independent, so this is the coarser, more conservative count."""
+) -> pd.Series:
+    """metric(a) − metric(b) for each (resolution, unit) both were scored on. b_estimator: b's estimator when it
+    differs from a's (the floors' is "interp"). unit="source" first averages the metric over each held-out
+    photograph's crops and pairs those averages: crops of one photograph are not independent, so this is the
+    coarser, more conservative count. Empty when the rows or the unit column are missing."""
     b_estimator = b_estimator or estimator
     df = per_image[((per_image["method"] == a) & (per_image["estimator"] == estimator))
                    | ((per_image["method"] == b) & (per_image["estimator"] == b_estimator))]  # fmt: skip
     for k, v in filters.items():
         df = df[df[k] == v]
     if unit not in df:
-        return pd.DataFrame(columns=["resolution", "delta", "sem", "n", "wins"])
+        return pd.Series(dtype=float)
     wide = df.pivot_table(index=["resolution", unit], columns="method", values=metric)  # mean over a unit's crops
     if a not in wide or b not in wide:
+        return pd.Series(dtype=float)
+    return (wide[a] - wide[b]).dropna()
+
+
+def paired_delta(
+    per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
+):
+    """paired_differences summarised per resolution: mean, standard error, n, and on how many units a is better."""
+    d = paired_differences(per_image, a, b, estimator, metric, b_estimator, unit, **filters)
+    if d.empty:
         return pd.DataFrame(columns=["resolution", "delta", "sem", "n", "wins"])
-    d = (wide[a] - wide[b]).dropna().groupby(level="resolution")
+    d = d.groupby(level="resolution")
     out = pd.DataFrame({"delta": d.mean(), "sem": d.std() / np.sqrt(d.count()), "n": d.count(),
                         "wins": d.apply(lambda x: int((x > 0).sum()))})  # fmt: skip
     return out.reset_index()
@@ -490,22 +500,22 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog="bench.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--v1_checkpoint", "--v1-checkpoint", dest="v1_checkpoint", default=None, help="V1 *.pth")
     p.add_argument("--v4_checkpoint", "--v4-checkpoint", dest="v4_checkpoint", default=None, help="V4 *.pth")
-    p.add_argument("--num_samples", "--num-samples", dest="num_samples", type=int, default=20,
+    p.add_argument("--num_samples", "--num-samples", dest="num_samples", type=int, default=EvalConfig.num_samples,
                    help="held-out images")  # fmt: skip
-    p.add_argument("--steps", type=int, default=20, help="ODE steps of the sampler")
-    p.add_argument("--method", default="heun", choices=METHODS, help="ODE sampler")
-    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=int, default=16,
+    p.add_argument("--steps", type=int, default=EvalConfig.steps, help="ODE steps of the sampler")
+    p.add_argument("--method", default=EvalConfig.method, choices=METHODS, help="ODE sampler")
+    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=int, default=EvalConfig.mean_draws,
                    help="noise draws averaged by the posterior-mean (1-step Euler) estimate")  # fmt: skip
     p.add_argument("--resolutions", nargs="+", default=["64,96,128"],
                    help="zero-shot SR resolutions (the training resolution is always evaluated)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch", type=int, default=EvalConfig.batch, help="images per forward pass")
     p.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton (weights unchanged)")
     p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: bf16 autocast)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--show", type=int, default=4, help="images in the sample grids")
+    p.add_argument("--show", type=int, default=EvalConfig.show, help="images in the sample grids")
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--prefix", default="eval", help="output file prefix")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
