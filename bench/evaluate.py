@@ -35,10 +35,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm.auto import tqdm
 
 from bench.interp import INTERP_METHODS, interpolate
+from bench.measure import sync
 from models.checkpoint import model_from_checkpoint
 from models.common import ConfigError
 from models.data import SparseFieldDataset, check_resolution, load_images, pixel_coords, split_pixels
-from models.sample import METHODS, sample, to_display
+from models.sample import METHODS, sample, sparse_display, to_display
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 
 MODEL_KEYS = ("v1", "v4")
@@ -166,11 +167,6 @@ def held_out_set(cfg: EvalConfig, train_res: int, observed_frac: float):
 # ----------------------------------------------------------------------------------------------
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _queries(train_res: int, out_res: int, observed: torch.Tensor) -> torch.Tensor:
     """Flat indices of the pixels to query: the unobserved ones at the training res, all of them above it."""
     if out_res != train_res:
@@ -269,7 +265,7 @@ def run_evaluation(models: dict, cfg: EvalConfig, device) -> EvalResult:
     bar = tqdm(total=len(jobs) * len(resolutions), desc="evaluate", disable=not cfg.progress)
     for res in resolutions:
         truth = ds.dense if res == train_res else torch.stack([ds.render(i, res) for i in range(len(ds))])
-        panels[res] = {f"observed ({train_res}²)": [_observed_display(ds.dense[i], observed[i]) for i in range(show)]}
+        panels[res] = {f"observed ({train_res}²)": [sparse_display(ds.dense[i], observed[i]) for i in range(show)]}
         for method, estimator in jobs:
             bar.set_postfix_str(f"{method} {estimator} {res}²")
             peak = float("nan")
@@ -297,13 +293,6 @@ def run_evaluation(models: dict, cfg: EvalConfig, device) -> EvalResult:
         panels[res][f"truth ({res}²)"] = [to_display(truth[i]) for i in range(show)]
     bar.close()
     return EvalResult(pd.DataFrame(rows), pd.DataFrame(timing), panels, train_res, frac)
-
-
-def _observed_display(image_lr: torch.Tensor, observed: torch.Tensor) -> np.ndarray:
-    """The observed pixels on a mid-grey background."""
-    flat = torch.zeros_like(image_lr.flatten(1))
-    flat[:, observed] = image_lr.flatten(1)[:, observed]
-    return to_display(flat.reshape(image_lr.shape))
 
 
 def summarize(per_image: pd.DataFrame, timing: pd.DataFrame, keys=("method", "estimator", "resolution")):

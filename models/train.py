@@ -172,7 +172,7 @@ def train(args) -> dict:
         raise ConfigError(f"--batch-size {args.batch_size} is larger than --train-samples {len(train_ds)}")
     train_batches = DeviceBatches(train_ds, args.batch_size, device)
     val_batches = DeviceBatches(val_ds, args.batch_size, device, shuffle=False, drop_last=False)
-    steps_per_epoch = len(train_ds) // args.batch_size or 1
+    steps_per_epoch = len(train_batches)
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
     total_steps = args.max_steps or steps_per_epoch * args.epochs
