@@ -28,13 +28,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from bench.env import git_commit, nvml_info, try_call
+from models.utils import atomic_savefig, atomic_to_csv, atomic_write_text
 
 BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
@@ -99,36 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------------------
-# atomic writes
+# atomic writes (models.utils; the rows in this benchmark's column order)
 # ----------------------------------------------------------------------------------------------------
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then ``os.replace`` onto ``path`` (same directory, same suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv_atomic(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_to_csv(pd.DataFrame(rows, columns=COLUMNS), path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,18 +196,6 @@ def _is_unavailable(e: BaseException) -> bool:
     )
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def free_memory(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def time_ms(fn, device: torch.device, args, grad_to_none=None) -> tuple[float, float, float]:
     """(median, p20, p80) in ms: triton.testing.do_bench on CUDA, a perf_counter loop on CPU."""
     if device.type == "cuda":
@@ -299,6 +265,8 @@ def run_pass(fn, q, k, v, dout, ref, pass_name: str, device, args):
 
 def reference(q, k, v, dout, pass_name, device, available_sdpa):
     """Reference output (and grads) from SDPA flash, else the first SDPA backend that runs."""
+    from bench.measure import free_memory  # imports triton: only after main() has set TRITON_INTERPRET
+
     order = ["sdpa_flash", "sdpa_efficient", "sdpa_cudnn"]
     for name in [b for b in order if b in available_sdpa] + [b for b in order if b not in available_sdpa]:
         fn = make_backend(name)
@@ -334,6 +302,8 @@ def triton_configs(pass_name: str) -> str:
 
 def sweep(args, device: torch.device, dtype: torch.dtype, dtype_name: str, paths: dict) -> list[dict]:
     import pandas as pd
+
+    from bench.measure import free_memory, is_oom  # imports triton: only after main() has set TRITON_INTERPRET
 
     rows: list[dict] = []
     naive_oom: set[tuple[int, str]] = set()  # (D, pass) where the naive path already ran out of memory
@@ -374,7 +344,7 @@ def sweep(args, device: torch.device, dtype: torch.dtype, dtype_name: str, paths
                             if name == "triton":
                                 row["config"] = triton_configs(pass_name)
                         except Exception as e:  # noqa: BLE001 - one backend failing must not stop the sweep
-                            if _is_oom(e):
+                            if is_oom(e):
                                 row.update(status="oom", note=str(e).splitlines()[0][:160])
                                 if name == "naive":
                                     naive_oom.add((D, pass_name))
@@ -394,7 +364,7 @@ def sweep(args, device: torch.device, dtype: torch.dtype, dtype_name: str, paths
                 del ref
                 free_memory(device)
                 write_csv_atomic(paths["csv"], rows)
-                write_text_atomic(paths["md"], render_markdown(pd.DataFrame(rows, columns=COLUMNS), args_line(args)))
+                atomic_write_text(paths["md"], render_markdown(pd.DataFrame(rows, columns=COLUMNS), args_line(args)))
             del q, k, v, dout
             free_memory(device)
     return rows
@@ -528,7 +498,7 @@ def plot_from_csv(csv_path: Path, png_path: Path | None = None) -> Path:
     g.set_axis_labels("N = Nq = Nk (tokens)", "TFLOP/s")
     meta = df.iloc[0]
     g.figure.suptitle(f"Attention: B={meta['B']}, H={meta['H']}, {meta['dtype']}", y=1.02)
-    _atomic(png_path, lambda tmp: g.figure.savefig(tmp, dpi=120, bbox_inches="tight"))
+    atomic_savefig(g.figure, png_path, dpi=120, bbox_inches="tight")
     plt.close(g.figure)
     return png_path
 
@@ -543,7 +513,7 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
     header = ""
     if len(df):
         header = f"B={df['B'].iloc[0]}, H={df['H'].iloc[0]}, dtype={df['dtype'].iloc[0]} (from {csv_path.name})"
-    write_text_atomic(md, render_markdown(df, header))
+    atomic_write_text(md, render_markdown(df, header))
     png = plot_from_csv(csv_path) if plot else None
     return md, png
 
@@ -600,14 +570,14 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"cannot create output directory {args.out}: {e}")
     paths = {ext: args.out / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")}
     env = environment(args, device, dtype_name)
-    write_text_atomic(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
+    atomic_write_text(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
     print(f"attention_kernel: {args_line(args)} on {env.get('gpu_name') or device}", flush=True)
 
     rows = sweep(args, device, dtype, dtype_name, paths)
     write_csv_atomic(paths["csv"], rows)
     env["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     env["autotune_cache"] = _autotune_cache()
-    write_text_atomic(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
+    atomic_write_text(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
     render_from_csv(paths["csv"], plot=not args.no_plot)
     print("wrote " + ", ".join(str(p) for k, p in paths.items() if k != "png" or not args.no_plot))
     return 0
