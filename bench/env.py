@@ -58,18 +58,25 @@ def cpu_name() -> str | None:
     return try_call(read)
 
 
-def nvml_info(index: int = 0) -> dict:
-    """Driver, SM clock (current + max), power (draw / limit), memory, from pynvml. {} without a GPU."""
+def nvml_handle(index: int = 0):
+    """(pynvml, handle) of CUDA device `index` (CUDA_VISIBLE_DEVICES honoured), or None without NVML."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception:
-        return {}
+        return None
     nvml_index = try_call(lambda: torch.cuda._get_nvml_device_index(index), index)
     h = try_call(lambda: pynvml.nvmlDeviceGetHandleByIndex(nvml_index))
-    if h is None:
+    return None if h is None else (pynvml, h)
+
+
+def nvml_info(index: int = 0) -> dict:
+    """Driver, SM clock (current + max), power (draw / limit), memory, from pynvml. {} without a GPU."""
+    got = nvml_handle(index)
+    if got is None:
         return {}
+    pynvml, h = got
 
     def s(x):
         return x.decode() if isinstance(x, bytes) else x

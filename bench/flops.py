@@ -48,15 +48,15 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 import models.common as common
 import models.mamba as mamba_mod
 from models.common import Attention
+from models.data import num_observed
 
 OBSERVED_FRAC = 0.2  # Nin = round(0.2·N) observed pixels, Nq = N − Nin queries (the task's split)
 AGREE_TOL = 0.10  # the three counts must agree within 10 %
-LEVELS = ("mixer", "encoder", "model")
 
 
 def token_split(n_tokens: int) -> tuple[int, int]:
-    """N tokens → (Nin, Nq): 20 % observed input pixels, the rest queries."""
-    n_in = round(OBSERVED_FRAC * n_tokens)
+    """N tokens → (Nin, Nq): 20 % observed input pixels, the rest queries (the data pipeline's split)."""
+    n_in = num_observed(n_tokens, OBSERVED_FRAC)
     return n_in, n_tokens - n_in
 
 

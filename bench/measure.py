@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 import models.mamba as mamba_mod
+from bench.env import nvml_handle, try_call
 from bench.flops import token_split
 from models import build_model, count_parameters
 from models.common import ConfigError
@@ -252,14 +253,10 @@ class Timing:
     times_ms: list[float]
     timer: str
 
-    def _q(self, p: float) -> float:
-        xs = sorted(self.times_ms)
-        if len(xs) == 1:
-            return xs[0]
-        k = p * (len(xs) - 1)
-        lo = int(k)
-        hi = min(lo + 1, len(xs) - 1)
-        return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+    def _quartiles(self) -> list[float]:
+        """[q1, median, q3], linear interpolation between order statistics (numpy's default)."""
+        xs = self.times_ms
+        return [xs[0]] * 3 if len(xs) == 1 else statistics.quantiles(xs, n=4, method="inclusive")
 
     @property
     def median(self) -> float:
@@ -267,11 +264,11 @@ class Timing:
 
     @property
     def q1(self) -> float:
-        return self._q(0.25)
+        return self._quartiles()[0]
 
     @property
     def q3(self) -> float:
-        return self._q(0.75)
+        return self._quartiles()[2]
 
     def summary(self) -> dict:
         return {
@@ -344,7 +341,7 @@ class PeakSampler:
 
     def __init__(self, read: Callable[[], int], interval: float = 0.002):
         self.read, self.interval = read, interval
-        self.first = self.peak = self.last = None
+        self.first = self.peak = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -352,7 +349,6 @@ class PeakSampler:
         v = self.read()
         self.first = v if self.first is None else self.first
         self.peak = v if self.peak is None else max(self.peak, v)
-        self.last = v
 
     def _run(self):
         while not self._stop.is_set():
@@ -380,19 +376,11 @@ def nvml_reader(device: torch.device) -> Callable[[], int] | None:
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _NVML:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            try:
-                nvml_index = torch.cuda._get_nvml_device_index(index)  # honours CUDA_VISIBLE_DEVICES
-            except Exception:
-                nvml_index = index
-            handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
-            pynvml.nvmlDeviceGetMemoryInfo(handle)
+        got = nvml_handle(index)
+        _NVML[index] = None
+        if got is not None and try_call(lambda: got[0].nvmlDeviceGetMemoryInfo(got[1])) is not None:
+            pynvml, handle = got
             _NVML[index] = lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        except Exception:
-            _NVML[index] = None
     return _NVML[index]
 
 

@@ -76,7 +76,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     gpu = df["mem_alloc_peak_mb"].notna()
     df["peak_mem_gb"] = np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) / 1024
     base = np.where(gpu, df["mem_alloc_before_mb"], df["rss_before_mb"])
-    df["act_mem_gb"] = (np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) - base) / 1024
+    df["act_mem_gb"] = df["peak_mem_gb"] - base / 1024
     return df
 
 
@@ -148,18 +148,18 @@ def _status_cell(row) -> str:
 # Scaling tables
 # ----------------------------------------------------------------------------------------------
 
-METRICS = {  # name → (kind, value column, title, unit, formatter)
-    "fwd_latency": ("fwd", "median_ms", "Forward latency", "ms, median [IQR]", None),
-    "train_latency": ("train", "median_ms", "Training step latency", "ms, median [IQR]", None),
-    "fwd_graph_latency": ("fwd_graph", "median_ms", "Forward latency, CUDA-graph replay", "ms, median [IQR]", None),
-    "fwd_memory": ("fwd", "peak_mem_gb", "Peak memory, inference", "GiB", None),
-    "train_memory": ("train", "peak_mem_gb", "Peak memory, training step", "GiB", None),
-    "train_throughput": ("train", "samples_per_s", "Training throughput", "samples/s", None),
-    "fwd_throughput": ("fwd", "samples_per_s", "Inference throughput", "samples/s", None),
+METRICS = {  # name → (kind, value column, title, unit)
+    "fwd_latency": ("fwd", "median_ms", "Forward latency", "ms, median [IQR]"),
+    "train_latency": ("train", "median_ms", "Training step latency", "ms, median [IQR]"),
+    "fwd_graph_latency": ("fwd_graph", "median_ms", "Forward latency, CUDA-graph replay", "ms, median [IQR]"),
+    "fwd_memory": ("fwd", "peak_mem_gb", "Peak memory, inference", "GiB"),
+    "train_memory": ("train", "peak_mem_gb", "Peak memory, training step", "GiB"),
+    "train_throughput": ("train", "samples_per_s", "Training throughput", "samples/s"),
+    "fwd_throughput": ("fwd", "samples_per_s", "Inference throughput", "samples/s"),
     "train_tflops": ("train", "tflops", "Achieved TFLOP/s, training step (3 × analytic forward FLOPs / time)",
-                     "TFLOP/s", None),
-    "fwd_tflops": ("fwd", "tflops", "Achieved TFLOP/s, forward (analytic FLOPs / time)", "TFLOP/s", None),
-    "epoch_time": ("train", "epoch_min", "Training time per epoch", "min", None),
+                     "TFLOP/s"),
+    "fwd_tflops": ("fwd", "tflops", "Achieved TFLOP/s, forward (analytic FLOPs / time)", "TFLOP/s"),
+    "epoch_time": ("train", "epoch_min", "Training time per epoch", "min"),
 }  # fmt: skip
 
 
@@ -295,11 +295,12 @@ def crossover_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
             sub = df[(df["kind"] == kind) & (df["level"] == level) & (df["status"] == "ok")]
             if kind != "flops":
                 sub = sub[sub["batch"] == batch]
-            a = sub[sub["series"] == s1].set_index("res")[col] if kind != "flops" else None
-            b = sub[sub["series"] == s4].set_index("res")[col] if kind != "flops" else None
             if kind == "flops":  # backend-independent: take either model's first counted row per r
                 a = sub[sub["model"] == "v1"].groupby("res")[col].first()
                 b = sub[sub["model"] == "v4"].groupby("res")[col].first()
+            else:
+                a = sub[sub["series"] == s1].set_index("res")[col]
+                b = sub[sub["series"] == s4].set_index("res")[col]
             common = sorted(set(a.index) & set(b.index))
             if not common:
                 continue
@@ -359,7 +360,8 @@ def _verdict(measured: float | None, lo: float, hi: float) -> str:
     return f"spec understates by {fmt_num(measured / hi)}×"
 
 
-def spec_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
+def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> pd.DataFrame:
+    """The spec's claims against the measurements; `fits` is fits_table(df, batch), already computed."""
     p = primary_of(runs, df)
     settings = runs[-1].get("settings", {}) if runs else {}
     preset = settings.get("preset") or "default"
@@ -426,7 +428,6 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
             "claim": f"{m.upper()} parameters", "spec": "~4M", "measured": f"{fmt_num(n)}M" if n else "—",
             "verdict": _verdict(n, 3.2, 4.8), "how": "models.count_parameters",
         })  # fmt: skip
-    fits = fits_table(df, batch)
     for metric in ("FLOPs (analytic, forward)", "training-step latency"):
         for m, want in (("v1", 1), ("v4", 2)):
             s = f"V1 {p['v1']}" if m == "v1" else f"V4 {p['v4']}"
@@ -629,7 +630,7 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         written.append(atomic_to_csv(three, out / "flops_per_sample.csv"))
     fits = safe(fits_table, df, batch)
     cross = safe(crossover_table, df, runs, batch)
-    spec = safe(spec_table, df, runs, batch)
+    spec = safe(spec_table, df, runs, batch, fits)
     mbt = safe(max_batch_table, df)
     for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt)):
         if not t.empty:
@@ -643,7 +644,7 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
             text = f"**FLOPs per sample, one forward pass** (analytic; GFLOP)\n\n{md_table(ft)}"
             written.append(atomic_write_text(out / "tables" / f"flops_{level}.md", text))
             parts.append(text)
-        for metric, (kind, col, title, unit, _) in METRICS.items():
+        for metric, (kind, col, title, unit) in METRICS.items():
             if level != "model" and metric in ("epoch_time", "fwd_throughput", "fwd_tflops", "fwd_graph_latency"):
                 continue
             t = safe(scaling_table, df, runs, level, kind, col, batch)

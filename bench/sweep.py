@@ -22,6 +22,7 @@ GPU results; ≈ 2 minutes on 2 cores.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import measure
-from bench.env import environment, summary_line
+from bench.env import environment, nvml_info, summary_line
 from bench.flops import analytic_flops, count_flops, counting_device
 from bench.measure import ALL_BACKENDS, BACKENDS, LEVELS, MODELS, PRIMARY
 from models.common import ConfigError
@@ -372,9 +373,13 @@ class Sweep:
         self.oom_at: dict[tuple, int] = {}  # (model, backend, level, batch, kind) → smallest r that OOMed
         self.broken: str | None = None  # set when a CUDA error poisoned the context
         for row in self.store.rows.values():
-            if row.get("status") == "oom":
-                k = (row["model"], row["backend"], row["level"], row["batch"], row["kind"])
-                self.oom_at[k] = min(self.oom_at.get(k, 10**9), row["res"])
+            self._note_oom(row)
+
+    def _note_oom(self, row: dict) -> None:
+        """Remember the smallest r at which a (model, backend, level, batch, kind) ran out of memory."""
+        if row.get("status") == "oom" and row["kind"] != "flops":
+            k = (row["model"], row["backend"], row["level"], row["batch"], row["kind"])
+            self.oom_at[k] = min(self.oom_at.get(k, 10**9), row["res"])
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -544,9 +549,7 @@ class Sweep:
                             self.broken = f"{c.model}/{c.backend}/{c.level} r={c.res} {kind} ({row['note'][:80]})"
                     wl = None  # rebuild: a failed step can leave the module mid-state
                     measure.free_memory(dev)
-            if row["status"] == "oom" and kind != "flops":
-                k = (c.model, c.backend, c.level, c.batch, kind)
-                self.oom_at[k] = min(self.oom_at.get(k, 10**9), c.res)
+            self._note_oom(row)
             row["elapsed_s"] = time.perf_counter() - t_row
             self.store.add(row)
             bar.update(estimate_seconds(c, kind, s, dev))
@@ -619,16 +622,16 @@ def run(argv=None) -> None:
 
 def _run_sweep(s: Settings) -> None:
     sweep = Sweep(s)
-    settings = {k: v for k, v in asdict(s).items()}
-    env = environment(sweep.device, run_id=sweep.run_id, reduced=s.mode != "full", settings=settings)
+    env = environment(sweep.device, run_id=sweep.run_id, reduced=s.mode != "full", settings=asdict(s))
     print(summary_line(env), flush=True)
     sweep.store.runs.append(env)
     sweep.store.flush()
     try:
         sweep.run()
     finally:
-        env_end = environment(sweep.device)
-        env["end"] = {k: env_end.get(k) for k in ("date", "sm_clock_mhz", "power_draw_w", "temperature_c")}
+        nv = nvml_info(sweep.device.index or 0) if sweep.device.type == "cuda" else {}
+        env["end"] = {"date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                      **{k: nv.get(k) for k in ("sm_clock_mhz", "power_draw_w", "temperature_c")}}  # fmt: skip
         env["wall_s"] = time.perf_counter() - sweep.t0
         sweep.store.flush()
     print(f"sweep done in {env['wall_s']:.0f} s; rendering tables and plots", flush=True)
