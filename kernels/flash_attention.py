@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from numbers import Integral, Real
 
 import torch
@@ -132,6 +133,35 @@ def _cfg(block_m, block_n, warps, stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
+# GPU configs. Forward: BLOCK_M % BLOCK_N == 0 (needed by the causal split). 8 warps only for >= 128x128 tiles.
+_GPU_FWD_CONFIGS = [
+    _cfg(128, 64, 4, 3),
+    _cfg(128, 64, 4, 4),
+    _cfg(128, 128, 8, 3),
+    _cfg(128, 128, 8, 2),
+    _cfg(128, 32, 4, 4),
+    _cfg(256, 64, 8, 3),  # halves K/V re-reads per FLOP (exp-bound small D)
+    _cfg(64, 64, 4, 3),
+    _cfg(64, 32, 4, 3),  # small fallback (fp32 at D=128)
+]
+# dK/dV: BLOCK_N % BLOCK_M == 0.
+_GPU_BWD_KV_CONFIGS = [
+    _cfg(32, 128, 4, 3),
+    _cfg(64, 128, 8, 3),
+    _cfg(32, 128, 8, 2),
+    _cfg(32, 128, 4, 4),
+    _cfg(32, 64, 4, 3),
+    _cfg(64, 64, 4, 2),
+]
+# dQ: BLOCK_M % BLOCK_N == 0.
+_GPU_BWD_Q_CONFIGS = [
+    _cfg(128, 32, 4, 3),
+    _cfg(128, 64, 8, 3),
+    _cfg(128, 32, 8, 2),
+    _cfg(128, 32, 4, 4),
+    _cfg(64, 32, 4, 3),
+    _cfg(64, 64, 4, 2),
+]
 if _INTERPRET:
     # One small config: autotuning under the interpreter is far too slow. Small blocks also make the
     # CPU tests exercise the full-block loops, the diagonal blocks and the masked tails.
@@ -139,39 +169,10 @@ if _INTERPRET:
     _BWD_KV_CONFIGS = [_cfg(16, 32, 4, 1)]  # BLOCK_N key rows per program, BLOCK_M query rows per step
     _BWD_Q_CONFIGS = [_cfg(32, 16, 4, 1)]  # BLOCK_M query rows per program, BLOCK_N key rows per step
     _PRE_BLOCK_M = 32
-    _MASK_BLOCK = (64, 64)
 else:
-    # Forward: BLOCK_M % BLOCK_N == 0 (needed by the causal split). 8 warps only for >= 128x128 tiles.
-    _FWD_CONFIGS = [
-        _cfg(128, 64, 4, 3),
-        _cfg(128, 64, 4, 4),
-        _cfg(128, 128, 8, 3),
-        _cfg(128, 128, 8, 2),
-        _cfg(128, 32, 4, 4),
-        _cfg(256, 64, 8, 3),  # halves K/V re-reads per FLOP (exp-bound small D)
-        _cfg(64, 64, 4, 3),
-        _cfg(64, 32, 4, 3),  # small fallback (fp32 at D=128)
-    ]
-    # dK/dV: BLOCK_N % BLOCK_M == 0.
-    _BWD_KV_CONFIGS = [
-        _cfg(32, 128, 4, 3),
-        _cfg(64, 128, 8, 3),
-        _cfg(32, 128, 8, 2),
-        _cfg(32, 128, 4, 4),
-        _cfg(32, 64, 4, 3),
-        _cfg(64, 64, 4, 2),
-    ]
-    # dQ: BLOCK_M % BLOCK_N == 0.
-    _BWD_Q_CONFIGS = [
-        _cfg(128, 32, 4, 3),
-        _cfg(128, 64, 8, 3),
-        _cfg(128, 32, 8, 2),
-        _cfg(128, 32, 4, 4),
-        _cfg(64, 32, 4, 3),
-        _cfg(64, 64, 4, 2),
-    ]
+    _FWD_CONFIGS, _BWD_KV_CONFIGS, _BWD_Q_CONFIGS = _GPU_FWD_CONFIGS, _GPU_BWD_KV_CONFIGS, _GPU_BWD_Q_CONFIGS
     _PRE_BLOCK_M = 64
-    _MASK_BLOCK = (64, 64)
+_MASK_BLOCK = (64, 64)
 
 _AUTOTUNE_KEY = ["NQ_BUCKET", "NK_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT"]
 
@@ -841,15 +842,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else _NullCtx()
-
-
-class _NullCtx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
 
 
 class _Pinned:

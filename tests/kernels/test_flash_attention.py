@@ -227,22 +227,8 @@ def _pinned_block_pairs():
 
 
 def _gpu_configs(name):
-    """The GPU config lists, also when the module was built for the interpreter (parsed from the source)."""
-    if not fa.interpreter_active():
-        return getattr(fa, name)
-    import ast
-    import inspect
-
-    src = inspect.getsource(fa)
-    tree = ast.parse(src)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "_INTERPRET":
-            for stmt in node.orelse:
-                if isinstance(stmt, ast.Assign) and stmt.targets[0].id == name:
-                    return [
-                        triton.Config({"BLOCK_M": e.args[0].value, "BLOCK_N": e.args[1].value}) for e in stmt.value.elts
-                    ]
-    raise AssertionError(name)
+    """The GPU config list `name` (e.g. "_FWD_CONFIGS"), also when the module was built for the interpreter."""
+    return getattr(fa, "_GPU" + name)
 
 
 def _cfg(bm, bn):
