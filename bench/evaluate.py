@@ -176,6 +176,14 @@ def _queries(train_res: int, out_res: int, observed: torch.Tensor) -> torch.Tens
     return mask.nonzero().squeeze(1)
 
 
+def _fill(flat: torch.Tensor, query: torch.Tensor, values: torch.Tensor, out_res: int) -> torch.Tensor:
+    """(C, R, R) image with `values` at the queried pixels. At the training resolution (flat is (r², C), r = R) the
+    other, observed pixels keep their values; above it every pixel is a query."""
+    full = flat.clone() if flat.shape[0] == out_res * out_res else torch.zeros(out_res * out_res, flat.shape[1])
+    full[query] = values
+    return full.t().reshape(-1, out_res, out_res)
+
+
 def predict_model(model, ds, observed, out_res, estimator, cfg: EvalConfig, device, count=None):
     """The first `count` (all) images through one model → (n, 3, R, R) in [-1, 1] on the CPU, sampling seconds."""
     r, n = ds.resolution, len(ds) if count is None else min(count, len(ds))
@@ -200,9 +208,7 @@ def predict_model(model, ds, observed, out_res, estimator, cfg: EvalConfig, devi
         seconds += time.perf_counter() - t0
         x = x.float().cpu().clamp(-1, 1)  # (b, Nq, 3)
         for j, q in enumerate(qry):
-            full = flat[j].clone() if out_res == r else torch.zeros(out_res * out_res, 3)  # observed kept at r
-            full[q] = x[j]
-            preds.append(full.t().reshape(3, out_res, out_res))
+            preds.append(_fill(flat[j], q, x[j], out_res))
     return torch.stack(preds), seconds
 
 
@@ -214,10 +220,9 @@ def predict_interp(ds, observed, out_res, method):
     for i in range(len(ds)):
         flat = ds.dense[i].flatten(1).t()  # (r², 3)
         q = _queries(r, out_res, observed[i])
-        full = flat.clone() if out_res == r else torch.zeros(out_res * out_res, 3)
         obs = observed[i].numpy()
-        full[q] = torch.from_numpy(interpolate(coords_lr[obs], flat[observed[i]].numpy(), coords_hr[q].numpy(), method))
-        preds.append(full.t().reshape(3, out_res, out_res).clamp(-1, 1))
+        values = torch.from_numpy(interpolate(coords_lr[obs], flat[observed[i]].numpy(), coords_hr[q].numpy(), method))
+        preds.append(_fill(flat, q, values, out_res).clamp(-1, 1))
     return torch.stack(preds), time.perf_counter() - t0
 
 
