@@ -861,17 +861,15 @@ def _select(kernel, config):
     return kernel if config is None else _Pinned(kernel, config)
 
 
-def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=None):
+def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True):
     """Forward launch; returns ``(o, lse, res)``.
 
     ``res`` (o's shape and dtype, or None) is the rounding residual ``O_fp32 - O`` for the backward's
-    ``delta``; it is stored when ``residual`` is true, by default for 16-bit inputs (fp32 O is exact).
+    ``delta``; it is stored when ``residual`` is true and the inputs are 16-bit (fp32 O is exact).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     o = _empty_like_rowmajor(q)
-    if residual is None:
-        residual = q.dtype != torch.float32
     res = _empty_like_rowmajor(o) if residual and q.dtype != torch.float32 else None
     lse = _new_buffer((B * H, Nq), q.device)
     dropout = dropout_p > 0.0
