@@ -12,7 +12,7 @@ Reads <out>/raw/sweep_<tag>.json (tag = B<batch>_<dtype>, written by bench.sweep
     max_batch_<tag>.csv            the largest batch whose training step fits
     tables/<metric>_<level>_<tag>.md   the scaling tables (rows: r and N; columns: model × backend; V4/V1)
     scaling_latency_<tag>.png, scaling_memory_<tag>.png, scaling_flops_per_sample.png,
-    throughput_<tag>.png, max_batch_<tag>.png
+    throughput_<tag>.png, max_batch_<dtype>.png (the largest batch does not depend on the timed batch)
     README.md                      all of the above on one page
 """
 
