@@ -139,8 +139,9 @@ def split_pixels(n_pixels: int, observed_frac: float, generator: torch.Generator
 class SparseFieldDataset(Dataset):
     """Random crops of `images` at `resolution`, each with a random observed subset of pixels.
 
-    Deterministic under `seed`: crop i is fixed by (seed, i); its observed pixels by (seed, epoch, i), so
-    `set_epoch` draws new masks each epoch (training) while epoch 0 stays fixed (validation).
+    Deterministic under `seed`: crop i is fixed by (seed, i). `ds[i]` is one sample whose observed pixels come
+    from (seed, epoch, i) (`set_epoch` draws new ones), for use with a torch DataLoader; the training loop does
+    not use it: it draws its batches and masks on the device with DeviceBatches (below).
     """
 
     def __init__(self, images, resolution=32, num_samples=2048, observed_frac=0.2, seed=0, augment=True):
