@@ -1,0 +1,90 @@
+"""The per-component grouping of profiler kernels, on a recorded-format trace (tests/bench/data), and its table
+and stacked plot from saved rows."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import breakdown as bd
+from bench.device_time import Kernel, kernel_ms, kernels_from_trace
+
+TRACE = Path(__file__).parent / "data" / "trace_synthetic_train_step.json"
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return json.loads(TRACE.read_text())
+
+
+def test_trace_reader_keeps_only_device_events(trace):
+    kernels = kernels_from_trace(trace)
+    device = [e for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] in ("kernel", "gpu_memcpy", "gpu_memset")]
+    assert len(kernels) == len(device) > 30
+    assert {k.cat for k in kernels} == {"kernel", "gpu_memcpy", "gpu_memset"}
+    assert kernel_ms(kernels) == pytest.approx(sum(e["dur"] for e in device) / 1e3)
+
+
+def test_every_kernel_lands_in_its_component(trace):
+    for ev in trace["traceEvents"]:
+        if ev.get("ph") == "X" and "expected_component" in ev.get("args", {}):
+            assert bd.classify(ev["name"], ev["cat"]) == ev["args"]["expected_component"], ev["name"][:100]
+
+
+def test_breakdown_sums_to_the_kernel_time_and_divides_by_steps(trace):
+    kernels = kernels_from_trace(trace)
+    comps = bd.breakdown(kernels, steps=2)
+    assert set(comps) == set(bd.COMPONENTS)
+    assert sum(comps.values()) == pytest.approx(kernel_ms(kernels) / 2)
+    for key in ("attn", "scan", "conv", "gemm", "elementwise", "optimizer", "other"):
+        assert comps[key] > 0, key
+    cols = bd.breakdown_columns(comps)
+    assert set(cols) == {f"bd_{k}_ms" for k in bd.COMPONENTS}
+    top = json.loads(bd.top_kernels(kernels, n=3, steps=2))
+    assert len(top) == 3 and top[0][2] == "scan"  # selective_scan_bwd is the longest kernel of the fixture
+
+
+def test_unknown_names_are_other_and_memcpy_is_not_elementwise():
+    assert bd.classify("some_new_kernel_v2") == "other"
+    assert bd.classify("Memcpy DtoD (Device -> Device)", "gpu_memcpy") == "other"
+
+
+def _rows():
+    rows = []
+    for series, (model, backend) in {"V1 mamba_ssm": ("v1", "mamba_ssm"), "V4 sdpa": ("v4", "sdpa")}.items():
+        for r, scale in ((32, 1.0), (64, 4.0), (128, 16.0)):
+            attn = 0.2 * scale**2 if model == "v4" else 0.1 * scale
+            comps = {"attn": attn, "scan": 0.5 * scale if model == "v1" else 0.0, "conv": 0.05 * scale,
+                     "gemm": 1.0 * scale, "elementwise": 0.4 * scale, "optimizer": 0.3, "other": 0.01}
+            rows.append({"model": model, "backend": backend, "series": series, "res": r, "batch": 8,
+                         "kind": "train", "status": "ok", **bd.breakdown_columns(comps)})
+    rows.append({"model": "v4", "backend": "seed", "series": "V4 seed", "res": 128, "batch": 8, "kind": "train",
+                 "status": "oom"})
+    return pd.DataFrame(rows)
+
+
+def test_table_and_one_plot_per_series_from_saved_rows(tmp_path):
+    df = _rows()
+    csv = tmp_path / "rows.csv"
+    df.to_csv(csv, index=False)
+    saved = pd.read_csv(csv)  # the plot reads saved data only
+    t = bd.breakdown_table(saved)
+    assert len(t) == 6 and set(t["series"]) == {"V1 mamba_ssm", "V4 sdpa"}
+    v4_128 = t[(t["series"] == "V4 sdpa") & (t["r"] == 128)].iloc[0]
+    assert v4_128["attention core"].endswith("%)") and v4_128["kernel ms"] > 0
+    written = bd.plot_breakdown(saved, tmp_path, "B8_bf16")
+    assert sorted(p.name for p in written) == ["breakdown_train_V1_mamba_ssm_B8_bf16.png",
+                                                "breakdown_train_V4_sdpa_B8_bf16.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_rows_without_breakdown_columns_give_nothing(tmp_path):
+    df = pd.DataFrame([{"model": "v1", "backend": "reference", "res": 8, "batch": 2, "kind": "train", "status": "ok"}])
+    assert bd.breakdown_table(df).empty
+    assert bd.plot_breakdown(df, tmp_path, "B2_fp32") == []
+
+
+def test_kernel_objects_duck_type():
+    comps = bd.breakdown([Kernel("nvjet_tst_64x8_64x16_4x1_v_bz_TNN", 1000.0)])
+    assert comps["gemm"] == pytest.approx(1.0)
