@@ -132,8 +132,12 @@ def plot_breakdown(df: pd.DataFrame, out: Path, tag: str, kind: str = "train", b
         for xi, t in zip(x, total):
             ax.text(xi, 101, f"{t:.3g} ms", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, [f"{int(r)}²" for r in g["res"]])
-        ax.set(xlabel="resolution r (N = r² tokens)", ylabel="% of GPU kernel time", ylim=(0, 112),
-               title=f"{series}: where a {'training step' if kind == 'train' else 'forward'}'s kernel time goes")
+        ax.set(
+            xlabel="resolution r (N = r² tokens)",
+            ylabel="% of GPU kernel time",
+            ylim=(0, 112),
+            title=f"{series}: where a {'training step' if kind == 'train' else 'forward'}'s kernel time goes",
+        )
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.tight_layout()
         name = f"breakdown_{kind}_{series.replace(' ', '_')}_{tag}.png"

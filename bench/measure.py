@@ -201,10 +201,14 @@ def make_forward(wl: Workload, inputs: dict, device: torch.device, amp: bool = T
     return forward
 
 
-def make_train_step(wl: Workload, inputs: dict, device: torch.device, amp: bool = True) -> Callable:
-    """One training step: train mode, forward + backward (bf16 autocast on CUDA) + AdamW step."""
+def make_train_step(
+    wl: Workload, inputs: dict, device: torch.device, amp: bool = True, capturable: bool = False
+) -> Callable:
+    """One training step: train mode, forward + backward (bf16 autocast on CUDA) + AdamW step.
+    capturable: AdamW(capturable=True), for bench.device_time.capture (CUDA only)."""
     wl.module.train()
-    opt = torch.optim.AdamW(wl.trainable(), lr=1e-4, weight_decay=0.01)
+    extra = {"capturable": True} if capturable and device.type == "cuda" else {}
+    opt = torch.optim.AdamW(wl.trainable(), lr=1e-4, weight_decay=0.01, **extra)
 
     def train_step():
         opt.zero_grad(set_to_none=True)

@@ -157,5 +157,4 @@ def _graph_time(factory, device, rounds: RoundsConfig, reps: int, cfg: DeviceTim
     finally:
         if g is not None:
             g.release()
-        del g
         free_memory(device)

@@ -129,7 +129,10 @@ def run(argv=None) -> None:
 
 
 def main(argv=None) -> int:
-    return cli_main(run, argv)
+    try:
+        return cli_main(run, argv)
+    except SystemExit as e:  # --tol exceeded (exit 1), or argparse's own exit 2
+        return int(e.code or 0)
 
 
 if __name__ == "__main__":

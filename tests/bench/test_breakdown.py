@@ -20,7 +20,8 @@ def trace():
 
 def test_trace_reader_keeps_only_device_events(trace):
     kernels = kernels_from_trace(trace)
-    device = [e for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] in ("kernel", "gpu_memcpy", "gpu_memset")]
+    cats = ("kernel", "gpu_memcpy", "gpu_memset")
+    device = [e for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] in cats]
     assert len(kernels) == len(device) > 30
     assert {k.cat for k in kernels} == {"kernel", "gpu_memcpy", "gpu_memset"}
     assert kernel_ms(kernels) == pytest.approx(sum(e["dur"] for e in device) / 1e3)
@@ -55,12 +56,38 @@ def _rows():
     for series, (model, backend) in {"V1 mamba_ssm": ("v1", "mamba_ssm"), "V4 sdpa": ("v4", "sdpa")}.items():
         for r, scale in ((32, 1.0), (64, 4.0), (128, 16.0)):
             attn = 0.2 * scale**2 if model == "v4" else 0.1 * scale
-            comps = {"attn": attn, "scan": 0.5 * scale if model == "v1" else 0.0, "conv": 0.05 * scale,
-                     "gemm": 1.0 * scale, "elementwise": 0.4 * scale, "optimizer": 0.3, "other": 0.01}
-            rows.append({"model": model, "backend": backend, "series": series, "res": r, "batch": 8,
-                         "kind": "train", "status": "ok", **bd.breakdown_columns(comps)})
-    rows.append({"model": "v4", "backend": "seed", "series": "V4 seed", "res": 128, "batch": 8, "kind": "train",
-                 "status": "oom"})
+            comps = {
+                "attn": attn,
+                "scan": 0.5 * scale if model == "v1" else 0.0,
+                "conv": 0.05 * scale,
+                "gemm": 1.0 * scale,
+                "elementwise": 0.4 * scale,
+                "optimizer": 0.3,
+                "other": 0.01,
+            }
+            rows.append(
+                {
+                    "model": model,
+                    "backend": backend,
+                    "series": series,
+                    "res": r,
+                    "batch": 8,
+                    "kind": "train",
+                    "status": "ok",
+                    **bd.breakdown_columns(comps),
+                }
+            )
+    rows.append(
+        {
+            "model": "v4",
+            "backend": "seed",
+            "series": "V4 seed",
+            "res": 128,
+            "batch": 8,
+            "kind": "train",
+            "status": "oom",
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -74,8 +101,10 @@ def test_table_and_one_plot_per_series_from_saved_rows(tmp_path):
     v4_128 = t[(t["series"] == "V4 sdpa") & (t["r"] == 128)].iloc[0]
     assert v4_128["attention core"].endswith("%)") and v4_128["kernel ms"] > 0
     written = bd.plot_breakdown(saved, tmp_path, "B8_bf16")
-    assert sorted(p.name for p in written) == ["breakdown_train_V1_mamba_ssm_B8_bf16.png",
-                                                "breakdown_train_V4_sdpa_B8_bf16.png"]
+    assert sorted(p.name for p in written) == [
+        "breakdown_train_V1_mamba_ssm_B8_bf16.png",
+        "breakdown_train_V4_sdpa_B8_bf16.png",
+    ]
     assert all(p.stat().st_size > 1000 for p in written)
 
 

@@ -45,8 +45,13 @@ def test_summary_median_and_spread_across_rounds():
 
 
 def test_probe_is_read_after_each_round_and_summarised():
-    readings = iter([{"sm_clock_mhz": 1980, "power_w": 400.0}, {"sm_clock_mhz": 1965, "power_w": 420.0},
-                     {"sm_clock_mhz": 1755, "power_w": 690.0}])
+    readings = iter(
+        [
+            {"sm_clock_mhz": 1980, "power_w": 400.0},
+            {"sm_clock_mhz": 1965, "power_w": 420.0},
+            {"sm_clock_mhz": 1755, "power_w": 690.0},
+        ]
+    )
     clock = FakeClock({"a": 1.0})
     s = run_rounds({"a": clock.timer("a")}, {"a": 2}, rounds=3, probe=lambda: next(readings))["a"].summary()
     assert s["sm_clock_mhz"] == 1965 and s["power_w"] == 420.0 and s["temperature_c"] is None
