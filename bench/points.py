@@ -5,8 +5,8 @@
 
 A point is a step factory: factory(capturable) → a fresh zero-argument step (forward, or training step whose
 AdamW is built with capturable=True when asked). For each point of the group, in this order:
-    1. first call (compilation, autotuning, allocator growth), timed to size the loops; one call under the
-       memory probe (bench.measure.measure_memory); warm-up calls up to `warmup_ms`;
+    1. first call (compilation, autotuning, allocator growth); one call under the memory probe
+       (bench.measure.measure_memory), timed to size the loops; warm-up calls up to `warmup_ms`;
     2. the eager wall time: all points in RoundsConfig.rounds interleaved rounds (bench.rounds), with NVML SM clock
        and power read after each round;
     3. per point, one after the other (so only one graph pool is alive): torch.profiler over `profile_steps`
@@ -36,8 +36,9 @@ from bench.rounds import RoundsConfig, clock_probe, event_timer, reps_per_round,
 class DeviceTimeConfig:
     graph: bool = True  # capture each step in a CUDA graph and time its replays (CUDA only)
     profile_steps: int = 3  # eager steps under torch.profiler per point (0: no kernel time / breakdown)
-    slow_ms: float = 100.0  # a step slower than this is profiled once (its kernels repeat, the trace is large)
+    slow_ms: float = 100.0  # a slower step is profiled once and gets 1 capture warm-up call
     graph_warmup: int = 3  # calls on a side stream before the capture
+    graph_max_ms: float = 1000.0  # slower steps are not captured (device-bound: the kernel sum is their device time)
     memory: bool = True  # one call under bench.measure.measure_memory
     warmup_ms: float = 25.0  # eager warm-up per point after the first and the memory call (at most 50 calls)
     trace_dir: str | None = None  # keep each point's Chrome trace there (recorded traces for the breakdown tests)
@@ -78,9 +79,11 @@ def measure_group(
         try:
             step = factory(False)
             t_first = _timed_call(step, device)
+            t0 = time.perf_counter()
             if cfg.memory:
                 out[k].update(measure_memory(step, device))
-            est[k] = _timed_call(step, device)
+            t_mem = 1e3 * (time.perf_counter() - t0)
+            est[k] = t_mem if cfg.memory else _timed_call(step, device)  # the memory call is a plain step too
             out[k]["first_call_ms"] = t_first
             n_warm = min(50, int(cfg.warmup_ms / max(est[k], 1e-3)))
             for _ in range(n_warm):
@@ -124,8 +127,12 @@ def measure_group(
                     f["profile_note"] = "no device kernels recorded" + (" (CPU)" if device.type != "cuda" else "")
             except Exception as e:
                 f["profile_note"] = f"profiler failed: {_note(e)}"
-        if cfg.graph:
-            f.update(_graph_time(factories[k], device, rounds, reps[k], cfg, is_oom))
+        if cfg.graph and est[k] > cfg.graph_max_ms:
+            f["graph_note"] = (f"not captured: a {est[k]:.0f} ms step is device-bound (> {cfg.graph_max_ms:.0f} ms, "
+                               "--graph-max-ms); its kernel sum is the device time")  # fmt: skip
+        elif cfg.graph:
+            warm = 1 if est[k] > cfg.slow_ms else cfg.graph_warmup
+            f.update(_graph_time(factories[k], device, rounds, reps[k], warm, is_oom))
         if math.isfinite(f.get("graph_ms", math.nan)):
             f["device_ms"], f["device_source"] = f["graph_ms"], "cuda-graph replay"
         elif math.isfinite(f.get("kernel_ms", math.nan)):
@@ -135,13 +142,13 @@ def measure_group(
     return out
 
 
-def _graph_time(factory, device, rounds: RoundsConfig, reps: int, cfg: DeviceTimeConfig, is_oom) -> dict:
+def _graph_time(factory, device, rounds: RoundsConfig, reps: int, warmup: int, is_oom) -> dict:
     """graph_ms & co. of a fresh capturable step, or graph_note with the reason it has none."""
     from bench.measure import free_memory
 
     g = None
     try:
-        g = dt.capture(factory(True), device, cfg.graph_warmup)
+        g = dt.capture(factory(True), device, warmup)
         pt = run_rounds({0: lambda n: dt.time_replay(g, device, n)}, {0: reps}, rounds.rounds)[0]
         if pt.error is not None:
             raise pt.error

@@ -1,23 +1,36 @@
 """The V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)) benchmark sweep.
 
-    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 4–5 min on one H200, ≤ ~7)
+    python -m bench.sweep                 # = make bench: the full sweep on a GPU (one call of ≤ 9 min, see below)
     python -m bench.sweep --quick         # tiny smoke run (CI), into runs/bench_quick/
     python -m bench.sweep --res 32 64 --models v4 --backends sdpa triton --levels mixer
 
 For each model × backend × level (mixer | encoder | model) × resolution r (N = r² tokens) it measures
     flops      FLOPs of one forward pass, three ways (analytic, fvcore, FlopCounterMode), at B = 1
-    fwd        forward latency (no grad, bf16 autocast) + peak memory
-    train      training-step latency (forward + backward + AdamW) + peak memory, epoch time
-    fwd_graph  CUDA-graph replay of the forward (--cuda-graph)
-    max_batch  the largest batch whose training step fits (primary backends, whole model)
+    fwd        forward (no grad, bf16 autocast) + peak memory
+    train      training step (forward + backward + AdamW) + peak memory, epoch time
+    max_batch  the largest batch whose training step fits (primary backends, whole model; --max-batch)
+Every fwd / train point keeps its eager wall time (median of ≥ 20 repetitions in 3 rounds interleaved across the
+models and backends of its (level, r, batch), NVML SM clock and power per row) and its device time: the same step
+captured in one CUDA graph and replayed, the summed GPU kernel time of torch.profiler, host overhead = eager −
+kernel time, and the kernel time per component (bench.points, bench.breakdown). Two regimes: latency (batch 8)
+and throughput (--tokens per batch, default 2^19: batch 512 at 32², 32 at 128², 8 at 256²). Before the first row:
+≥ 2 s of GEMMs (clocks up) and the bf16 matmul peak, recorded in the run's environment.
 Rows are written as they complete (results/raw/sweep_B<batch>_<dtype>.{csv,json}, atomically); a rerun skips
 rows already done (same model, backend, level, resolution, batch, dtype, kind) unless --fresh. OOM or a
 missing backend becomes a row (oom / unavailable) and the sweep goes on. At the end bench.report renders
 the tables, plots and results/README.md.
 
+Time: the GPU plan is sized for ≈ 6–7 min on one H200 (the plan line prints the estimate): model and encoder
+levels, primary backends in both regimes first, then seed, reference and Triton at the model level up to r = 128.
+--time-budget (default 420 s of measuring) stops starting rows after it, so one call stays under 9 min; the rows
+left are "skipped" and the same command run again continues from there (a resumable second part). Knobs that
+trade coverage for time: --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput regime),
+--throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms, --no-device-time,
+--max-batch (off by default: ≈ 2 min).
+
 Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32 and 48, pure-PyTorch
-backends, one CPU thread, 1–3 repetitions after a warm-up call) into results/cpu/, so it never overwrites the
-GPU results; ≈ 2 minutes on 2 cores.
+backends, one CPU thread, 3 repetitions in 3 rounds after a warm-up call, wall time only) into results/cpu/, so it
+never overwrites the GPU results; ≈ 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -40,14 +53,17 @@ from bench import measure
 from bench.env import environment, nvml_info, summary_line
 from bench.flops import analytic_flops, count_flops, counting_device
 from bench.measure import ALL_BACKENDS, BACKENDS, LEVELS, MODELS, PRIMARY
+from bench.points import DeviceTimeConfig, measure_group
+from bench.rounds import RoundsConfig
 from models.common import ConfigError
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.v1_mamba import v1_config
 from models.v4_transformer import v4_config
 
 REPO = Path(__file__).resolve().parents[1]
-FULL_RES = (32, 48, 64, 96, 128)
-EXTENDED_RES = (160, 192, 256)
+FULL_RES = (32, 48, 64, 96, 128, 192, 256)
+EXTENDED_RES = (160, 224, 320)
+TOKENS = 2**19  # the throughput regime's tokens per batch
 KEY = ("model", "backend", "level", "res", "batch", "dtype", "kind")
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 
@@ -67,18 +83,26 @@ class Settings:
     backends: dict[str, list[str]]  # model → backends to run
     preset: str
     dtype: str  # "bf16" (autocast on CUDA) | "fp32"
-    warmup_ms: float
-    rep_ms: float
-    min_reps: int
-    max_reps: int
+    warmup_ms: float  # eager warm-up per point, after its first and its memory call
+    min_reps: int  # timed repetitions per point over all rounds
+    rounds: int  # interleaved rounds per point (bench.rounds)
+    max_point_s: float  # timed seconds per point at most (a slower point gets fewer reps, ≥ 1 per round; 0: no cap)
     timer: str
-    cuda_graph: bool
+    device_time: bool  # CUDA graph replay + profiler kernel time of every timed point (CUDA only)
+    profile_steps: int  # eager steps under torch.profiler per point (0: no kernel time, no breakdown)
+    graph_max_ms: float  # steps slower than this are not captured: device-bound, their kernel sum is the device time
+    tokens: int  # throughput regime: tokens per batch (0: off)
+    throughput_kinds: list[str]  # kinds measured in the throughput regime
+    global_warmup_s: float  # seconds of GEMMs before the first row (CUDA)
+    trace_dir: str | None  # keep each timed point's Chrome trace here (fixtures for bench.breakdown)
     flops: bool
     max_batch: bool
     max_batch_cap: int
     max_batch_probes: int
     spec_batch: int  # 0: no spec point (batch 64 at 32×32, the spec's training batch)
     ref_max_res: int  # reference (pure-PyTorch) Mamba is launch-bound: measured up to this r
+    secondary_levels: list[str]  # levels the non-primary backends (seed, reference, triton) run at
+    secondary_max_res: int  # ... and up to this r
     time_budget_s: float
     epoch_samples: int
     out: str
@@ -105,17 +129,46 @@ def build_parser() -> ArgParser:
     p.add_argument("--levels", nargs="+", default=None, help="mixer encoder model")
     p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(ALL_BACKENDS)}")
     p.add_argument("--out", default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
-    p.add_argument("--reps", type=int, default=None, help="fixed number of timed repetitions per point")
-    p.add_argument("--time-per-point", type=float, default=None, help="ms of timed repetitions per point")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per point, all of them (no time cap)")
+    p.add_argument("--min-reps", type=int, default=None, help="timed repetitions per point over all rounds (GPU 20)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per point (default 3)")
+    p.add_argument(
+        "--max-point-s",
+        type=float,
+        default=None,
+        help="timed seconds per point at most; slower points get fewer reps, >= 1 per round (GPU 2)",
+    )
+    p.add_argument("--time-per-point", type=float, default=None, help="the same in ms (older spelling)")
     p.add_argument("--warmup", type=float, default=None, help="ms of warm-up per point (after the first call)")
-    p.add_argument("--timer", default="events", help="events (CUDA events) | do_bench (triton.testing)")
-    p.add_argument("--cuda-graph", action="store_true", help="also time a CUDA-graph replay of the forward")
-    p.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
+    p.add_argument("--timer", default="events", help="events (CUDA events; the only timer of the rounds)")
+    p.add_argument("--no-device-time", action="store_true", help="no CUDA graph / profiler per point")
+    p.add_argument("--profile-steps", type=int, default=None, help="eager steps under torch.profiler per point (3)")
+    p.add_argument(
+        "--graph-max-ms",
+        type=float,
+        default=None,
+        help="steps slower than this are not captured in a CUDA graph (default 1000)",
+    )
+    p.add_argument(
+        "--tokens", type=int, default=None, help=f"throughput regime: tokens per batch (GPU {TOKENS}; 0 off)"
+    )
+    p.add_argument("--throughput-kinds", nargs="+", default=None, help="fwd train (default: train)")
+    p.add_argument("--global-warmup", type=float, default=None, help="seconds of GEMMs before the first row (2)")
+    p.add_argument("--trace-dir", default=None, help="keep each timed point's profiler trace (Chrome JSON) here")
+    p.add_argument("--cuda-graph", action="store_true", help="(kept for old command lines: device time is default)")
+    p.add_argument("--max-batch", action="store_true", help="also search the largest batch that fits (≈ 2 min)")
+    p.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search (the default)")
     p.add_argument("--max-batch-cap", type=int, default=4096)
     p.add_argument("--max-batch-probes", type=int, default=7, help="training steps per max-batch search")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     p.add_argument("--spec-batch", type=int, default=None, help="batch of the spec point at 32×32 (0: off)")
-    p.add_argument("--ref-max-res", type=int, default=None, help="largest r for the reference Mamba (GPU 64)")
+    p.add_argument("--ref-max-res", type=int, default=None, help="largest r for the reference Mamba (GPU 48)")
+    p.add_argument(
+        "--secondary-max-res",
+        type=int,
+        default=None,
+        help="largest r for seed / reference / triton (GPU 128; they run at the model level unless --levels is given)",
+    )
     p.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
     p.add_argument("--epoch-samples", type=int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
     p.add_argument("--preset", default=None, help="model size preset: default | small | tiny")
@@ -154,14 +207,16 @@ def settings_from_args(args) -> Settings:
     device = pick_device(args.device)
     mode = "quick" if args.quick else ("full" if device.type == "cuda" else "reduced")
     models = _choices(args.models or MODELS, MODELS, "--models")
-    levels = _choices(args.levels or LEVELS, LEVELS, "--levels")
     res = _int_list(args.res, "--res") if args.res else None
     for r in res or []:
         if r < 8:
             raise ConfigError(f"--res: resolution {r} is too small (minimum 8)")
     if args.timer not in ("events", "do_bench"):
         raise ConfigError(f"--timer: unknown timer {args.timer!r}; choose events or do_bench")
-    for flag, v, lo in (("--batch", args.batch, 1), ("--reps", args.reps, 1),
+    tkinds = _choices(args.throughput_kinds or ["train"], ("fwd", "train"), "--throughput-kinds")
+    for flag, v, lo in (("--batch", args.batch, 1), ("--reps", args.reps, 1), ("--min-reps", args.min_reps, 1),
+                        ("--rounds", args.rounds, 1), ("--profile-steps", args.profile_steps, 0),
+                        ("--tokens", args.tokens, 0), ("--secondary-max-res", args.secondary_max_res, 8),
                         ("--max-batch-cap", args.max_batch_cap, 1), ("--max-batch-probes", args.max_batch_probes, 1),
                         ("--epoch-samples", args.epoch_samples, 1),
                         ("--spec-batch", args.spec_batch, 0), ("--ref-max-res", args.ref_max_res, 8),
@@ -169,7 +224,8 @@ def settings_from_args(args) -> Settings:
         if v is not None and v < lo:
             raise ConfigError(f"{flag} must be >= {lo}, got {v}")
     for flag, v in (("--time-per-point", args.time_per_point), ("--warmup", args.warmup),
-                    ("--time-budget", args.time_budget)):  # fmt: skip
+                    ("--time-budget", args.time_budget), ("--max-point-s", args.max_point_s),
+                    ("--graph-max-ms", args.graph_max_ms), ("--global-warmup", args.global_warmup)):  # fmt: skip
         if v is not None and not v >= 0:
             raise ConfigError(f"{flag} must be >= 0, got {v}")
     if args.preset is not None and args.preset not in ("default", "small", "tiny"):
@@ -177,17 +233,18 @@ def settings_from_args(args) -> Settings:
 
     cuda = device.type == "cuda"
     if mode == "full":
-        d = dict(res=list(FULL_RES), batch=8, preset="default", warmup=25.0, rep=100.0, min_reps=3,
-                 max_reps=100, max_batch=True, spec=64, ref_max=64, budget=400.0, out=REPO / "results",
-                 all_backends=True)  # fmt: skip
+        d = dict(res=list(FULL_RES), batch=8, preset="default", warmup=25.0, min_reps=20, max_point_s=2.0,
+                 levels=["model", "encoder"], tokens=TOKENS, spec=64, ref_max=48, budget=420.0,
+                 out=REPO / "results", all_backends=True)  # fmt: skip
     elif mode == "reduced":
-        d = dict(res=[32, 48], batch=1, preset="small", warmup=0.0, rep=200.0, min_reps=1, max_reps=3,
-                 max_batch=False, spec=0, ref_max=10**6, budget=170.0, out=REPO / "results" / "cpu",
+        d = dict(res=[32, 48], batch=1, preset="small", warmup=0.0, min_reps=3, max_point_s=1.0,
+                 levels=list(LEVELS), tokens=0, spec=0, ref_max=10**6, budget=170.0, out=REPO / "results" / "cpu",
                  all_backends=False)  # fmt: skip
     else:  # quick
-        d = dict(res=[8, 12], batch=2, preset="tiny", warmup=0.0, rep=0.0, min_reps=1, max_reps=1,
-                 max_batch=cuda, spec=0, ref_max=10**6, budget=120.0, out=REPO / "runs" / "bench_quick",
+        d = dict(res=[8, 12], batch=2, preset="tiny", warmup=0.0, min_reps=3, max_point_s=0.5,
+                 levels=list(LEVELS), tokens=0, spec=0, ref_max=10**6, budget=120.0, out=REPO / "runs" / "bench_quick",
                  all_backends=cuda)  # fmt: skip
+    levels = _choices(args.levels, LEVELS, "--levels") if args.levels else d["levels"]
     res = res or list(d["res"])
     if args.extended:
         res += [r for r in EXTENDED_RES if r not in res]
@@ -203,26 +260,42 @@ def settings_from_args(args) -> Settings:
     for m in models:
         if not backends[m]:
             raise ConfigError(f"--backends: none of {', '.join(wanted)} is a {m} backend ({', '.join(BACKENDS[m])})")
-    reps = args.reps
+    max_point_s = d["max_point_s"]
+    if args.time_per_point is not None:
+        max_point_s = args.time_per_point / 1e3
+    if args.max_point_s is not None:
+        max_point_s = args.max_point_s
+    if args.reps:
+        max_point_s = 0.0  # a fixed count: no time cap
     s = Settings(
         device=str(device), mode=mode, res=res, batch=args.batch or d["batch"], models=models, levels=levels,
         backends=backends, preset=args.preset or d["preset"], dtype="bf16" if cuda else "fp32",
         warmup_ms=d["warmup"] if args.warmup is None else args.warmup,
-        rep_ms=d["rep"] if args.time_per_point is None else args.time_per_point,
-        min_reps=reps or d["min_reps"], max_reps=reps or max(d["max_reps"], d["min_reps"]), timer=args.timer,
-        cuda_graph=args.cuda_graph and cuda, flops=not args.no_flops,
-        max_batch=d["max_batch"] and cuda and not args.no_max_batch, max_batch_cap=args.max_batch_cap,
+        min_reps=args.reps or args.min_reps or d["min_reps"], rounds=args.rounds or 3, max_point_s=max_point_s,
+        timer=args.timer, device_time=cuda and not args.no_device_time,
+        profile_steps=3 if args.profile_steps is None else args.profile_steps,
+        graph_max_ms=1000.0 if args.graph_max_ms is None else args.graph_max_ms,
+        tokens=(d["tokens"] if args.tokens is None else args.tokens), throughput_kinds=tkinds,
+        global_warmup_s=(2.0 if args.global_warmup is None else args.global_warmup) if cuda else 0.0,
+        trace_dir=args.trace_dir, flops=not args.no_flops,
+        max_batch=cuda and args.max_batch and not args.no_max_batch, max_batch_cap=args.max_batch_cap,
         max_batch_probes=args.max_batch_probes,
         spec_batch=(d["spec"] if args.spec_batch is None else args.spec_batch) if cuda else 0,
         ref_max_res=args.ref_max_res or d["ref_max"],
+        secondary_levels=levels if args.levels or mode != "full" else ["model"],
+        secondary_max_res=args.secondary_max_res or (128 if mode == "full" else 10**6),
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
     )  # fmt: skip
-    if args.cuda_graph and not cuda:
-        s.notes.append("--cuda-graph ignored: no CUDA")
-    if not cuda and not args.no_max_batch and mode != "quick":
+    if args.cuda_graph:
+        s.notes.append("--cuda-graph is the default now: every timed row has its CUDA-graph device time")
+    if not cuda and args.max_batch:
         s.notes.append("largest-batch search skipped: CPU has no device-memory limit to find")
+    if not cuda:
+        s.notes.append("no CUDA: wall time only (no CUDA graph, no GPU kernels to profile)")
+    if s.rounds < 3:
+        s.notes.append(f"--rounds {s.rounds}: fewer than 3 rounds, the spread across rounds means little")
     return s
 
 
@@ -291,40 +364,71 @@ class Combo:
         return self.res * self.res
 
 
-def make_plan(s: Settings, device: torch.device) -> list[tuple[Combo, list[str]]]:
-    """(combo, kinds) in priority order, so that a time-budget cut keeps the headline: the primary backends,
-    the spec point, seed and reference, the largest-batch searches, and last the Triton kernel (new code: if it
-    ever broke the CUDA context, everything else is already on disk)."""
+def throughput_batch(res: int, tokens: int) -> int:
+    """The batch of the throughput regime at r: round(tokens / r²), at least 1 (2^19: 512 at 32², 8 at 256²)."""
+    return max(1, round(tokens / (res * res)))
+
+
+def regime(batch: int, res: int, s: Settings) -> str:
+    """latency (the sweep's batch), throughput (tokens per batch), both when they coincide, or spec (batch 64)."""
+    lat, thr = batch == s.batch, bool(s.tokens) and batch == throughput_batch(res, s.tokens)
+    return "latency+throughput" if lat and thr else "latency" if lat else "throughput" if thr else "spec"
+
+
+@dataclass
+class Unit:
+    """What the loop runs at once: one flops / max_batch row, or one fwd / train group (its combos are timed in
+    interleaved rounds: the series of one level, r and batch)."""
+
+    kind: str
+    combos: list[Combo]
+
+
+def make_plan(s: Settings, device: torch.device) -> list[Unit]:
+    """Units in priority order, so that a time-budget cut keeps the headline: the primary backends in the latency
+    regime, then in the throughput regime, the spec point, seed and reference, the largest-batch searches, and last
+    the Triton kernel (new code: if it ever broke the CUDA context, everything else is already on disk)."""
     primary = PRIMARY[device.type]
-    kinds = (["flops"] if s.flops else []) + ["fwd"] + (["fwd_graph"] if s.cuda_graph else []) + ["train"]
-    level_order = [lv for lv in ("model", "mixer", "encoder") if lv in s.levels]
+    timed = ["fwd", "train"]
+    level_order = [lv for lv in ("model", "encoder", "mixer") if lv in s.levels]
+    plan: list[Unit] = []
 
-    def combos(which):
-        out = []
-        for level in level_order:
-            for m in s.models:
-                for b in s.backends[m]:
-                    if which(m, b):
-                        out += [(Combo(m, b, level, r, s.batch), kinds) for r in s.res]
-        return out
+    def section(which, batch_of=None, kinds=timed, flops=True, levels=level_order, max_res=10**9):
+        for level in levels:
+            series = [(m, b) for m in s.models for b in s.backends[m] if which(m, b)]
+            for r in [r for r in s.res if r <= max_res]:
+                batch = batch_of(r) if batch_of else s.batch
+                if batch is None:
+                    continue
+                if flops and s.flops:
+                    plan.extend(Unit("flops", [Combo(m, b, level, r, batch)]) for m, b in series)
+                for kind in kinds:
+                    if series:
+                        plan.append(Unit(kind, [Combo(m, b, level, r, batch) for m, b in series]))
 
-    plan = combos(lambda m, b: b == primary[m])
-    if s.spec_batch and "model" in s.levels:
+    section(lambda m, b: b == primary[m])
+    if s.tokens and "model" in s.levels:  # the throughput regime: whole model, primary backends
+        section(lambda m, b: b == primary[m], lambda r: throughput_batch(r, s.tokens) if
+                throughput_batch(r, s.tokens) != s.batch else None, s.throughput_kinds, False, ["model"])  # fmt: skip
+    if s.spec_batch and "model" in s.levels and s.spec_batch != s.batch:
         r0 = 32 if 32 in s.res else s.res[0]
-        for m in s.models:
-            if primary[m] in s.backends[m] and s.spec_batch != s.batch:
-                plan.append((Combo(m, primary[m], "model", r0, s.spec_batch), ["fwd", "train"]))
-    plan += combos(lambda m, b: b != primary[m] and b != "triton")
+        series = [m for m in s.models if primary[m] in s.backends[m]]
+        if series:
+            plan += [Unit(k, [Combo(m, primary[m], "model", r0, s.spec_batch) for m in series]) for k in timed]
+    secondary = dict(levels=[lv for lv in level_order if lv in s.secondary_levels], max_res=s.secondary_max_res)
+    section(lambda m, b: b != primary[m] and b != "triton", **secondary)
     if s.max_batch and "model" in s.levels:
         for m in s.models:
             if primary[m] in s.backends[m]:
-                plan += [(Combo(m, primary[m], "model", r, s.batch), ["max_batch"]) for r in s.res]
-    plan += combos(lambda m, b: b != primary[m] and b == "triton")
+                plan += [Unit("max_batch", [Combo(m, primary[m], "model", r, s.batch)]) for r in s.res]
+    section(lambda m, b: b != primary[m] and b == "triton", **secondary)
     return plan
 
 
 def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device) -> float:
-    """A rough cost model for the progress bar and the up-front estimate (not a measurement)."""
+    """A rough cost model for the progress bar and the up-front estimate (not a measurement). Per timed point:
+    build + first + memory call, warm-up, min_reps (capped by max_point_s), the profiled steps, the capture
+    (warm-up, capture, first replay) and as many replays as eager repetitions."""
     if kind != "flops" and combo.backend == "reference" and combo.res > s.ref_max_res:
         return 0.0  # skipped
     cfg = (v1_config if combo.model == "v1" else v4_config)(s.preset, env={})
@@ -333,6 +437,9 @@ def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device)
     if device.type == "cuda":
         t = fl / 150e12 + 2e-4 * layers
         if combo.backend == "seed":  # materialised (B·H·N²) weights, ~8 passes over them per layer
+            weights = combo.batch * cfg.num_heads * combo.N**2 * 4  # bytes of one layer's fp32 weights
+            if weights * (layers if kind == "train" else 2) > 120e9:
+                return 1.0  # out of memory at once (or skipped after a smaller r did)
             t += combo.batch * cfg.num_heads * combo.N**2 * 2 * 8 * layers / 2.5e12
         if combo.backend == "reference":  # ~50 small kernels per 64-step chunk
             t += combo.N / 64 * 50 * layers * 8e-6
@@ -345,8 +452,15 @@ def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device)
         return s.max_batch_probes * (overhead + 3.5 * t * 8)  # probes near the limit are large
     if kind == "train":
         t *= 5 if combo.backend == "reference" else 3.5
-    calls = 2 + max(s.min_reps, min(s.max_reps, s.rep_ms / 1e3 / max(t, 1e-6))) if device.type == "cuda" else 1
-    calls += s.min_reps if device.type != "cuda" else 0
+    from bench.rounds import RoundsConfig, reps_per_round
+
+    n = s.rounds * reps_per_round(1e3 * t, RoundsConfig(s.rounds, s.min_reps, s.max_point_s))
+    slow = t > 0.1
+    calls = 2 + (0 if slow else min(50, s.warmup_ms / 1e3 / max(t, 1e-6))) + n
+    if s.device_time:
+        calls += 1.3 * (1 if slow else s.profile_steps) + (overhead if s.profile_steps else 0)
+        if 1e3 * t <= s.graph_max_ms:
+            calls += (1 if slow else 3) + 2 + n
     return overhead + calls * t
 
 
@@ -372,6 +486,7 @@ class Sweep:
         self.run_id = time.strftime("%Y%m%dT%H%M%S")
         self.oom_at: dict[tuple, int] = {}  # (model, backend, level, batch, kind) → smallest r that OOMed
         self.broken: str | None = None  # set when a CUDA error poisoned the context
+        self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
         for row in self.store.rows.values():
             self._note_oom(row)
 
@@ -389,6 +504,7 @@ class Sweep:
             "model": c.model, "backend": c.backend, "level": c.level, "res": c.res,
             "batch": 1 if flops_row else c.batch, "dtype": "fp32" if flops_row else self.s.dtype, "kind": kind,
             "N": c.N, "preset": self.s.preset, "run_id": self.run_id, "mode": self.s.mode,
+            **({} if flops_row or kind == "max_batch" else {"regime": regime(c.batch, c.res, self.s)}),
         }  # fmt: skip
 
     def over_budget(self) -> bool:
@@ -411,7 +527,7 @@ class Sweep:
         if oom_r is not None and c.res > oom_r:
             return "oom", f"oom (skipped: r={oom_r} OOMed)"
         fwd_oom = self.oom_at.get((c.model, c.backend, c.level, c.batch, "fwd"))
-        if kind in ("train", "fwd_graph") and fwd_oom is not None and c.res >= fwd_oom:
+        if kind == "train" and fwd_oom is not None and c.res >= fwd_oom:
             return "oom", f"oom (skipped: the forward OOMed at r={fwd_oom})"
         return None
 
@@ -432,35 +548,109 @@ class Sweep:
             analytic_parts=json.dumps({k: v / 1e9 for k, v in fc.parts.items()}),
         )  # fmt: skip
 
-    def run_timed(self, c: Combo, kind: str, wl: measure.Workload, row: dict) -> None:
-        s, dev = self.s, self.device
-        inputs = wl.inputs(c.batch, c.N, dev)
-        if kind == "train":
-            fn = measure.make_train_step(wl, inputs, dev, s.amp)
-        elif kind == "fwd_graph":
-            fn = measure.make_graph_forward(wl, inputs, dev, s.amp)
-        else:
-            fn = measure.make_forward(wl, inputs, dev, s.amp)
-        if dev.type == "cuda":
-            fn()  # first call: kernel compilation / autotuning / allocator growth
-            measure.sync(dev)
-            mem = measure.measure_memory(fn, dev) if kind != "fwd_graph" else {}
-        else:
-            mem = measure.measure_memory(fn, dev)  # CPU: the first call, its RSS
-        timing = measure.time_fn(fn, dev, s.warmup_ms, s.rep_ms, s.min_reps, s.max_reps, s.timer)
-        fwd_flops = analytic_flops(c.model, wl.cfg, c.level, c.batch, c.N)
+    def factory(self, c: Combo, kind: str):
+        """factory(capturable) → a fresh step of this point; the workload and its static inputs are built once."""
+        s, dev, built = self.s, self.device, {}
+
+        def make(capturable: bool):
+            if not built:
+                wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev)
+                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev))
+            wl, inputs = built["wl"], built["inputs"]
+            if kind == "train":
+                return measure.make_train_step(wl, inputs, dev, s.amp, capturable)
+            return measure.make_forward(wl, inputs, dev, s.amp)
+
+        make.built = built
+        return make
+
+    def derived(self, c: Combo, kind: str, f: dict, params: int | None) -> dict:
+        """Throughput, achieved TFLOP/s (wall and device time), per-token cost, % of the run's matmul peak."""
+        cfg = (v1_config if c.model == "v1" else v4_config)(self.s.preset, env={})
+        fwd_flops = analytic_flops(c.model, cfg, c.level, c.batch, c.N)
         flops = 3 * fwd_flops if kind == "train" else fwd_flops  # training step ≈ 3 × forward
-        sec = timing.median / 1e3
-        row.update(mem)
-        row.update(timing.summary())
-        row.update(
-            params=wl.params, gflop_analytic=flops / 1e9, tflops=flops / sec / 1e12,
-            samples_per_s=c.batch / sec, tokens_per_s=c.batch * c.N / sec,
-        )  # fmt: skip
+        out = {"params": params, "gflop_analytic": flops / 1e9, "peak_tflops": self.peak_tflops}
+        for suffix, col in (("", "median_ms"), ("_device", "device_ms")):
+            ms = f.get(col)
+            ok = ms is not None and math.isfinite(ms) and ms > 0
+            out[f"tflops{suffix}"] = flops / (ms / 1e3) / 1e12 if ok else None
+            out[f"samples_per_s{suffix}"] = c.batch / (ms / 1e3) if ok else None
+            out[f"tokens_per_s{suffix}"] = c.batch * c.N / (ms / 1e3) if ok else None
+            out[f"us_per_token{suffix}"] = 1e3 * ms / (c.batch * c.N) if ok else None
+        if out["tflops_device"] and self.peak_tflops:
+            out["pct_peak_device"] = 100 * out["tflops_device"] / self.peak_tflops
         if kind == "train":
-            row["epoch_samples"] = s.epoch_samples
-            row["epoch_min"] = math.ceil(s.epoch_samples / c.batch) * sec / 60
-        del fn, inputs
+            sec = f["median_ms"] / 1e3
+            out["epoch_samples"] = self.s.epoch_samples
+            out["epoch_min"] = math.ceil(self.s.epoch_samples / c.batch) * sec / 60
+            if out["samples_per_s_device"]:
+                out["epoch_min_device"] = math.ceil(self.s.epoch_samples / c.batch) * f["device_ms"] / 1e3 / 60
+        return out
+
+    def run_group(self, unit: Unit, bar) -> None:
+        """The combos of one fwd / train unit: decided rows first, the rest timed together (bench.points)."""
+        s, dev, kind = self.s, self.device, unit.kind
+        todo = [c for c in unit.combos if s.fresh or not self.store.done(row_key(self.base(c, kind)))]
+        for c in unit.combos:
+            if c not in todo:
+                bar.update(estimate_seconds(c, kind, s, dev))
+        rows, factories = {}, {}
+        for c in todo:
+            rows[c] = row = self.base(c, kind)
+            decided = self.pre_status(c, kind)
+            if decided:
+                row["status"], row["note"] = decided
+            else:
+                factories[c] = self.factory(c, kind)
+        if factories:
+            names = ", ".join(f"{c.model}/{c.backend}" for c in factories)
+            c0 = next(iter(factories))
+            bar.set_postfix_str(f"{names} {c0.level} r={c0.res} B={c0.batch} {kind}")
+            t0 = time.perf_counter()
+            rcfg = RoundsConfig(s.rounds, s.min_reps, s.max_point_s)
+            dcfg = DeviceTimeConfig(
+                graph=s.device_time,
+                profile_steps=s.profile_steps if s.device_time else 0,
+                graph_max_ms=s.graph_max_ms,
+                warmup_ms=s.warmup_ms,
+                trace_dir=s.trace_dir,
+            )
+            traces = {c: "_".join(map(str, (c.model, c.backend, c.level, c.res, c.batch, kind))) for c in factories}
+            if s.trace_dir:
+                Path(s.trace_dir).mkdir(parents=True, exist_ok=True)
+            fields = measure_group(factories, dev, rcfg, dcfg, traces)
+            group_s = time.perf_counter() - t0
+            for c, f in fields.items():
+                row = rows[c]
+                err = f.pop("error", None)
+                if err is None:
+                    row["status"] = "ok"
+                    row.update(f)
+                    wl = factories[c].built.get("wl")
+                    row.update(self.derived(c, kind, f, wl.params if wl is not None else None))
+                else:
+                    self.fail(row, err, c, kind)
+                row["elapsed_s"] = group_s / len(fields)
+            del factories, fields
+            measure.free_memory(dev)
+        for c in todo:
+            self._note_oom(rows[c])
+            rows[c].setdefault("elapsed_s", 0.0)
+            self.store.add(rows[c])
+            bar.update(estimate_seconds(c, kind, s, dev))
+
+    def fail(self, row: dict, e: BaseException, c: Combo, kind: str) -> None:
+        """The row of a point that raised: oom, unavailable (ConfigError / ImportError: backend missing;
+        ValueError / NotImplementedError: the backend refuses this configuration, e.g. the Triton kernel's head
+        dims — the note says which) or error; a sticky CUDA error marks the context unusable."""
+        unavailable = (ConfigError, ImportError, ValueError, NotImplementedError)
+        row["status"] = "oom" if measure.is_oom(e) else ("unavailable" if isinstance(e, unavailable) else "error")
+        row["note"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        if row["status"] == "error":
+            tqdm.write(f"  error in {row_key(row)}: {row['note']}")
+            if self.device.type == "cuda" and sticky_cuda_error(e):
+                self.broken = f"{c.model}/{c.backend}/{c.level} r={c.res} {kind} ({row['note'][:80]})"
+        measure.free_memory(self.device)
 
     def run_max_batch(self, c: Combo, row: dict) -> None:
         s, dev = self.s, self.device
@@ -509,65 +699,45 @@ class Sweep:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def run_combo(self, c: Combo, kinds: list[str], bar) -> None:
+    def run_single(self, c: Combo, kind: str, bar) -> None:
+        """One flops or max_batch row."""
         s, dev = self.s, self.device
-        todo = [k for k in kinds if s.fresh or not self.store.done(row_key(self.base(c, k)))]
-        for k in kinds:
-            if k not in todo:
-                bar.update(estimate_seconds(c, k, s, dev))
-        wl = None
-        for kind in todo:
-            t_row = time.perf_counter()
-            row = self.base(c, kind)
-            bar.set_postfix_str(f"{c.model}/{c.backend}/{c.level} r={c.res} B={row['batch']} {kind}")
-            decided = self.pre_status(c, kind)
-            if decided:
-                row["status"], row["note"] = decided
-            else:
-                row["status"] = "ok"
-                try:
-                    if kind == "flops":
-                        self.run_flops(c, row)
-                    elif kind == "max_batch":
-                        self.run_max_batch(c, row)
-                    else:
-                        if wl is None:
-                            wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev)
-                        self.run_timed(c, kind, wl, row)
-                except Exception as e:
-                    # ConfigError / ImportError: backend missing; ValueError / NotImplementedError: the backend
-                    # refuses this configuration (e.g. the Triton kernel's head dims) — the note says which
-                    unavailable = (ConfigError, ImportError, ValueError, NotImplementedError)
-                    row["status"] = "oom" if measure.is_oom(e) else (
-                        "unavailable" if isinstance(e, unavailable) else "error")  # fmt: skip
-                    row["note"] = (
-                        f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-                    )
-                    if row["status"] == "error":
-                        tqdm.write(f"  error in {row_key(row)}: {row['note']}")
-                        if dev.type == "cuda" and sticky_cuda_error(e):
-                            self.broken = f"{c.model}/{c.backend}/{c.level} r={c.res} {kind} ({row['note'][:80]})"
-                    wl = None  # rebuild: a failed step can leave the module mid-state
-                    measure.free_memory(dev)
-            self._note_oom(row)
-            row["elapsed_s"] = time.perf_counter() - t_row
-            self.store.add(row)
+        if not s.fresh and self.store.done(row_key(self.base(c, kind))):
             bar.update(estimate_seconds(c, kind, s, dev))
-        del wl
-        measure.free_memory(dev)
+            return
+        t_row = time.perf_counter()
+        row = self.base(c, kind)
+        bar.set_postfix_str(f"{c.model}/{c.backend}/{c.level} r={c.res} B={row['batch']} {kind}")
+        decided = self.pre_status(c, kind)
+        if decided:
+            row["status"], row["note"] = decided
+        else:
+            row["status"] = "ok"
+            try:
+                (self.run_flops if kind == "flops" else self.run_max_batch)(c, row)
+            except Exception as e:
+                self.fail(row, e, c, kind)
+        self._note_oom(row)
+        row["elapsed_s"] = time.perf_counter() - t_row
+        self.store.add(row)
+        bar.update(estimate_seconds(c, kind, s, dev))
 
     def run(self) -> None:
         s = self.s
         plan = make_plan(s, self.device)
-        est = sum(estimate_seconds(c, k, s, self.device) for c, kinds in plan for k in kinds)
-        n_rows = sum(len(k) for _, k in plan)
-        n_done = sum(self.store.done(row_key(self.base(c, k))) for c, kinds in plan for k in kinds)
-        print(f"plan: {n_rows} rows ({n_done} already done), rough estimate {est / 60:.1f} min "
+        pairs = [(c, u.kind) for u in plan for c in u.combos]
+        est = sum(estimate_seconds(c, k, s, self.device) for c, k in pairs)
+        n_done = sum(self.store.done(row_key(self.base(c, k))) for c, k in pairs)
+        print(f"plan: {len(pairs)} rows ({n_done} already done), rough estimate {est / 60:.1f} min "
               f"(time budget {s.time_budget_s:.0f} s); writing {self.store.csv}", flush=True)  # fmt: skip
         fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}{postfix}]"
         with tqdm(total=est, desc="sweep", bar_format=fmt, file=sys.stdout) as bar:
-            for combo, kinds in plan:
-                self.run_combo(combo, kinds, bar)
+            for unit in plan:
+                if unit.kind in ("fwd", "train"):
+                    self.run_group(unit, bar)
+                else:
+                    for c in unit.combos:
+                        self.run_single(c, unit.kind, bar)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -576,8 +746,12 @@ class Sweep:
 
 
 def banner(s: Settings) -> str:
+    timing = (f"≥ {s.min_reps} repetitions in {s.rounds} interleaved rounds (≤ {s.max_point_s:g} s per point)"
+              + (", CUDA-graph + profiler device time" if s.device_time else ""))  # fmt: skip
     if s.mode == "full":
-        return f"FULL sweep on {s.device}: preset {s.preset!r}, batch {s.batch}, {s.dtype} autocast, r = {s.res}"
+        thr = f"throughput regime {s.tokens:,} tokens/batch" if s.tokens else "no throughput regime"
+        return (f"FULL sweep on {s.device}: preset {s.preset!r}, latency batch {s.batch}, {thr}, {s.dtype} autocast,"
+                f" levels {s.levels}, r = {s.res}; {timing}")  # fmt: skip
     what = "QUICK smoke sweep (tiny models) — not a benchmark" if s.mode == "quick" else (
         "REDUCED CPU sweep — no CUDA here, so this is NOT the GPU benchmark")  # fmt: skip
     timer = "CUDA events" if s.device.startswith("cuda") else "time.perf_counter"
@@ -589,7 +763,7 @@ def banner(s: Settings) -> str:
         f"  preset {s.preset!r}, batch {s.batch}, r = {s.res}, levels {s.levels}, {threads}"
         + (" (one thread: immune to a shared, oversubscribed CPU; --threads N to change)" if s.threads == 1 else ""),
         f"  backends {s.backends}",
-        f"  {s.min_reps}–{s.max_reps} timed repetitions ({timer}), memory = {memory},"
+        f"  {timing} ({timer}), memory = {memory},"
         f" max-batch search {'on' if s.max_batch else 'off'}; results → {s.out}",
         "=" * 100,
     ])  # fmt: skip
@@ -626,6 +800,18 @@ def _run_sweep(s: Settings) -> None:
     print(summary_line(env), flush=True)
     sweep.store.runs.append(env)
     sweep.store.flush()
+    if sweep.device.type == "cuda":  # clocks up before the first row, and the peak the throughput table divides by
+        from bench import device_time
+
+        env["global_warmup"] = device_time.warm_up(sweep.device, s.global_warmup_s)
+        env.update(device_time.matmul_peak(sweep.device))
+        sweep.peak_tflops = env.get("matmul_peak_tflops")
+        print(
+            f"warm-up {env['global_warmup']['warmup_s']:.1f} s; bf16 matmul peak "
+            f"{sweep.peak_tflops or float('nan'):.0f} TFLOP/s ({env.get('matmul_peak_shape')})",
+            flush=True,
+        )
+        sweep.store.flush()
     try:
         sweep.run()
     finally:

@@ -56,7 +56,7 @@ def test_rerun_skips_rows_already_done(quick_run, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a done row was measured again")
 
-    monkeypatch.setattr(measure, "time_fn", boom)
+    monkeypatch.setattr(sweep, "measure_group", boom)
     monkeypatch.setattr(sweep, "count_flops", boom)
     assert sweep.main([*QUICK, "--out", str(quick_run)]) == 0
     after = rows(quick_run)
@@ -81,7 +81,7 @@ def test_oom_becomes_a_row_and_larger_r_is_skipped(tmp_path, monkeypatch):
         calls.append(1)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
 
-    monkeypatch.setattr(measure, "time_fn", oom)
+    monkeypatch.setattr(measure, "measure_memory", oom)  # the first measured call after the compile call
     args = ["--quick", "--models", "v4", "--backends", "sdpa", "--levels", "mixer", "--res", "8", "12", "16",
             "--no-flops", "--out", str(tmp_path)]  # fmt: skip
     assert sweep.main(args) == 0
@@ -281,21 +281,37 @@ def test_report_on_gpu_shaped_rows(tmp_path):
 def test_gpu_plan_order_and_settings(monkeypatch):
     monkeypatch.setattr(sweep, "pick_device", lambda name: torch.device("cuda"))
     s = sweep.settings_from_args(sweep.build_parser().parse_args([]))
-    assert s.mode == "full" and s.batch == 8 and s.dtype == "bf16" and s.res == [32, 48, 64, 96, 128]
-    assert s.max_batch and s.spec_batch == 64 and s.out.endswith("results") and s.threads is None
+    assert s.mode == "full" and s.batch == 8 and s.dtype == "bf16" and s.res == [32, 48, 64, 96, 128, 192, 256]
+    assert s.levels == ["model", "encoder"] and s.tokens == 2**19 and s.device_time and s.global_warmup_s >= 2
+    assert s.min_reps >= 20 and s.rounds >= 3
+    assert not s.max_batch and s.spec_batch == 64 and s.out.endswith("results") and s.threads is None
     plan = sweep.make_plan(s, torch.device("cuda"))
-    order = [(c.backend, tuple(k)) for c, k in plan]
-    first_secondary = next(i for i, (b, _) in enumerate(order) if b not in ("mamba_ssm", "sdpa"))
-    assert all(b in ("mamba_ssm", "sdpa") for b, _ in order[:first_secondary])
-    assert order[-1][0] == "triton" and all(b == "triton" for b, _ in order[-15:])
-    spec = [c for c, _ in plan if c.batch == 64]
+    timed = [u for u in plan if u.kind in ("fwd", "train")]
+    # every timed unit of the primary backends holds both models (interleaved), at one level, r and batch
+    for u in timed:
+        assert len({(c.level, c.res, c.batch) for c in u.combos}) == 1
+    order = [c.backend for u in plan for c in u.combos]
+    first_secondary = next(i for i, b in enumerate(order) if b not in ("mamba_ssm", "sdpa"))
+    assert all(b in ("mamba_ssm", "sdpa") for b in order[:first_secondary])
+    assert order[-1] == "triton"
+    primary_units = [u for u in timed if {c.backend for c in u.combos} == {"mamba_ssm", "sdpa"}]
+    assert all(len(u.combos) == 2 for u in primary_units)
+    # the throughput regime: 2^19 tokens per batch, training step, whole model; r = 256 is the latency row
+    thr = {c.res: c.batch for u in timed for c in u.combos if c.batch not in (8, 64)}
+    assert thr == {32: 512, 48: 228, 64: 128, 96: 57, 128: 32, 192: 14}
+    assert all(u.kind == "train" and u.combos[0].level == "model" for u in timed if u.combos[0].batch not in (8, 64))
+    assert sweep.regime(8, 256, s) == "latency+throughput" and sweep.regime(32, 128, s) == "throughput"
+    spec = [c for u in plan for c in u.combos if c.batch == 64]
     assert {c.model for c in spec} == {"v1", "v4"} and all(c.res == 32 for c in spec)
-    mb = [c for c, k in plan if k == ["max_batch"]]
-    assert len(mb) == 10 and {c.backend for c in mb} == {"mamba_ssm", "sdpa"}
-    est = sum(sweep.estimate_seconds(c, k, s, torch.device("cuda")) for c, ks in plan for k in ks)
-    assert 60 < est < s.time_budget_s
-    ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--no-max-batch"]))
-    assert ext.res[-3:] == [160, 192, 256] and not ext.max_batch
+    assert not [u for u in plan if u.kind == "max_batch"]
+    est = sum(sweep.estimate_seconds(c, u.kind, s, torch.device("cuda")) for u in plan for c in u.combos)
+    assert 120 < est < s.time_budget_s + 120
+    mb = sweep.settings_from_args(sweep.build_parser().parse_args(["--max-batch", "--res", "32", "64"]))
+    units = [u for u in sweep.make_plan(mb, torch.device("cuda")) if u.kind == "max_batch"]
+    assert len(units) == 4 and {u.combos[0].backend for u in units} == {"mamba_ssm", "sdpa"}
+    ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--tokens", "0"]))
+    assert ext.res[-3:] == [224, 256, 320] and ext.tokens == 0
+    assert not any(c.batch not in (8, 64) for u in sweep.make_plan(ext, torch.device("cuda")) for c in u.combos)
 
 
 def test_time_budget_skips_rows_that_a_rerun_then_measures(tmp_path):
