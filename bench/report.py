@@ -13,7 +13,12 @@ Reads <out>/raw/sweep_<tag>.json (tag = B<batch>_<dtype>, written by bench.sweep
     tables/<metric>_<level>_<tag>.md   the scaling tables (rows: r and N; columns: model × backend; V4/V1)
     scaling_latency_<tag>.png, scaling_memory_<tag>.png, scaling_flops_per_sample.png,
     throughput_<tag>.png, max_batch_<dtype>.png (the largest batch does not depend on the timed batch)
+    scaling_device_<tag>.png       device time (CUDA-graph replay) and host overhead vs N
+    per_token_<tag>.png            per-token cost vs N, one line per model and backend (latency and throughput)
+    throughput_regime_<tag>.csv    the throughput regime (constant tokens per batch): tokens/s, TFLOP/s, % of peak
+    breakdown_<tag>.csv, breakdown_train_<series>_<tag>.png   GPU kernel time per component (bench.breakdown)
     README.md                      all of the above on one page
+Fits, crossovers and the spec table use the device time where the run has one (CUDA), else the wall time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.breakdown import breakdown_table, plot_breakdown
 from bench.env import summary_line
 from bench.measure import PRIMARY
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
@@ -70,14 +76,34 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     df["series"] = df["model"].str.upper() + " " + df["backend"]
     for c in ("median_ms", "iqr_ms", "mem_alloc_peak_mb", "mem_alloc_before_mb", "rss_peak_mb", "rss_before_mb",
               "gflop_analytic", "gflop_fvcore", "gflop_flopcounter", "tflops", "samples_per_s", "tokens_per_s",
-              "epoch_min", "max_batch", "params", "nvml_used_peak_mb", "mem_reserved_peak_mb"):  # fmt: skip
+              "epoch_min", "max_batch", "params", "nvml_used_peak_mb", "mem_reserved_peak_mb", "device_ms", "kernel_ms",
+              "host_ms", "host_frac", "graph_ms", "tflops_device", "tokens_per_s_device", "samples_per_s_device",
+              "pct_peak_device", "us_per_token", "us_per_token_device", "sm_clock_mhz", "power_w", "round_spread_pct",
+              "epoch_min_device", "n_rounds", "peak_tflops"):  # fmt: skip
         df[c] = pd.to_numeric(_col(df, c), errors="coerce")
     df["note"] = _col(df, "note").fillna("").astype(str)
     gpu = df["mem_alloc_peak_mb"].notna()
     df["peak_mem_gb"] = np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) / 1024
     base = np.where(gpu, df["mem_alloc_before_mb"], df["rss_before_mb"])
     df["act_mem_gb"] = df["peak_mem_gb"] - base / 1024
+    df["host_pct"] = 100 * df["host_frac"]
+    df["regime"] = _col(df, "regime").map(lambda v: v if isinstance(v, str) else "")
+    # rows of older runs: the per-token wall cost from the median
+    per_token = 1e3 * df["median_ms"] / (pd.to_numeric(df["batch"], errors="coerce") * df["N"])
+    df["us_per_token"] = df["us_per_token"].fillna(per_token)
     return df
+
+
+def has_device_time(df: pd.DataFrame) -> bool:
+    """Whether the run measured device time (a CUDA run): then fits, crossovers and the spec table use it."""
+    return bool((df["device_ms"] > 0).any())
+
+
+def time_col(df: pd.DataFrame) -> tuple[str, str]:
+    """(column, words) of the time the fits and ratios use: device time on CUDA, wall time otherwise."""
+    if has_device_time(df):
+        return "device_ms", "device time (CUDA-graph replay)"
+    return "median_ms", "wall time (no device time in this run)"
 
 
 def primary_of(runs: list, df: pd.DataFrame | None = None) -> dict:
@@ -151,7 +177,11 @@ def _status_cell(row) -> str:
 METRICS = {  # name → (kind, value column, title, unit)
     "fwd_latency": ("fwd", "median_ms", "Forward latency", "ms, median [IQR]"),
     "train_latency": ("train", "median_ms", "Training step latency", "ms, median [IQR]"),
-    "fwd_graph_latency": ("fwd_graph", "median_ms", "Forward latency, CUDA-graph replay", "ms, median [IQR]"),
+    "fwd_device": ("fwd", "device_ms", "Forward device time (CUDA-graph replay; else profiler kernel sum)", "ms"),
+    "train_device": ("train", "device_ms", "Training step device time (CUDA-graph replay incl. AdamW; else kernel sum)",
+                     "ms"),
+    "train_host": ("train", "host_pct", "Training step host overhead: (eager − kernel time) / eager", "%"),
+    "fwd_host": ("fwd", "host_pct", "Forward host overhead: (eager − kernel time) / eager", "%"),
     "fwd_memory": ("fwd", "peak_mem_gb", "Peak memory, inference", "GiB"),
     "train_memory": ("train", "peak_mem_gb", "Peak memory, training step", "GiB"),
     "train_throughput": ("train", "samples_per_s", "Training throughput", "samples/s"),
@@ -245,12 +275,56 @@ def max_batch_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def throughput_table(df: pd.DataFrame, runs: list, kind: str = "train") -> pd.DataFrame:
+    """The throughput regime (constant tokens per batch, whole model): per r and series the batch, tokens/s in
+    device and wall time, achieved TFLOP/s (device time) and its % of the run's measured bf16 matmul peak."""
+    sub = df[(df["level"] == "model") & (df["kind"] == kind) & df["regime"].str.contains("throughput")]
+    if sub.empty:
+        return pd.DataFrame()
+    s1, s4 = primary_series(runs, df)
+    out = []
+    for r in sorted(sub["res"].unique()):
+        at = sub[sub["res"] == r]
+        dev = {}
+        for series in _ordered(at["series"]):
+            row = at[at["series"] == series].iloc[-1]
+            ok = row["status"] == "ok"
+            if ok and pd.notna(row.get("device_ms")):
+                dev[series] = row["device_ms"]
+            out.append({
+                "r": int(r), "N": int(r) ** 2, "series": series, "batch": int(row["batch"]),
+                "tokens/batch": int(row["batch"]) * int(r) ** 2,
+                "tokens/s (device)": fmt_num(row.get("tokens_per_s_device")) if ok else _status_cell(row),
+                "tokens/s (wall)": fmt_num(row.get("tokens_per_s")) if ok else "",
+                "TFLOP/s (device)": fmt_num(row.get("tflops_device")) if ok else "",
+                "% of bf16 matmul peak": fmt_num(row.get("pct_peak_device")) if ok else "",
+                "host overhead %": fmt_num(row.get("host_pct")) if ok else "",
+                "SM clock MHz": fmt_num(row.get("sm_clock_mhz"), 4) if ok else "",
+            })  # fmt: skip
+        if s1 in dev and s4 in dev and dev[s1] > 0:
+            out[-1]["V4/V1 (device time)"] = fmt_num(dev[s4] / dev[s1]) + "×"
+    t = pd.DataFrame(out)
+    if "V4/V1 (device time)" in t:
+        t["V4/V1 (device time)"] = t["V4/V1 (device time)"].fillna("")
+    return t
+
+
+def peak_of(runs: list) -> str:
+    peaks = [r.get("matmul_peak_tflops") for r in runs if r.get("matmul_peak_tflops")]
+    if not peaks:
+        return "no matmul peak measured in this run"
+    shape = next((r.get("matmul_peak_shape") for r in runs if r.get("matmul_peak_shape")), "")
+    return f"bf16 torch.matmul peak measured in the run: {', '.join(fmt_num(p, 4) for p in peaks)} TFLOP/s ({shape})"
+
+
 # ----------------------------------------------------------------------------------------------
 # Fits and crossovers
 # ----------------------------------------------------------------------------------------------
 
 FIT_METRICS = {  # name → (kind, column, label)
     "flops": ("flops", "gflop_analytic", "FLOPs (analytic, forward)"),
+    "fwd_device": ("fwd", "device_ms", "forward device time"),
+    "train_device": ("train", "device_ms", "training-step device time"),
     "fwd_latency": ("fwd", "median_ms", "forward latency"),
     "train_latency": ("train", "median_ms", "training-step latency"),
     "fwd_memory": ("fwd", "act_mem_gb", "inference memory above baseline"),
@@ -278,9 +352,11 @@ def fits_table(df: pd.DataFrame, batch: int) -> pd.DataFrame:
             g = g[g[col] > 0]
             if len(g) < 2:
                 continue
+            big = g[g["res"] >= 128]
             out.append({
                 "metric": label, "level": level, "series": series, "exponent": round(loglog_slope(g["N"], g[col]), 2),
                 "exponent (last two r)": round(loglog_slope(g["N"].iloc[-2:], g[col].iloc[-2:]), 2),
+                "exponent (r ≥ 128)": round(loglog_slope(big["N"], big[col]), 2) if len(big) >= 2 else float("nan"),
                 "points": len(g), "r range": f"{int(g['res'].min())}–{int(g['res'].max())}",
             })  # fmt: skip
     return pd.DataFrame(out)
@@ -384,16 +460,25 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
             })  # fmt: skip
     spec_b = [b for b in sorted(df["batch"].unique()) if b != batch and b > 1]
     r0 = 32 if (df["res"] == 32).any() else int(df["res"].min())
+    tcol, twords = time_col(df)
     for b in [batch, *spec_b]:
         t1 = _get(df, kind="train", level="model", res=r0, batch=b, model="v1", backend=p["v1"])
         t4 = _get(df, kind="train", level="model", res=r0, batch=b, model="v4", backend=p["v4"])
-        ratio = t4["median_ms"] / t1["median_ms"] if t1 is not None and t4 is not None else None
         lo, hi = SPEC["slowdown"]
-        rows.append({
-            "claim": f"training slowdown V4/V1 ({r0}×{r0}, batch {b})", "spec": f"{lo}–{hi}×",
-            "measured": fmt_num(ratio) + "×" if ratio else "—", "verdict": _verdict(ratio, lo, hi),
-            "how": f"median training-step time, {p['v4']} vs {p['v1']}",
-        })  # fmt: skip
+        for col, words in [(tcol, twords)] + ([("median_ms", "eager wall time")] if tcol != "median_ms" else []):
+            ok = t1 is not None and t4 is not None and pd.notna(t1.get(col)) and pd.notna(t4.get(col))
+            ratio = t4[col] / t1[col] if ok and t1[col] > 0 else None
+            host = ""
+            if col == "median_ms" and ok and pd.notna(t1.get("host_frac")) and pd.notna(t4.get("host_frac")):
+                h = max(t1["host_frac"], t4["host_frac"])
+                host = (f"; HOST-BOUND: up to {100 * h:.0f}% of the eager step is host overhead" if h > 0.5
+                        else f"; device-bound (host overhead ≤ {100 * h:.0f}%)")  # fmt: skip
+            rows.append({
+                "claim": f"training slowdown V4/V1 ({r0}×{r0}, batch {b}, {words.split(' (')[0]})",
+                "spec": f"{lo}–{hi}×",
+                "measured": fmt_num(ratio) + "×" if ratio else "—", "verdict": _verdict(ratio, lo, hi),
+                "how": f"median training step, {words}, {p['v4']} vs {p['v1']}{host}",
+            })  # fmt: skip
         for m, t in (("v1", t1), ("v4", t4)):
             lo_e, hi_e = SPEC["epoch_min"][m]
             e = t["epoch_min"] if t is not None else None
@@ -428,7 +513,8 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
             "claim": f"{m.upper()} parameters", "spec": "~4M", "measured": f"{fmt_num(n)}M" if n else "—",
             "verdict": _verdict(n, 3.2, 4.8), "how": "models.count_parameters",
         })  # fmt: skip
-    for metric in ("FLOPs (analytic, forward)", "training-step latency"):
+    time_metric = "training-step device time" if tcol == "device_ms" else "training-step latency"
+    for metric in ("FLOPs (analytic, forward)", time_metric):
         for m, want in (("v1", 1), ("v4", 2)):
             s = f"V1 {p['v1']}" if m == "v1" else f"V4 {p['v4']}"
             f = (
@@ -436,10 +522,14 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
                 if len(fits)
                 else fits
             )
-            e = float(f["exponent (last two r)"].iloc[0]) if len(f) else None
+            e, over = None, "last two r"
+            if len(f):
+                big = f["exponent (r ≥ 128)"].iloc[0] if "exponent (r ≥ 128)" in f else float("nan")
+                e, over = (float(big), "r ≥ 128") if pd.notna(big) else (float(f["exponent (last two r)"].iloc[0]),
+                                                                         "last two r")  # fmt: skip
             rows.append({
                 "claim": f"{m.upper()} encoder {metric} ∝ N^k", "spec": f"k = {want} (O(N{'²' if want == 2 else ''}))",
-                "measured": f"k = {e:.2f} (last two r)" if e is not None else "—",
+                "measured": f"k = {e:.2f} ({over})" if e is not None else "—",
                 "verdict": "not measured" if e is None else ("consistent" if abs(e - want) <= 0.25 else
                                                              f"k differs from {want}"),
                 "how": "least-squares slope of log metric vs log N (fits table)",
@@ -527,6 +617,13 @@ def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
             f"Peak memory vs N (batch {batch}) — inference / training step", out / f"scaling_memory_{tag}.png",
             "kind", "level",
         ))  # fmt: skip
+    if not timed.empty and levels and has_device_time(df):
+        written.append(_facet_plot(
+            timed, ["fwd", "train"], levels, "device_ms", "ms (device time)",
+            f"Device time vs N (batch {batch}): CUDA-graph replay (else profiler kernel sum); wall time in "
+            f"scaling_latency_{tag}.png", out / f"scaling_device_{tag}.png", "kind", "level",
+        ))  # fmt: skip
+    written += plot_per_token(df, out, tag, batch)
     fl = df[df["kind"] == "flops"]
     if not fl.empty:
         fl = fl.copy()
@@ -568,6 +665,39 @@ def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
     return written
 
 
+def plot_per_token(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
+    """µs per token of the training step vs N, one line per model and backend: device time solid, wall time
+    dashed; left the latency batch, right the throughput regime (where measured)."""
+    sub = df[(df["level"] == "model") & (df["kind"] == "train") & (df["status"] == "ok")]
+    panels = [("latency", sub[sub["batch"] == batch], f"latency regime (batch {batch})")]
+    thr = sub[sub["regime"].str.contains("throughput")]
+    if not thr.empty:
+        panels.append(("throughput", thr, "throughput regime (constant tokens per batch)"))
+    panels = [p for p in panels if not p[1].empty]
+    if not panels:
+        return []
+    plt, sns = _plt()
+    order = _ordered(sub["series"])
+    palette = {**dict(zip(order, sns.color_palette("tab10", len(order)))), **_palette(sns)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+    for ax, (_, data, title) in zip(axes[0], panels):
+        for series in [x for x in order if x in set(data["series"])]:
+            g = data[data["series"] == series].sort_values("N")
+            for col, ls, label in (("us_per_token_device", "-", "device"), ("us_per_token", "--", "wall")):
+                gg = g[g[col] > 0] if col in g else g.iloc[:0]
+                if not gg.empty:
+                    ax.plot(gg["N"], gg[col], ls=ls, marker="o", ms=4, color=palette.get(series),
+                            label=f"{series} ({label})")  # fmt: skip
+        ax.set(xscale="log", yscale="log", xlabel="N = r² tokens", ylabel="µs per token (training step)", title=title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Per-token cost vs N (flat: O(N), rising: O(N²), a bump: a slow path)")
+    fig.tight_layout()
+    path = atomic_savefig(fig, out / f"per_token_{tag}.png", dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 # ----------------------------------------------------------------------------------------------
 # README
 # ----------------------------------------------------------------------------------------------
@@ -581,9 +711,18 @@ NOTES = """\
   Triton kernel's prim::PythonOp.FlashAttentionFunction, mamba_ssm's prim::PythonOp.MambaInnerFn /
   SelectiveScanFn). FlopCounterMode cannot see Triton or mamba_ssm's CUDA kernels; their analytic terms are added
   and the FLOP table's note says so. The reference scan is counted as one op with the algorithm's cost.
-- **Timing.** CUDA events around each repetition after a compile call, a memory call and ≥ the warm-up time;
-  median and IQR. Forward: eval mode, no_grad, bf16 autocast. Training step: train mode (dropout on), forward +
-  backward + AdamW step, bf16 autocast, fp32 master weights.
+- **Timing.** Before the first row ≥ 2 s of bf16 GEMMs (clocks up) and a torch.matmul peak probe. Per point: a
+  compile call, a memory call, ≥ the warm-up time, then ≥ 20 repetitions (fewer for a step over ~100 ms: at most
+  `max_point_s` of timing, ≥ 1 per round) in 3 rounds interleaved across the models and backends of one level, r and
+  batch; CUDA events around each repetition; median, IQR and the spread of the round medians; NVML SM clock and
+  power after each round (row: medians). Forward: eval mode, no_grad, bf16 autocast. Training step: train mode
+  (dropout on), forward + backward + AdamW step, bf16 autocast, fp32 master weights.
+- **Device time.** The same step captured in one CUDA graph (static inputs, AdamW(capturable=True), warm-up on a side
+  stream) and replayed: no Python, no launches, the device-bound time. Steps over `--graph-max-ms` are not captured
+  (device-bound: their profiler kernel sum is the device time); a capture that fails says why in `graph_note`.
+  Kernel time = summed GPU kernel durations (memcpy/memset included) of torch.profiler over 1–3 eager steps; host
+  overhead = eager − kernel time (a share > 50 % means the row measures Python and launches, not the model).
+  Fits, crossovers and the spec table use device time; the tables give both.
 - **Memory.** Peak = torch.cuda.max_memory_allocated after reset_peak_memory_stats around one step (includes
   parameters, gradients, AdamW state and inputs); NVML device-level used memory and max_memory_reserved are in the
   CSV. Fits use the peak minus the allocation before the step. On CPU: process RSS.
@@ -609,10 +748,12 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     written: list[Path] = []
     s1, s4 = primary_series(runs, df)
 
-    cols = ["model", "backend", "level", "res", "N", "batch", "dtype", "kind", "status", "median_ms", "iqr_ms",
-            "n_reps", "samples_per_s", "tokens_per_s", "gflop_analytic", "tflops", "epoch_min", "peak_mem_gb",
-            "mem_alloc_peak_mb", "mem_reserved_peak_mb", "nvml_used_peak_mb", "rss_peak_mb", "params",
-            "note"]  # fmt: skip
+    cols = ["model", "backend", "level", "res", "N", "batch", "regime", "dtype", "kind", "status", "median_ms",
+            "iqr_ms", "n_reps", "n_rounds", "round_spread_pct", "device_ms", "device_source", "graph_ms", "kernel_ms",
+            "host_ms", "host_pct", "us_per_token", "us_per_token_device", "samples_per_s", "tokens_per_s",
+            "tokens_per_s_device", "gflop_analytic", "tflops", "tflops_device", "pct_peak_device", "epoch_min",
+            "peak_mem_gb", "mem_alloc_peak_mb", "mem_reserved_peak_mb", "nvml_used_peak_mb", "rss_peak_mb",
+            "sm_clock_mhz", "power_w", "params", "graph_note", "profile_note", "note"]  # fmt: skip
     bench = df[df["kind"].isin(["fwd", "train", "fwd_graph"])]
     written.append(atomic_to_csv(bench.sort_values(["level", "kind", "series", "res"])[[c for c in cols if c in bench]],
                                  out / f"model_bench_{tag}.csv"))  # fmt: skip
@@ -632,7 +773,10 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     cross = safe(crossover_table, df, runs, batch)
     spec = safe(spec_table, df, runs, batch, fits)
     mbt = safe(max_batch_table, df)
-    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt)):
+    thr = safe(throughput_table, df, runs)
+    bdt = safe(breakdown_table, df[df["batch"] == batch])
+    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt),
+                    ("throughput_regime", thr), ("breakdown", bdt)):  # fmt: skip
         if not t.empty:
             written.append(atomic_to_csv(t, out / f"{name}_{tag}.csv"))
 
@@ -662,6 +806,10 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         written += plot_all(df, out, tag, batch)
     except Exception as e:
         failures.append(f"plots: {type(e).__name__}: {e}")
+    try:
+        written += plot_breakdown(df[df["level"] == "model"], out, tag, batch=batch)
+    except Exception as e:
+        failures.append(f"breakdown plots: {type(e).__name__}: {e}")
 
     title = "# Benchmark: V1 (Mamba, O(N)) vs V4 (Transformer, O(N²))"
     lines = [title, ""]
@@ -672,13 +820,20 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     lines.append(f"**Environment.** {summary_line(env)}\n")
     st = env.get("settings", {})
     timers = ", ".join(sorted(str(t) for t in _col(df, "timer").dropna().unique())) or "—"
-    lines.append(
-        f"**Settings.** mode {st.get('mode')}, preset `{st.get('preset')}`, batch {batch}, {st.get('dtype')}, "
-        f"a first (compile/allocate) call, then warm-up {st.get('warmup_ms')} ms and {st.get('rep_ms')} ms of timed "
-        f"repetitions per point ({st.get('min_reps')}–{st.get('max_reps')}), timer {timers}, "
-        f"{st.get('threads') or 'default'} CPU thread(s), epoch = {st.get('epoch_samples')} samples. "
-        f"V4/V1 = {s4} / {s1}.\n"
+    tcol, twords = time_col(df)
+    reps = (
+        f"≥ {st.get('min_reps')} timed repetitions in {st.get('rounds')} interleaved rounds "
+        f"(≤ {st.get('max_point_s')} s per point)"
+        if st.get("rounds")
+        else f"{st.get('rep_ms')} ms of timed repetitions per point ({st.get('min_reps')}–{st.get('max_reps')})"
     )
+    thr_words = f", throughput regime {int(st['tokens']):,} tokens per batch" if st.get("tokens") else ""
+    lines.append(
+        f"**Settings.** mode {st.get('mode')}, preset `{st.get('preset')}`, batch {batch}{thr_words}, "
+        f"{st.get('dtype')}, a first (compile/allocate) call, then warm-up {st.get('warmup_ms')} ms and {reps}, "
+        f"timer {timers}, {st.get('threads') or 'default'} CPU thread(s), epoch = {st.get('epoch_samples')} samples. "
+        f"V4/V1 = {s4} / {s1}. Fits, crossovers and ratios use the {twords}. {peak_of(runs)}.\n"
+    )  # fmt: skip
     lines += ["## Headline: the spec's expectation vs what was measured", "", md_table(spec)]
     lines += ["## Scaling exponents (least-squares slope of log metric vs log N, non-OOM points)", "",
               md_table(fits)]  # fmt: skip
@@ -690,6 +845,15 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         if level == "model" and not mbt.empty:
             lines += ["**Largest batch that fits** (one training step per probe; doubling then bisection)", "",
                       md_table(mbt)]  # fmt: skip
+    if not thr.empty:
+        lines += ["## Throughput regime (constant tokens per batch, whole model, training step)", "",
+                  f"{peak_of(runs)}; TFLOP/s = 3 × analytic forward FLOPs / device time.", "",
+                  md_table(thr)]  # fmt: skip
+    if not bdt.empty:
+        lines += ["## Where the time goes (GPU kernel time per component, training step, batch " f"{batch})", "",
+                  "From torch.profiler's kernels grouped by name (bench.breakdown): attention core, selective scan, "
+                  "causal conv, GEMMs, norms and elementwise, optimizer (AdamW + clipping), other.", "",
+                  md_table(bdt)]  # fmt: skip
     lines += ["## FLOPs three ways (per sample, one forward pass)", "", md_table(three)]
     lines += ["## Plots", ""]
     for p in written:
