@@ -127,7 +127,9 @@ def measure_group(
                     f["profile_note"] = "no device kernels recorded" + (" (CPU)" if device.type != "cuda" else "")
             except Exception as e:
                 f["profile_note"] = f"profiler failed: {_note(e)}"
-        if cfg.graph and est[k] > cfg.graph_max_ms:
+        if cfg.graph and device.type != "cuda":
+            f["graph_note"] = "CUDA graphs need CUDA"
+        elif cfg.graph and est[k] > cfg.graph_max_ms:
             f["graph_note"] = (f"not captured: a {est[k]:.0f} ms step is device-bound (> {cfg.graph_max_ms:.0f} ms, "
                                "--graph-max-ms); its kernel sum is the device time")  # fmt: skip
         elif cfg.graph:
