@@ -66,6 +66,7 @@ EXTENDED_RES = (160, 224, 320)
 TOKENS = 2**19  # the throughput regime's tokens per batch
 KEY = ("model", "backend", "level", "res", "batch", "dtype", "kind")
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
+SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -322,10 +323,14 @@ class RowStore:
         self.json = out / "raw" / f"sweep_{tag}.json"
         self.rows: dict[tuple, dict] = {}
         self.runs: list[dict] = []
+        self.dropped = 0  # rows of an older schema, not kept
         if not fresh and self.json.exists():
             data = json.loads(self.json.read_text())
             self.runs = data.get("runs", [])
             for row in data.get("rows", []):
+                if (row.get("schema") or 1) < SCHEMA:
+                    self.dropped += 1
+                    continue
                 self.rows[row_key(row)] = row
 
     def done(self, key: tuple) -> bool:
@@ -503,7 +508,7 @@ class Sweep:
         return {
             "model": c.model, "backend": c.backend, "level": c.level, "res": c.res,
             "batch": 1 if flops_row else c.batch, "dtype": "fp32" if flops_row else self.s.dtype, "kind": kind,
-            "N": c.N, "preset": self.s.preset, "run_id": self.run_id, "mode": self.s.mode,
+            "N": c.N, "preset": self.s.preset, "run_id": self.run_id, "mode": self.s.mode, "schema": SCHEMA,
             **({} if flops_row or kind == "max_batch" else {"regime": regime(c.batch, c.res, self.s)}),
         }  # fmt: skip
 
@@ -728,6 +733,9 @@ class Sweep:
         pairs = [(c, u.kind) for u in plan for c in u.combos]
         est = sum(estimate_seconds(c, k, s, self.device) for c, k in pairs)
         n_done = sum(self.store.done(row_key(self.base(c, k))) for c, k in pairs)
+        if self.store.dropped:
+            print(f"note: {self.store.dropped} rows of an older sweep (schema < {SCHEMA}) in {self.store.json} are "
+                  "dropped: they are measured again", flush=True)  # fmt: skip
         print(f"plan: {len(pairs)} rows ({n_done} already done), rough estimate {est / 60:.1f} min "
               f"(time budget {s.time_budget_s:.0f} s); writing {self.store.csv}", flush=True)  # fmt: skip
         fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}{postfix}]"

@@ -337,3 +337,17 @@ def test_git_commit_prefers_the_callers_commit(monkeypatch, tmp_path):
     assert git_commit() == "74973f0"  # a GPU machine's copy may carry a stale .git: the caller's word wins
     monkeypatch.delenv("GIT_COMMIT")
     assert git_commit(tmp_path) == "unknown"  # no repository, nothing passed
+
+
+def test_rows_of_an_older_sweep_are_measured_again(tmp_path, capsys):
+    args = ["--quick", "--models", "v4", "--backends", "sdpa", "--levels", "mixer", "--res", "8", "--no-flops",
+            "--out", str(tmp_path)]  # fmt: skip
+    old = [{"model": "v4", "backend": "sdpa", "level": "mixer", "res": 8, "batch": 2, "dtype": "fp32", "kind": k,
+            "status": "ok", "median_ms": 1.0, "run_id": "old"} for k in ("fwd", "train")]  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "sweep_B2_fp32.json").write_text(json.dumps({"runs": [], "rows": old}))
+    assert sweep.main(args) == 0
+    assert "2 rows of an older sweep" in capsys.readouterr().out
+    df = rows(tmp_path)
+    assert len(df) == 2 and (df["run_id"] != "old").all() and (df["schema"] == sweep.SCHEMA).all()
+    assert (df["n_rounds"] == 3).all() and (df["regime"] == "latency").all()
