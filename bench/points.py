@@ -16,6 +16,8 @@ AdamW is built with capturable=True when asked). For each point of the group, in
 device_ms is graph_ms where the capture worked, else kernel_ms (device_source says which); a capture that fails
 leaves graph_note with the reason and the row keeps everything else. An exception in steps 1–2 is the point's
 `error` (the sweep maps it to oom / unavailable / error); in step 3 it only costs that measurement (its note).
+A factory may have a `release()` method: called when its point is done (or failed), so that the point's module,
+optimizer and inputs are freed before the next point's graph is captured.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def _timed_call(fn, device) -> float:
     return 1e3 * (time.perf_counter() - t0)
 
 
+def _bare(e: BaseException) -> BaseException:
+    """The exception without its traceback (whose frames would keep the failed step's tensors alive)."""
+    e.__traceback__ = e.__context__ = e.__cause__ = None
+    return e
+
+
+def _release(factory) -> None:
+    """Let the point's module, optimizer and inputs go (a factory may offer `release`)."""
+    release = getattr(factory, "release", None)
+    if release is not None:
+        release()
+
+
 def _note(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
@@ -90,8 +105,10 @@ def measure_group(
                 step()
             steps[k] = step
         except Exception as e:
-            out[k]["error"] = e
+            out[k]["error"] = _bare(e)
             steps.pop(k, None)
+            step = None
+            _release(factory)
             free_memory(device)
     # 2. eager wall time, interleaved rounds
     reps = {k: reps_per_round(est[k], rounds) for k in steps}
@@ -99,8 +116,10 @@ def measure_group(
     times = run_rounds({k: event_timer(s, device) for k, s in steps.items()}, reps, rounds.rounds, probe)
     for k, pt in times.items():
         if pt.error is not None:
-            out[k]["error"] = pt.error
+            out[k]["error"] = _bare(pt.error)
             steps.pop(k)
+            _release(factories[k])
+            free_memory(device)
             continue
         out[k].update(pt.summary())
         out[k]["timer"] = "cuda-events" if device.type == "cuda" else "perf_counter"
@@ -140,6 +159,7 @@ def measure_group(
         elif math.isfinite(f.get("kernel_ms", math.nan)):
             f["device_ms"], f["device_source"] = f["kernel_ms"], "profiler kernel sum"
         steps.pop(k)
+        _release(factories[k])
         free_memory(device)
     return out
 

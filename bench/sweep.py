@@ -558,15 +558,19 @@ class Sweep:
         s, dev, built = self.s, self.device, {}
 
         def make(capturable: bool):
-            if not built:
+            if "wl" not in built:
                 wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev)
-                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev))
+                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev), params=wl.params)
             wl, inputs = built["wl"], built["inputs"]
             if kind == "train":
                 return measure.make_train_step(wl, inputs, dev, s.amp, capturable)
             return measure.make_forward(wl, inputs, dev, s.amp)
 
-        make.built = built
+        def release():
+            built.pop("wl", None)
+            built.pop("inputs", None)
+
+        make.built, make.release = built, release
         return make
 
     def derived(self, c: Combo, kind: str, f: dict, params: int | None) -> dict:
@@ -631,8 +635,7 @@ class Sweep:
                 if err is None:
                     row["status"] = "ok"
                     row.update(f)
-                    wl = factories[c].built.get("wl")
-                    row.update(self.derived(c, kind, f, wl.params if wl is not None else None))
+                    row.update(self.derived(c, kind, f, factories[c].built.get("params")))
                 else:
                     self.fail(row, err, c, kind)
                 row["elapsed_s"] = group_s / len(fields)
