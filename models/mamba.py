@@ -13,7 +13,8 @@ Padding (`pad_multiple`, the length pathology of issue 10): mamba_ssm's selectiv
 loads only when L is a multiple of its chunk (2048 for L > 1024) and guarded per-element loads otherwise
 (~1.5× the cost per token at L = 9,216). A causal scan's first N outputs do not depend on what follows
 them, so padding the sequence at the END of its scan order and dropping the padded outputs changes nothing
-for the real tokens. `padded_length` decides the length, `scan_padded` runs a mixer that way.
+for the real tokens (on CPU to fp32 round-off: elementwise kernels round a row's SIMD body and scalar tail apart).
+`padded_length` decides the length, `scan_padded` runs a mixer that way.
 
 The selective scan h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t is computed by
 `selective_scan_ref` in chunks: inside a chunk a Hillis–Steele doubling scan (log2 T vectorised steps, no
