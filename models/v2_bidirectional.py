@@ -112,7 +112,9 @@ class LatentBottleneck(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        lat = self.latents.expand(tokens.shape[0], -1, -1)  # (B, M, D)
+        # (B, M, D): a copy, not an expand — under no_grad an expanded parameter is a grad-requiring leaf view,
+        # which torch.utils.flop_counter's module tracker cannot hook
+        lat = self.latents.repeat(tokens.shape[0], 1, 1)
         kv = self.norm_tokens(tokens)  # (B, N, D)
         lat = lat + self.cross_attn(self.norm_latents(lat), kv, kv)  # (B, M, D)
         return lat + self.mlp(self.norm_mlp(lat))  # (B, M, D)

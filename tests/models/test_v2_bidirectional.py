@@ -35,3 +35,13 @@ def test_v2_runs_on_the_mamba2_reference():
     assert type(model.layers[0].mixer.forward_mixer).__name__ == "Mamba2Ref"
     model(*_batch()).square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_flop_counter_runs_on_v2_under_no_grad():
+    """torch.utils.flop_counter (the bench's counter) hooks every module; the latents must not break it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model("v2", "tiny").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*_batch())
+    assert fc.get_total_flops() > 0
