@@ -87,8 +87,8 @@ def model_from_checkpoint(path, model: str | None = None, device="cpu", **backen
     if ckpt["model_name"] not in accepted:
         fits = " or ".join(names.get(n, n) for n in accepted)
         raise ConfigError(
-            f"checkpoint {path} holds {ckpt.get('model_version', '?')} ({ckpt['model_name']}) weights; "
-            f"{model} loads {fits} checkpoints"
+            f"checkpoint {path} holds {ckpt.get('model_version', '?')} ({ckpt['model_name']}) weights, "
+            f"not {cls.name} weights; {model} loads {fits} checkpoints"
         )
     cfg = make_cfg("default", env={})
     over = {k: v for k, v in backend_overrides.items() if v is not None}

@@ -38,9 +38,11 @@ def _one_line_error(call, match):
 
 def test_v2_checkpoint_given_to_v3_is_a_one_line_error(tmp_path):
     path = save_checkpoint(tmp_path / "v2.pth", build_model("v2", "tiny"))
-    _one_line_error(lambda: model_from_checkpoint(path, "v3"), r"holds v2 \(mamba_v2\) weights; v3 loads v1 or v3")
+    want = r"holds v2 \(mamba_v2\) weights, not mamba_v3 weights; v3 loads v1 or v3"
+    _one_line_error(lambda: model_from_checkpoint(path, "v3"), want)
     v4 = save_checkpoint(tmp_path / "v4.pth", build_model("v4", "tiny"))
-    _one_line_error(lambda: model_from_checkpoint(v4, "v1"), r"holds v4 \(transformer_v4\) weights; v1 loads v1")
+    want = r"holds v4 \(transformer_v4\) weights, not mamba weights; v1 loads v1"
+    _one_line_error(lambda: model_from_checkpoint(v4, "v1"), want)
     _one_line_error(lambda: model_from_checkpoint(v4, "v7"), "unknown model 'v7'")
 
 
