@@ -39,7 +39,8 @@ def test_parameter_counts_default(name, lo, hi):
 
 def test_parameter_count_v2_and_tiny_presets():
     n = count_parameters(build_model("v2"))
-    assert n == 4_891_651  # the spec's "5M": 8 bidirectional blocks (expand 1 per direction) + 256 latents
+    print(f"v2: {n:,} parameters")
+    assert 4.8e6 <= n <= 5.0e6  # the spec's "5M" (4,891,651): 8 bidirectional blocks (expand 1 each way) + 256 latents
     assert count_parameters(build_model("v3")) == count_parameters(build_model("v1"))  # V3 is V1's parameters
     tiny = {k: count_parameters(build_model(k, "tiny")) for k in ALL}
     assert tiny["v1"] == tiny["v3"] and all(0 < v < 2e5 for v in tiny.values()), tiny
