@@ -5,7 +5,7 @@ tokens (inputs then queries, row-major) → num_layers bidirectional blocks → 
 latents (the shell's query cross-attention, with the latents as keys) → linear decoder.
 
 Bidirectional blocks as in Vision Mamba (Vim, Zhu et al. 2024): each block runs one Mamba mixer over the
-tokens in order and a second one over them reversed, and averages the two directions (Vim's divided output):
+tokens in order and a second one over them reversed, and averages the two directions (Vim's `if_devide_out`):
     x = x + ½ (Mamba_f(LN x) + flip(Mamba_b(flip(LN x)))).
 Each token thus sees the whole sequence, where V1's causal scan lets early tokens see nothing after them.
 Vim shares one in/out projection between its directions inside a fused kernel; here each direction is a whole
