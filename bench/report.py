@@ -36,7 +36,7 @@ from bench.measure import PRIMARY
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-SERIES_ORDER = ["V1 mamba_ssm", "V1 reference", "V4 seed", "V4 sdpa", "V4 triton"]
+SERIES_ORDER = ["V1 mamba_ssm", "V1 mamba_ssm pad=off", "V1 reference", "V4 seed", "V4 sdpa", "V4 triton"]
 LEVEL_TITLES = {
     "model": "Whole model",
     "encoder": "Encoder stack (model.encode)",
@@ -73,7 +73,8 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    df["series"] = df["model"].str.upper() + " " + df["backend"]
+    variant = _col(df, "variant").map(lambda v: f" {v}" if isinstance(v, str) and v else "")
+    df["series"] = df["model"].str.upper() + " " + df["backend"] + variant
     for c in ("median_ms", "iqr_ms", "mem_alloc_peak_mb", "mem_alloc_before_mb", "rss_peak_mb", "rss_before_mb",
               "gflop_analytic", "gflop_fvcore", "gflop_flopcounter", "tflops", "samples_per_s", "tokens_per_s",
               "epoch_min", "max_batch", "params", "nvml_used_peak_mb", "mem_reserved_peak_mb", "device_ms", "kernel_ms",
@@ -309,6 +310,31 @@ def throughput_table(df: pd.DataFrame, runs: list, kind: str = "train") -> pd.Da
     return t
 
 
+def padding_table(df: pd.DataFrame) -> pd.DataFrame:
+    """V1 with its default padding (pad_multiple auto: to a multiple of 2048 on mamba_ssm) against pad=off, per
+    level, r, batch and kind: device and wall time of both and unpadded / padded."""
+    var = _col(df, "variant").fillna("")
+    off = df[(var == "pad=off") & (df["status"] == "ok")]
+    out = []
+    for _, row in off.sort_values(["level", "kind", "batch", "res"]).iterrows():
+        same = (var == "") & (df["status"] == "ok")
+        for k in ("model", "backend", "level", "res", "batch", "kind"):
+            same &= df[k] == row[k]
+        base = df[same]
+        if base.empty:
+            continue
+        b = base.iloc[-1]
+        line = {"level": row["level"], "kind": row["kind"], "r": int(row["res"]), "N": int(row["N"]),
+                "batch": int(row["batch"]), "scan length (padded)": b.get("scan_len", "")}  # fmt: skip
+        for col, name in (("device_ms", "device"), ("median_ms", "wall")):
+            if pd.notna(b.get(col)) and pd.notna(row.get(col)) and b[col] > 0:
+                line[f"{name} ms padded"] = fmt_num(b[col])
+                line[f"{name} ms unpadded"] = fmt_num(row[col])
+                line[f"unpadded / padded ({name})"] = fmt_num(row[col] / b[col]) + "×"
+        out.append(line)
+    return pd.DataFrame(out)
+
+
 def peak_of(runs: list) -> str:
     peaks = [r.get("matmul_peak_tflops") for r in runs if r.get("matmul_peak_tflops")]
     if not peaks:
@@ -420,6 +446,8 @@ def analytic_ratio(preset: str, level: str, r: int) -> float | None:
 
 def _get(df, **kw) -> pd.Series | None:
     sub = df
+    if "variant" in df and "variant" not in kw:  # the models' default configs
+        sub = sub[sub["variant"].fillna("") == ""]
     for k, v in kw.items():
         sub = sub[sub[k] == v]
     sub = sub[sub["status"] == "ok"]
@@ -775,8 +803,9 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     mbt = safe(max_batch_table, df)
     thr = safe(throughput_table, df, runs)
     bdt = safe(breakdown_table, df[df["batch"] == batch])
+    pad = safe(padding_table, df)
     for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt),
-                    ("throughput_regime", thr), ("breakdown", bdt)):  # fmt: skip
+                    ("throughput_regime", thr), ("breakdown", bdt), ("padding", pad)):  # fmt: skip
         if not t.empty:
             written.append(atomic_to_csv(t, out / f"{name}_{tag}.csv"))
 
@@ -849,6 +878,12 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         lines += ["## Throughput regime (constant tokens per batch, whole model, training step)", "",
                   f"{peak_of(runs)}; TFLOP/s = 3 × analytic forward FLOPs / device time.", "",
                   md_table(thr)]  # fmt: skip
+    if not pad.empty:
+        lines += ["## The length pathology: V1 with and without padding", "",
+                  "mamba_ssm's selective scan loads 16-byte vectors only when L % 2048 = 0 (for L > 1024) and guarded "
+                  "per-element loads otherwise; V1 pads its token sequence at the end to a multiple of 2048 by "
+                  "default (pad_multiple auto) and drops the padded outputs (a causal scan: the real tokens are "
+                  "unchanged). pad=off is the same model unpadded.", "", md_table(pad)]  # fmt: skip
     if not bdt.empty:
         lines += ["## Where the time goes (GPU kernel time per component, training step, batch " f"{batch})", "",
                   "From torch.profiler's kernels grouped by name (bench.breakdown): attention core, selective scan, "

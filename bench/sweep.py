@@ -56,6 +56,7 @@ from bench.measure import ALL_BACKENDS, BACKENDS, LEVELS, MODELS, PRIMARY
 from bench.points import DeviceTimeConfig, measure_group
 from bench.rounds import RoundsConfig
 from models.common import ConfigError
+from models.mamba import padded_length
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.v1_mamba import v1_config
 from models.v4_transformer import v4_config
@@ -64,7 +65,10 @@ REPO = Path(__file__).resolve().parents[1]
 FULL_RES = (32, 48, 64, 96, 128, 192, 256)
 EXTENDED_RES = (160, 224, 320)
 TOKENS = 2**19  # the throughput regime's tokens per batch
-KEY = ("model", "backend", "level", "res", "batch", "dtype", "kind")
+KEY = ("model", "backend", "level", "res", "batch", "dtype", "kind", "variant")
+VARIANTS = {  # row label → (model, config overrides): extra series beside a model's default config
+    "pad=off": ("v1", {"pad_multiple": "off"}),  # no padding: mamba_ssm's scan on its slow path when L % 2048 ≠ 0
+}
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
 
@@ -102,6 +106,7 @@ class Settings:
     max_batch_probes: int
     spec_batch: int  # 0: no spec point (batch 64 at 32×32, the spec's training batch)
     ref_max_res: int  # reference (pure-PyTorch) Mamba is launch-bound: measured up to this r
+    pad_compare_res: list[int]  # r at which V1 (primary backend) is also measured without padding (pad=off)
     secondary_levels: list[str]  # levels the non-primary backends (seed, reference, triton) run at
     secondary_max_res: int  # ... and up to this r
     time_budget_s: float
@@ -164,6 +169,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     p.add_argument("--spec-batch", type=int, default=None, help="batch of the spec point at 32×32 (0: off)")
     p.add_argument("--ref-max-res", type=int, default=None, help="largest r for the reference Mamba (GPU 48)")
+    p.add_argument("--pad-compare-res", nargs="+", default=None,
+                   help="r at which V1 also runs without padding, pad_multiple=off (GPU 48 96; 0: none)")  # fmt: skip
     p.add_argument(
         "--secondary-max-res",
         type=int,
@@ -283,6 +290,8 @@ def settings_from_args(args) -> Settings:
         max_batch_probes=args.max_batch_probes,
         spec_batch=(d["spec"] if args.spec_batch is None else args.spec_batch) if cuda else 0,
         ref_max_res=args.ref_max_res or d["ref_max"],
+        pad_compare_res=[r for r in _int_list(args.pad_compare_res, "--pad-compare-res") if r > 0]
+        if args.pad_compare_res else ([48, 96] if mode == "full" else []),
         secondary_levels=levels if args.levels or mode != "full" else ["model"],
         secondary_max_res=args.secondary_max_res or (128 if mode == "full" else 10**6),
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
@@ -306,7 +315,7 @@ def settings_from_args(args) -> Settings:
 
 
 def row_key(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY)
+    return tuple((row.get(k) or "") if k == "variant" else row[k] for k in KEY)
 
 
 def _clean(v):
@@ -363,10 +372,15 @@ class Combo:
     level: str
     res: int
     batch: int
+    variant: str = ""  # a key of VARIANTS ("" = the model's default config)
 
     @property
     def N(self) -> int:
         return self.res * self.res
+
+    @property
+    def overrides(self) -> dict:
+        return dict(VARIANTS[self.variant][1]) if self.variant else {}
 
 
 def throughput_batch(res: int, tokens: int) -> int:
@@ -398,7 +412,7 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
     level_order = [lv for lv in ("model", "encoder", "mixer") if lv in s.levels]
     plan: list[Unit] = []
 
-    def section(which, batch_of=None, kinds=timed, flops=True, levels=level_order, max_res=10**9):
+    def section(which, batch_of=None, kinds=timed, flops=True, levels=level_order, max_res=10**9, variants=False):
         for level in levels:
             series = [(m, b) for m in s.models for b in s.backends[m] if which(m, b)]
             for r in [r for r in s.res if r <= max_res]:
@@ -407,14 +421,18 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
                     continue
                 if flops and s.flops:
                     plan.extend(Unit("flops", [Combo(m, b, level, r, batch)]) for m, b in series)
+                extra = []  # V1 without padding, timed in the same rounds as the padded V1 (issue 10)
+                if variants and r in s.pad_compare_res and level != "mixer":
+                    extra = [Combo(m, b, level, r, batch, "pad=off") for m, b in series if m == VARIANTS["pad=off"][0]]
                 for kind in kinds:
                     if series:
-                        plan.append(Unit(kind, [Combo(m, b, level, r, batch) for m, b in series]))
+                        plan.append(Unit(kind, [Combo(m, b, level, r, batch) for m, b in series] + extra))
 
-    section(lambda m, b: b == primary[m])
+    section(lambda m, b: b == primary[m], variants=True)
     if s.tokens and "model" in s.levels:  # the throughput regime: whole model, primary backends
         section(lambda m, b: b == primary[m], lambda r: throughput_batch(r, s.tokens) if
-                throughput_batch(r, s.tokens) != s.batch else None, s.throughput_kinds, False, ["model"])  # fmt: skip
+                throughput_batch(r, s.tokens) != s.batch else None, s.throughput_kinds, False, ["model"],
+                variants=True)  # fmt: skip
     if s.spec_batch and "model" in s.levels and s.spec_batch != s.batch:
         r0 = 32 if 32 in s.res else s.res[0]
         series = [m for m in s.models if primary[m] in s.backends[m]]
@@ -489,7 +507,7 @@ class Sweep:
         self.store = RowStore(self.out, s.tag, s.fresh)
         self.t0 = time.perf_counter()
         self.run_id = time.strftime("%Y%m%dT%H%M%S")
-        self.oom_at: dict[tuple, int] = {}  # (model, backend, level, batch, kind) → smallest r that OOMed
+        self.oom_at: dict[tuple, int] = {}  # (model, backend, variant, level, batch, kind) → smallest r that OOMed
         self.broken: str | None = None  # set when a CUDA error poisoned the context
         self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
         for row in self.store.rows.values():
@@ -498,7 +516,7 @@ class Sweep:
     def _note_oom(self, row: dict) -> None:
         """Remember the smallest r at which a (model, backend, level, batch, kind) ran out of memory."""
         if row.get("status") == "oom" and row["kind"] != "flops":
-            k = (row["model"], row["backend"], row["level"], row["batch"], row["kind"])
+            k = (row["model"], row["backend"], row.get("variant") or "", row["level"], row["batch"], row["kind"])
             self.oom_at[k] = min(self.oom_at.get(k, 10**9), row["res"])
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -508,7 +526,8 @@ class Sweep:
         return {
             "model": c.model, "backend": c.backend, "level": c.level, "res": c.res,
             "batch": 1 if flops_row else c.batch, "dtype": "fp32" if flops_row else self.s.dtype, "kind": kind,
-            "N": c.N, "preset": self.s.preset, "run_id": self.run_id, "mode": self.s.mode, "schema": SCHEMA,
+            "variant": c.variant, "N": c.N, "preset": self.s.preset, "run_id": self.run_id, "mode": self.s.mode,
+            "schema": SCHEMA,
             **({} if flops_row or kind == "max_batch" else {"regime": regime(c.batch, c.res, self.s)}),
         }  # fmt: skip
 
@@ -528,10 +547,10 @@ class Sweep:
             return "skipped", f"reference Mamba is launch-bound: measured up to r={self.s.ref_max_res} (--ref-max-res)"
         if kind == "flops":
             return None
-        oom_r = self.oom_at.get((c.model, c.backend, c.level, c.batch, kind))
+        oom_r = self.oom_at.get((c.model, c.backend, c.variant, c.level, c.batch, kind))
         if oom_r is not None and c.res > oom_r:
             return "oom", f"oom (skipped: r={oom_r} OOMed)"
-        fwd_oom = self.oom_at.get((c.model, c.backend, c.level, c.batch, "fwd"))
+        fwd_oom = self.oom_at.get((c.model, c.backend, c.variant, c.level, c.batch, "fwd"))
         if kind == "train" and fwd_oom is not None and c.res >= fwd_oom:
             return "oom", f"oom (skipped: the forward OOMed at r={fwd_oom})"
         return None
@@ -559,8 +578,8 @@ class Sweep:
 
         def make(capturable: bool):
             if "wl" not in built:
-                wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev)
-                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev), params=wl.params)
+                wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev, c.overrides)
+                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev), params=wl.params, cfg=wl.cfg)
             wl, inputs = built["wl"], built["inputs"]
             if kind == "train":
                 return measure.make_train_step(wl, inputs, dev, s.amp, capturable)
@@ -573,12 +592,17 @@ class Sweep:
         make.built, make.release = built, release
         return make
 
-    def derived(self, c: Combo, kind: str, f: dict, params: int | None) -> dict:
-        """Throughput, achieved TFLOP/s (wall and device time), per-token cost, % of the run's matmul peak."""
+    def derived(self, c: Combo, kind: str, f: dict, built: dict) -> dict:
+        """Throughput, achieved TFLOP/s (wall and device time), per-token cost, % of the run's matmul peak; for V1
+        the length its scan runs at (padding)."""
         cfg = (v1_config if c.model == "v1" else v4_config)(self.s.preset, env={})
         fwd_flops = analytic_flops(c.model, cfg, c.level, c.batch, c.N)
-        flops = 3 * fwd_flops if kind == "train" else fwd_flops  # training step ≈ 3 × forward
-        out = {"params": params, "gflop_analytic": flops / 1e9, "peak_tflops": self.peak_tflops}
+        flops = 3 * fwd_flops if kind == "train" else fwd_flops  # training step ≈ 3 × forward (real tokens only)
+        out = {"params": built.get("params"), "gflop_analytic": flops / 1e9, "peak_tflops": self.peak_tflops}
+        run_cfg = built.get("cfg")
+        if run_cfg is not None and hasattr(run_cfg, "pad_multiple") and c.level != "mixer":
+            out["pad_multiple"] = run_cfg.pad_multiple
+            out["scan_len"] = padded_length(c.N, run_cfg.pad_multiple, c.backend)
         for suffix, col in (("", "median_ms"), ("_device", "device_ms")):
             ms = f.get(col)
             ok = ms is not None and math.isfinite(ms) and ms > 0
@@ -635,7 +659,7 @@ class Sweep:
                 if err is None:
                     row["status"] = "ok"
                     row.update(f)
-                    row.update(self.derived(c, kind, f, factories[c].built.get("params")))
+                    row.update(self.derived(c, kind, f, factories[c].built))
                 else:
                     self.fail(row, err, c, kind)
                 row["elapsed_s"] = group_s / len(fields)

@@ -295,7 +295,7 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     assert all(b in ("mamba_ssm", "sdpa") for b in order[:first_secondary])
     assert order[-1] == "triton"
     primary_units = [u for u in timed if {c.backend for c in u.combos} == {"mamba_ssm", "sdpa"}]
-    assert all(len(u.combos) == 2 for u in primary_units)
+    assert all(len(u.combos) == 2 + any(c.variant for c in u.combos) for u in primary_units)
     # the throughput regime: 2^19 tokens per batch, training step, whole model; r = 256 is the latency row
     thr = {c.res: c.batch for u in timed for c in u.combos if c.batch not in (8, 64)}
     assert thr == {32: 512, 48: 228, 64: 128, 96: 57, 128: 32, 192: 14}
@@ -304,6 +304,13 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     spec = [c for u in plan for c in u.combos if c.batch == 64]
     assert {c.model for c in spec} == {"v1", "v4"} and all(c.res == 32 for c in spec)
     assert not [u for u in plan if u.kind == "max_batch"]
+    # V1 without padding, in the same rounds as the padded V1 and V4, at 48² and 96² (both regimes)
+    pad = {(c.level, c.res, c.batch, u.kind) for u in timed for c in u.combos if c.variant == "pad=off"}
+    assert pad == {(lv, r, b, k) for lv in ("model", "encoder") for r in (48, 96) for b in (8,) for k in ("fwd", "train")
+                   } | {("model", 48, 228, "train"), ("model", 96, 57, "train")}  # fmt: skip
+    for u in timed:
+        if any(c.variant for c in u.combos):
+            assert {(c.model, c.variant) for c in u.combos} == {("v1", ""), ("v4", ""), ("v1", "pad=off")}
     est = sum(sweep.estimate_seconds(c, u.kind, s, torch.device("cuda")) for u in plan for c in u.combos)
     assert 120 < est < s.time_budget_s + 120
     mb = sweep.settings_from_args(sweep.build_parser().parse_args(["--max-batch", "--res", "32", "64"]))
@@ -351,3 +358,17 @@ def test_rows_of_an_older_sweep_are_measured_again(tmp_path, capsys):
     df = rows(tmp_path)
     assert len(df) == 2 and (df["run_id"] != "old").all() and (df["schema"] == sweep.SCHEMA).all()
     assert (df["n_rounds"] == 3).all() and (df["regime"] == "latency").all()
+
+
+def test_padding_variant_rows_and_table(tmp_path):
+    args = ["--quick", "--backends", "reference", "sdpa", "--levels", "model", "--res", "8", "--no-flops",
+            "--pad-compare-res", "8", "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    off = df[df["variant"] == "pad=off"]
+    assert len(off) == 2 and set(off["model"]) == {"v1"} and (off["status"] == "ok").all()
+    assert (off["pad_multiple"] == "off").all() and (off["scan_len"] == 64).all()
+    assert len(df[df["variant"] == ""]) == 4  # V1 and V4, fwd and train
+    pad = pd.read_csv(tmp_path / "padding_B2_fp32.csv")
+    assert len(pad) == 2 and pad["unpadded / padded (wall)"].str.endswith("×").all()
+    assert "V1 reference pad=off" in (tmp_path / "README.md").read_text()
