@@ -5,9 +5,9 @@ workloads    the three levels at which the models are compared, each a module + 
                encoder  the encoder stack, `model.encode(seq)` on (B, N, D)
                model    the whole model: N = Nin + Nq tokens, Nin = round(0.2·N)
 steps        forward (eval, no_grad, bf16 autocast on CUDA) and training step (train mode, forward +
-             backward + AdamW step); an optional CUDA-graph replay of the forward.
-timing       CUDA events around every repetition after warm-up (or triton.testing.do_bench), median and IQR;
-             time.perf_counter on CPU.
+             backward + AdamW step; AdamW(capturable=True) for a CUDA-graph capture, see bench.device_time).
+timing       time_fn: CUDA events around every repetition after warm-up (or triton.testing.do_bench), median and
+             IQR; time.perf_counter on CPU. The sweep times its points in interleaved rounds instead (bench.points).
 memory       torch.cuda.max_memory_allocated / max_memory_reserved after reset_peak_memory_stats, and the
              device-level used memory from NVML sampled by a thread during the step; on CPU the process RSS.
 max batch    doubling, then bisection on powers-of-two-ish candidates, each probe one training step;
@@ -219,32 +219,6 @@ def make_train_step(
 
     train_step.optimizer = opt  # so callers can drop its state
     return train_step
-
-
-def make_graph_forward(wl: Workload, inputs: dict, device: torch.device, amp: bool = True) -> Callable:
-    """The forward captured once in a CUDA graph; the returned callable replays it (static inputs)."""
-    if device.type != "cuda":
-        raise ConfigError("CUDA graphs need CUDA")
-    wl.module.eval()
-    args = wl.forward_args(inputs)
-    # autocast's weight-cast cache must be off inside a capture (the casts become part of the graph)
-    amp_ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if amp else nullcontext()
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), torch.no_grad(), amp_ctx:
-        for _ in range(3):  # warm-up on a side stream (autotuning, lazy tables) before capture
-            wl.module(*args)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad(), amp_ctx:
-        out = wl.module(*args)
-
-    def replay():
-        graph.replay()
-        return out
-
-    replay.graph = graph
-    return replay
 
 
 # ----------------------------------------------------------------------------------------------
