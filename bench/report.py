@@ -496,8 +496,10 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
                 "claim": f"compute V4/V1 at {r}×{r} ({level})", "spec": f"{spec_ratio}×",
                 "measured": fmt_num(m) + "×" if m else "—", "verdict": _verdict(m, spec_ratio, spec_ratio), "how": how,
             })  # fmt: skip
-    spec_b = [b for b in sorted(df["batch"].unique()) if b != batch and b > 1]
     r0 = 32 if (df["res"] == 32).any() else int(df["res"].min())
+    at_r0 = df[(df["kind"] == "train") & (df["level"] == "model") & (df["res"] == r0)]
+    at_r0 = at_r0[~at_r0["regime"].str.contains("throughput")]  # the throughput regime has its own table
+    spec_b = [b for b in sorted(at_r0["batch"].unique()) if b != batch and b > 1]
     tcol, twords = time_col(df)
     for b in [batch, *spec_b]:
         t1 = _get(df, kind="train", level="model", res=r0, batch=b, model="v1", backend=p["v1"])

@@ -76,6 +76,7 @@ def test_report_uses_device_time_and_shows_both(tmp_path):
     wall = spec.loc["training slowdown V4/V1 (32×32, batch 8, eager wall time)"]
     assert "HOST-BOUND" in wall["how"]
     assert "training slowdown V4/V1 (32×32, batch 8, device time)" in spec.index
+    assert not spec.index.str.contains("batch 512").any()  # throughput rows are not spec claims
     thr = pd.read_csv(tmp_path / "throughput_regime_B8_bf16.csv")
     assert set(thr["batch"]) >= {512, 32, 8} and (thr["tokens/batch"] >= 2**19 * 0.9).all()
     assert thr["V4/V1 (device time)"].notna().any()
