@@ -5,7 +5,7 @@
 
 A point is a step factory: factory(capturable) → a fresh zero-argument step (forward, or training step whose
 AdamW is built with capturable=True when asked). For each point of the group, in this order:
-    1. first call (compilation, autotuning, allocator growth); one call under the memory probe
+    1. on CUDA a first call (compilation, autotuning, allocator growth); one call under the memory probe
        (bench.measure.measure_memory), timed to size the loops; warm-up calls up to `warmup_ms`;
     2. the eager wall time: all points in RoundsConfig.rounds interleaved rounds (bench.rounds), with NVML SM clock
        and power read after each round;
@@ -93,11 +93,14 @@ def measure_group(
     for k, factory in factories.items():  # 1. build, first call, memory, warm-up
         try:
             step = factory(False)
-            t_first = _timed_call(step, device)
+            # CUDA: a first call (compilation, autotuning, allocator growth) before the memory call; CPU has none of
+            # that, and its first call is the one whose peak RSS counts (the allocator's pages are then resident)
+            t_first = _timed_call(step, device) if device.type == "cuda" else math.nan
             t0 = time.perf_counter()
             if cfg.memory:
                 out[k].update(measure_memory(step, device))
             t_mem = 1e3 * (time.perf_counter() - t0)
+            t_first = t_mem if math.isnan(t_first) else t_first
             est[k] = t_mem if cfg.memory else _timed_call(step, device)  # the memory call is a plain step too
             out[k]["first_call_ms"] = t_first
             n_warm = min(50, int(cfg.warmup_ms / max(est[k], 1e-3)))
