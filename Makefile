@@ -7,7 +7,7 @@ ARGS   ?=
 SETUP  := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed,)
 TORCH  := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo "torch==2.13.0 triton==3.6.0")
 
-.PHONY: setup test bench bench-cpu plots train sample eval compare kernel-bench gpu-test lint format clean
+.PHONY: setup test bench bench-cpu plots reproduce train sample eval compare kernel-bench gpu-test lint format clean
 
 setup: $(SETUP)
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,9 @@ bench: $(SETUP)
 
 plots: $(SETUP)
 	$(PY) -m bench.report
+
+reproduce: $(SETUP)   # make reproduce ARGS="results results/run2 --tol 5"
+	$(PY) -m bench.reproduce $(ARGS)
 
 train: $(SETUP)
 	$(PY) -m models.train --model $(MODEL) $(ARGS)

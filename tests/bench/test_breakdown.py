@@ -117,3 +117,21 @@ def test_rows_without_breakdown_columns_give_nothing(tmp_path):
 def test_kernel_objects_duck_type():
     comps = bd.breakdown([Kernel("nvjet_tst_64x8_64x16_4x1_v_bz_TNN", 1000.0)])
     assert comps["gemm"] == pytest.approx(1.0)
+
+
+TRACES = sorted((Path(__file__).parent / "data").glob("trace_*.json"))
+
+
+@pytest.mark.parametrize("path", TRACES, ids=[p.stem for p in TRACES])
+def test_recorded_traces_leave_little_unclassified(path):
+    """Every trace in tests/bench/data (the synthetic one, and any recorded on the H200 with bench.sweep
+    --trace-dir): at most 5 % of the kernel time lands in "other"; the message names what did."""
+    kernels = kernels_from_trace(json.loads(path.read_text()))
+    assert kernels, f"{path.name}: no device events (a CPU-only trace?)"
+    comps = bd.breakdown(kernels)
+    total = sum(comps.values())
+    other = [k for k in kernels if bd.classify(k.name, k.cat) == "other" and k.cat == "kernel"]
+    share = sum(k.dur_us for k in other) / 1e3 / total
+    assert share <= 0.05, (
+        f"{path.name}: {100 * share:.1f}% unclassified, e.g. {sorted({k.name[:80] for k in other})[:5]}"
+    )
