@@ -50,17 +50,17 @@ def read_checkpoint(path, expected_model: str | None = None, map_location="cpu")
 def model_from_checkpoint(path, model: str | None = None, device="cpu", **backend_overrides):
     """Rebuild the model a checkpoint was trained with and load its weights.
 
-    model: 'v1' | 'v4' to insist on one; backend_overrides: mixer_backend / attn_backend (weights are the same).
+    model: a variant name ('v1', 'v4', ...: models.variants) to insist on one; backend_overrides: mixer_backend /
+    attn_backend (weights are the same).
     """
-    from models import MODELS
+    from models.variants import get_variant, variant_of_checkpoint
 
-    names = {cls.name: key for key, (cls, _) in MODELS.items()}
-    expected = MODELS[model][0].name if model else None
+    expected = get_variant(model).cls.name if model else None
     ckpt = read_checkpoint(path, expected)
-    key = names.get(ckpt["model_name"])
-    if key is None:
+    variant = get_variant(model) if model else variant_of_checkpoint(ckpt["model_name"])
+    if variant is None:
         raise ConfigError(f"checkpoint {path} holds an unknown model {ckpt['model_name']!r}")
-    cls, make_cfg = MODELS[key]
+    cls, make_cfg = variant.cls, variant.make_config
     cfg = make_cfg("default", env={})
     try:
         cfg = replace(cfg, **{"prediction": "velocity", **ckpt["config"]})  # checkpoints before x1-prediction

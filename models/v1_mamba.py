@@ -30,7 +30,7 @@ class V1Config:
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
     mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch)
-    attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton
+    attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton | flex
 
     def validate(self) -> None:
         validate_common(self)
@@ -76,3 +76,9 @@ class MambaDiffusion(SparseFieldModel):
         for layer in self.layers:
             seq = layer(seq)
         return self.norm_f(seq)
+
+    def layer0_mixer(self) -> nn.Module:
+        return self.layers[0].mixer  # (B, N, D) -> (B, N, D)
+
+    def encoder_named_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(("layers.", "norm_f."))]

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.common import Attention, PositionalEncoding, SparseFieldModel, build_config, validate_common
+from models.common import (
+    Attention,
+    PositionalEncoding,
+    SelfAttention,
+    SparseFieldModel,
+    build_config,
+    validate_common,
+)
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class V4Config:
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
-    attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton
+    attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton | flex
 
     def validate(self) -> None:
         validate_common(self)
@@ -91,3 +98,9 @@ class TransformerDiffusion(SparseFieldModel):
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
         return self.transformer_encoder(self.pos_encoder(seq))
+
+    def layer0_mixer(self) -> nn.Module:
+        return SelfAttention(self.transformer_encoder.layers[0].self_attn)  # (B, N, D) -> (B, N, D), as x, x, x
+
+    def encoder_named_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(("transformer_encoder.", "pos_encoder."))]
