@@ -210,7 +210,8 @@ def _components(names, cfg, B: int, N: int, what: str) -> dict[str, int]:
     parts: dict[str, int] = {}
     for name in names:
         if name not in COMPONENTS:
-            raise ConfigError(f"{what}: unknown FLOP component {name!r}; bench.flops.COMPONENTS has {', '.join(COMPONENTS)}")
+            have = ", ".join(COMPONENTS)
+            raise ConfigError(f"{what}: unknown FLOP component {name!r}; bench.flops.COMPONENTS has {have}")
         _add(parts, COMPONENTS[name](cfg, B, N))
     return parts
 
@@ -246,7 +247,8 @@ def model_parts(model, cfg, B: int, N: int) -> dict[str, int]:
 
 
 def analytic_parts(model, cfg, level: str, B: int, N: int) -> dict[str, int]:
-    """Component → FLOPs of one forward pass of `model` (variant name or record) at `level` (mixer | encoder | model)."""
+    """Component → FLOPs of one forward pass of `model` (a variant name or record) at `level`: mixer | encoder |
+    model."""
     if level == "mixer":
         return mixer_parts(model, cfg, B, N)
     if level == "encoder":

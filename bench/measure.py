@@ -60,6 +60,7 @@ def primary_backends(device_type: str) -> dict[str, str]:
     """Variant → the backend its headline and ratios use on `device_type` (cuda | cpu)."""
     return {k: v.primary["cuda" if device_type == "cuda" else "cpu"] for k, v in VARIANTS.items()}
 
+
 # ----------------------------------------------------------------------------------------------
 # Backends and OOM
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ def sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------
 # Workloads: the three levels
 # ----------------------------------------------------------------------------------------------
+
 
 class MixerLevel(nn.Module):
     """One sequence mixer on (B, N, D): `model.layer0_mixer()` (its own module, so the FLOP counters trace one root)."""

@@ -66,6 +66,7 @@ def _compared(df: pd.DataFrame) -> list[str]:
 def _short(model: str) -> str:
     return get_variant(model).short
 
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
@@ -414,7 +415,9 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
                 b = _get(df, kind="flops", level=level, res=r, model=k)
                 if a is not None and b is not None:
                     m = b["gflop_analytic"] / a["gflop_analytic"]
-                    agree = "counted three ways" if a.get("agree") and b.get("agree") else "counts disagree: see FLOP table"
+                    agree = (
+                        "counted three ways" if a.get("agree") and b.get("agree") else "counts disagree: see FLOP table"
+                    )
                     how = f"analytic FLOPs of one forward pass ({agree})"
                 else:  # resolution not in this sweep: the formula alone
                     m = analytic_ratio(k, preset, level, r)
@@ -446,7 +449,8 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
                     "claim": f"{_short(m)} time per epoch ({r0}×{r0}, batch {b})", "spec": _range(lo_e, hi_e, "min"),
                     "measured": f"{fmt_num(e)} min" if e is not None else "—", "verdict": _verdict(e, lo_e, hi_e),
                     "how": f"step time × ceil({epoch_samples:,}/batch): the spec gives no dataset size or GPU, an epoch"
-                           f" of {epoch_samples:,} samples is assumed" + (" (CIFAR-10)" if epoch_samples == 50000 else ""),
+                           f" of {epoch_samples:,} samples is assumed"
+                           + (" (CIFAR-10)" if epoch_samples == 50000 else ""),
                 })  # fmt: skip
             if exp[m].mem_gb is not None:
                 lo_m, hi_m = exp[m].mem_gb
@@ -463,7 +467,8 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
                 mr = t[k]["peak_mem_gb"] / t[base]["peak_mem_gb"]
                 rows.append({
                     "claim": f"training memory {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": f"{lo:g}–{hi:g}×",
-                    "measured": f"{fmt_num(mr)}×", "verdict": _verdict(mr, lo, hi), "how": "ratio of the two rows above",
+                    "measured": f"{fmt_num(mr)}×", "verdict": _verdict(mr, lo, hi),
+                    "how": "ratio of the two rows above",
                 })  # fmt: skip
     for m in everyone:
         if exp[m].params_m is None:

@@ -103,7 +103,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--res", nargs="+", default=None, help="resolutions r (N = r²), e.g. 32 48 64 or 32,64")
     p.add_argument("--extended", action="store_true", help=f"add r = {EXTENDED_RES} (find where each OOMs)")
     p.add_argument("--batch", type=int, default=None, help="benchmark batch (GPU 8, CPU 2)")
-    p.add_argument("--models", nargs="+", default=None, help=f"subset of {' '.join(variant_names())} (models/variants.py)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help=f"subset of {' '.join(variant_names())} (models/variants.py)")  # fmt: skip
     p.add_argument("--levels", nargs="+", default=None, help="mixer encoder model")
     p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(all_backends())}")
     p.add_argument("--out", default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
@@ -201,7 +202,8 @@ def settings_from_args(args) -> Settings:
     elif d["all_backends"]:
         backends = {m: list(get_variant(m).backends) for m in models}
     else:  # the backends that run here (on CPU: the pure-PyTorch ones)
-        backends = {m: [b for b in get_variant(m).backends if not measure.backend_problem(m, b, device)] for m in models}
+        problem = measure.backend_problem
+        backends = {m: [b for b in get_variant(m).backends if not problem(m, b, device)] for m in models}
     for m in models:
         if not backends[m]:
             have = ", ".join(get_variant(m).backends)

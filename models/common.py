@@ -142,8 +142,10 @@ def _flex_attention():
 
 
 def flex_dropout_message(dropout: float) -> str:
-    return (f"attention backend 'flex' has no attention dropout: train with dropout=0 (got {dropout:g}) "
-            "or pick another attn_backend (sdpa, triton)")
+    return (
+        f"attention backend 'flex' has no attention dropout: train with dropout=0 (got {dropout:g}) "
+        "or pick another attn_backend (sdpa, triton)"
+    )
 
 
 def _triton_attention():

@@ -105,8 +105,10 @@ def register(v: Variant) -> Variant:
     if v.key in VARIANTS:
         raise ConfigError(f"variant {v.key!r} is already registered")
     unknown = [lv for lv in v.sweep_levels if lv not in LEVELS]
-    if unknown or v.backend_field not in ("mixer_backend", "attn_backend") or not set(v.primary.values()) <= set(
-        v.backends
+    if (
+        unknown
+        or v.backend_field not in ("mixer_backend", "attn_backend")
+        or not set(v.primary.values()) <= set(v.backends)
     ):
         raise ConfigError(f"variant {v.key!r}: bad record (sweep_levels, backend_field or primary)")
     VARIANTS[v.key] = v
