@@ -1,6 +1,7 @@
 """The benchmark sweep over the table of variants (models/variants.py): V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)), ...
 
-    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 4–5 min on one H200, ≤ ~7)
+    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 7 min on one H200, rows
+                                          # capped by --time-budget 400 s; a rerun resumes what was skipped)
     python -m bench.sweep --quick         # tiny smoke run (CI), into runs/bench_quick/
     python -m bench.sweep --res 32 64 --models v4 --backends sdpa triton --levels mixer
 

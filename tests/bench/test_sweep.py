@@ -9,6 +9,7 @@ import torch
 
 from bench import measure, report, sweep
 from bench.measure import MaxBatch, Timing, nice_mid, search_max_batch
+from models.common import ConfigError
 
 QUICK = ["--quick", "--backends", "reference", "sdpa", "--res", "8", "12"]
 
@@ -321,3 +322,37 @@ def test_git_commit_prefers_the_callers_commit(monkeypatch, tmp_path):
     assert git_commit() == "74973f0"  # a GPU machine's copy may carry a stale .git: the caller's word wins
     monkeypatch.delenv("GIT_COMMIT")
     assert git_commit(tmp_path) == "unknown"  # no repository, nothing passed
+
+
+def test_a_throwaway_variant_runs_through_the_table(tmp_path, monkeypatch):
+    """A variant that exists only as a record (V1's class, one layer) is swept, counted and reported on CPU."""
+    from models.variants import VARIANTS, FlopParts, Variant, get_variant
+
+    v1 = get_variant("v1")
+    vx = Variant(
+        key="vx", short="VX", family="Mamba-1L", complexity="O(N)", cls=v1.cls, make_config=v1.make_config,
+        backend_field="mixer_backend", backends=("reference",), primary={"cuda": "reference", "cpu": "reference"},
+        fallback=("reference",), encoder_prefixes=v1.encoder_prefixes, flops=FlopParts(("mamba",), ("mamba",)),
+        mixer_desc="one Mamba mixer", color="tab:green", overrides={"num_layers": 1},
+    )  # fmt: skip
+    monkeypatch.setitem(VARIANTS, "vx", vx)
+    args = ["--quick", "--models", "v1", "vx", "--backends", "reference", "--res", "8", "--out", str(tmp_path)]
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    mine = df[df["model"] == "vx"]
+    assert len(mine) == 9 and set(mine["status"]) == {"ok"}, mine[["kind", "level", "note"]]
+    assert mine[mine["kind"] == "flops"]["agree"].all()
+    enc = df[(df["kind"] == "flops") & (df["level"] == "encoder")].set_index("model")["gflop_analytic"]
+    assert enc["vx"] == pytest.approx(enc["v1"] / 2)  # tiny V1 has 2 layers, vx 1
+    text = (tmp_path / "README.md").read_text()
+    assert "VX reference" in text and "VX/V1" in text and "VX (Mamba-1L, O(N))" in text
+
+
+def test_unknown_variant_is_a_one_line_error(capsys):
+    assert sweep.main(["--quick", "--models", "v9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown value 'v9'" in err and "v1" in err
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        measure.build_workload("v9", "sdpa", "model", "tiny", "cpu")
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        measure.backend_problem("v9", "sdpa", torch.device("cpu"))
