@@ -203,6 +203,16 @@ COMPONENTS = {
     "self_attn": lambda cfg, B, N: attention_parts(cfg, B, N, N, "self_attn"),  # N tokens attend to N tokens
     "ffn": lambda cfg, B, N: {"ffn": ffn_flops(B, N, cfg.d_model, cfg.dim_feedforward)},
     "query_cross_attn": _query_cross_attn,
+    # a bidirectional block (V2): two "mamba" entries, then the directions combined, ½ (forward + flipped backward):
+    # one add and one scale per element (the flips move data, no FLOPs)
+    "bidir_combine": lambda cfg, B, N: {"bidir.combine": 2 * B * N * cfg.d_model},
+    # a Perceiver IO bottleneck (V2): M = cfg.num_latents latents cross-attend to the N encoded tokens, then an MLP
+    # on the latents; the queries then read the field from the latents instead of the encoded inputs
+    "latent_cross_attn": lambda cfg, B, N: attention_parts(cfg, B, cfg.num_latents, N, "latent.cross_attn"),
+    "latent_mlp": lambda cfg, B, N: {
+        "latent.mlp": ffn_flops(B, cfg.num_latents, cfg.d_model, cfg.latent_mlp_ratio * cfg.d_model)
+    },
+    "latent_query_attn": lambda cfg, B, N: attention_parts(cfg, B, token_split(N)[1], cfg.num_latents, "cross_attn"),
 }
 
 
