@@ -397,6 +397,11 @@ def _range(lo: float, hi: float, unit: str) -> str:
     return f"~{lo}–{hi} {unit}".replace(f"~{lo}–{lo} ", f"~{lo} ")
 
 
+def _times(lo: float, hi: float) -> str:
+    """A ratio as the spec writes it: "5–10×", or "1×" for one value."""
+    return f"{lo:g}×" if lo == hi else f"{lo:g}–{hi:g}×"
+
+
 def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> pd.DataFrame:
     """The spec's claims (each record's Expect) against the measurements; `fits` is fits_table(df, batch)."""
     p = primary_of(runs, df)
@@ -437,7 +442,7 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
             ratio = t[k]["median_ms"] / t[base]["median_ms"] if t[base] is not None and t[k] is not None else None
             lo, hi = exp[k].slowdown
             rows.append({
-                "claim": f"training slowdown {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": f"{lo:g}–{hi:g}×",
+                "claim": f"training slowdown {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": _times(lo, hi),
                 "measured": fmt_num(ratio) + "×" if ratio else "—", "verdict": _verdict(ratio, lo, hi),
                 "how": f"median training-step time, {p[k]} vs {p[base]}",
             })  # fmt: skip
@@ -466,7 +471,7 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
                 lo, hi = exp[k].mem_ratio
                 mr = t[k]["peak_mem_gb"] / t[base]["peak_mem_gb"]
                 rows.append({
-                    "claim": f"training memory {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": f"{lo:g}–{hi:g}×",
+                    "claim": f"training memory {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": _times(lo, hi),
                     "measured": f"{fmt_num(mr)}×", "verdict": _verdict(mr, lo, hi),
                     "how": "ratio of the two rows above",
                 })  # fmt: skip
