@@ -661,6 +661,14 @@ NOTES = """\
 """
 
 
+BACKEND_NOTES = {  # said only when the sweep has rows of the backend (NOTES above covers the original five)
+    "flex": "- **flex.** torch FlexAttention (torch.nn.attention.flex_attention), torch.compile'd once per process (a "
+    "static, then a dynamic-shape graph; its compile time falls on the first flex row of each kind). FlexAttention "
+    "has no attention-probability dropout, so its rows run the model at dropout 0 (every row's note says so); the "
+    "other backends run the spec's dropout.",
+}
+
+
 def _img(path: Path, out: Path) -> str:
     return f"![{path.stem}]({path.relative_to(out).as_posix()})\n"
 
@@ -778,6 +786,9 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         if p.suffix == ".png":
             lines.append(_img(p, out))
     lines += ["## Notes", "", NOTES]
+    extra = [text for b, text in BACKEND_NOTES.items() if (df["backend"] == b).any()]
+    if extra:
+        lines += ["\n".join(extra), ""]
     if failures:
         lines += ["## Rendering problems", ""] + [f"- {f}" for f in failures]
         print("report: " + "; ".join(failures))
