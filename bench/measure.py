@@ -45,6 +45,8 @@ WHY_DEVICE = {  # why, where it is not obvious
     "triton": "the CPU interpreter is for tests",
     "flex": "torch runs FlexAttention uncompiled and forward-only on CPU: a check, not a benchmark",
 }
+# Pure-PyTorch mixers: launch-bound on a GPU, so the sweep measures them up to --ref-max-res only.
+REFERENCE_BACKENDS = ("reference", "mamba2_ref")
 # Config fields a backend forces in the benchmark, and why (said in every row's note).
 BACKEND_FORCES = {
     "flex": ({"dropout": 0.0}, "flex runs at dropout 0: FlexAttention has no attention-probability dropout"),

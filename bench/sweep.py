@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from bench import measure
 from bench.env import environment, nvml_info, summary_line
 from bench.flops import analytic_flops, count_flops, counting_device
-from bench.measure import LEVELS, all_backends, primary_backends
+from bench.measure import LEVELS, REFERENCE_BACKENDS, all_backends, primary_backends
 from models.common import ConfigError
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.variants import get_variant, variant_names
@@ -336,7 +336,7 @@ def make_plan(s: Settings, device: torch.device) -> list[tuple[Combo, list[str]]
 
 def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device) -> float:
     """A rough cost model for the progress bar and the up-front estimate (not a measurement)."""
-    if kind != "flops" and combo.backend == "reference" and combo.res > s.ref_max_res:
+    if kind != "flops" and combo.backend in REFERENCE_BACKENDS and combo.res > s.ref_max_res:
         return 0.0  # skipped
     cfg = get_variant(combo.model).config(s.preset, env={})
     fl = analytic_flops(combo.model, cfg, combo.level, combo.batch, combo.N)
@@ -345,7 +345,7 @@ def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device)
         t = fl / 150e12 + 2e-4 * layers
         if combo.backend == "seed":  # materialised (B·H·N²) weights, ~8 passes over them per layer
             t += combo.batch * cfg.num_heads * combo.N**2 * 2 * 8 * layers / 2.5e12
-        if combo.backend == "reference":  # ~50 small kernels per 64-step chunk
+        if combo.backend in REFERENCE_BACKENDS:  # ~50 small kernels per 64-step chunk
             t += combo.N / 64 * 50 * layers * 8e-6
         overhead = 0.3
         first_level = next(lv for lv in ("model", "mixer", "encoder") if lv in s.levels)
@@ -360,7 +360,7 @@ def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device)
     if kind == "max_batch":
         return s.max_batch_probes * (overhead + 3.5 * t * 8)  # probes near the limit are large
     if kind == "train":
-        t *= 5 if combo.backend == "reference" else 3.5
+        t *= 5 if combo.backend in REFERENCE_BACKENDS else 3.5
     calls = 2 + max(s.min_reps, min(s.max_reps, s.rep_ms / 1e3 / max(t, 1e-6))) if device.type == "cuda" else 1
     calls += s.min_reps if device.type != "cuda" else 0
     return overhead + calls * t
@@ -419,7 +419,7 @@ class Sweep:
         problem = measure.backend_problem(c.model, c.backend, self.device)
         if problem:
             return "unavailable", problem
-        if kind != "flops" and c.backend == "reference" and c.res > self.s.ref_max_res:
+        if kind != "flops" and c.backend in REFERENCE_BACKENDS and c.res > self.s.ref_max_res:
             return "skipped", f"reference Mamba is launch-bound: measured up to r={self.s.ref_max_res} (--ref-max-res)"
         if kind == "flops":
             return None

@@ -42,7 +42,7 @@ def test_model(benchmark, model, backend, kind, res):
     problem = measure.backend_problem(model, backend, DEVICE)
     if problem:
         pytest.skip(problem)
-    if backend == "reference" and CUDA and res > 64:
+    if backend in measure.REFERENCE_BACKENDS and CUDA and res > 64:
         pytest.skip("reference Mamba is launch-bound on GPU: r <= 64 only")
     N = res * res
     wl = measure.build_workload(model, backend, "model", PRESET, DEVICE)

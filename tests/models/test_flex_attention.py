@@ -5,8 +5,8 @@ refusal (torch's device check only) to compare the math. The compiled CUDA kerne
 
 import pytest
 import torch
-
 import torch.nn.attention.flex_attention as torch_flex
+
 from models import build_model
 from models.common import Attention, ConfigError, check_trainable
 
