@@ -356,3 +356,17 @@ def test_unknown_variant_is_a_one_line_error(capsys):
         measure.build_workload("v9", "sdpa", "model", "tiny", "cpu")
     with pytest.raises(ConfigError, match="unknown model 'v9'"):
         measure.backend_problem("v9", "sdpa", torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_rows_on_gpu_run_compiled_at_dropout_zero(tmp_path):
+    args = ["--quick", "--models", "v4", "--backends", "flex", "sdpa", "--res", "16", "32", "--no-max-batch",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    flex = df[df["backend"] == "flex"]
+    assert len(flex) == 18 and set(flex["status"]) == {"ok"}, flex[["kind", "level", "note"]]
+    timed = flex[flex["kind"] != "flops"]
+    assert timed["note"].str.contains("dropout 0").all() and flex[flex["kind"] == "flops"]["agree"].all()
+    assert "flex" in (tmp_path / "README.md").read_text()
