@@ -36,8 +36,8 @@ LEVEL_TITLES = {
     "mixer": "Sequence mixer alone ({mixers} on (B, N, d_model))",
 }
 # Series colours no record names (a backend added to a variant without a colour) are taken from here, in order.
-SPARE_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896",
-                "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5")  # fmt: skip
+SPARE_COLORS = ("tab:gray", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#9edae5",
+                "tab:pink", "tab:olive", "tab:cyan", "#f7b6d2", "#dbdb8d", "#7f7f7f")  # fmt: skip
 
 
 def series_order() -> list[str]:

@@ -1,9 +1,12 @@
-"""Sparse-neural-field flow-matching models: V1 (Mamba), V4 (Transformer), ... — the table is models/variants.py."""
+"""Sparse-neural-field flow-matching models: V1 (Mamba), V2 (bidirectional Mamba + Perceiver), V3 (Morton-ordered
+Mamba), V4 (Transformer) — one record each in the table of variants, models/variants.py."""
 
 from collections.abc import Mapping
 
 from models.common import ConfigError, count_parameters
 from models.v1_mamba import MambaDiffusion, V1Config, v1_config
+from models.v2_bidirectional import BiMambaPerceiverDiffusion, V2Config, v2_config
+from models.v3_morton import MortonMambaDiffusion, V3Config, v3_config
 from models.v4_transformer import TransformerDiffusion, V4Config, v4_config
 from models.variants import VARIANTS, get_variant, variant_names
 
@@ -33,15 +36,21 @@ def build_model(model: str, preset: str = "default", overrides: dict | None = No
 __all__ = [
     "MODELS",
     "VARIANTS",
+    "BiMambaPerceiverDiffusion",
     "ConfigError",
     "MambaDiffusion",
+    "MortonMambaDiffusion",
     "TransformerDiffusion",
     "V1Config",
+    "V2Config",
+    "V3Config",
     "V4Config",
     "build_model",
     "count_parameters",
     "get_variant",
     "v1_config",
+    "v2_config",
+    "v3_config",
     "v4_config",
     "variant_names",
 ]

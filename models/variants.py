@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from models.common import ATTN_BACKENDS, ConfigError
 from models.mamba import MIXER_BACKENDS
 from models.v1_mamba import MambaDiffusion, v1_config
+from models.v2_bidirectional import BiMambaPerceiverDiffusion, v2_config
+from models.v3_morton import MortonMambaDiffusion, v3_config
 from models.v4_transformer import TransformerDiffusion, v4_config
 
 BASELINE = "v1"  # the variant every ratio in the reports is taken against
@@ -147,7 +149,7 @@ register(Variant(
     key="v1", short="V1", family="Mamba", complexity="O(N)", cls=MambaDiffusion, make_config=v1_config,
     backend_field="mixer_backend", backends=MAMBA_BACKENDS,
     primary={"cuda": "mamba_ssm", "cpu": "reference"}, fallback=("mamba_ssm", "reference"),
-    encoder_prefixes=("layers.", "norm_f."),
+    encoder_prefixes=MambaDiffusion.encoder_prefixes,
     flops=FlopParts(mixer=("mamba",), layer=("mamba",)),
     mixer_desc="one Mamba mixer", color="tab:blue",
     backend_colors={"mamba_ssm": "tab:blue", "reference": "tab:orange"},
@@ -155,13 +157,53 @@ register(Variant(
 ))  # fmt: skip
 
 register(Variant(
+    key="v2", short="V2", family="bidirectional Mamba + Perceiver", complexity="O(N)",
+    cls=BiMambaPerceiverDiffusion, make_config=v2_config,
+    backend_field="mixer_backend", backends=MAMBA_BACKENDS,
+    primary={"cuda": "mamba_ssm", "cpu": "reference"}, fallback=("mamba_ssm", "reference"),
+    encoder_prefixes=BiMambaPerceiverDiffusion.encoder_prefixes,
+    # per block: a forward and a backward Mamba mixer and their combination; after the encoder, M latents read the
+    # N tokens (+ MLP) and the queries read the latents (instead of the encoded inputs)
+    flops=FlopParts(mixer=("mamba", "mamba", "bidir_combine"), layer=("mamba", "mamba", "bidir_combine"),
+                    readout=("latent_cross_attn", "latent_mlp", "latent_query_attn")),
+    mixer_desc="one bidirectional Mamba block (two mixers)", color="tab:green",
+    backend_colors={"mamba_ssm": "tab:pink", "reference": "#f7b6d2"},
+    expect=Expect(layers=8, params_m=5.0, compute={32: 1.7, 64: 1.7, 128: 1.7}, exponent=1),
+))  # fmt: skip
+
+register(Variant(
+    key="v3", short="V3", family="Morton-ordered Mamba", complexity="O(N)",
+    cls=MortonMambaDiffusion, make_config=v3_config,
+    backend_field="mixer_backend", backends=MAMBA_BACKENDS,
+    primary={"cuda": "mamba_ssm", "cpu": "reference"}, fallback=("mamba_ssm", "reference"),
+    encoder_prefixes=MortonMambaDiffusion.encoder_prefixes,
+    flops=FlopParts(mixer=("mamba",), layer=("mamba",)),  # V1's (the ordering is two argsorts and gathers)
+    mixer_desc="one Mamba mixer", color="tab:purple",
+    backend_colors={"mamba_ssm": "tab:olive", "reference": "#dbdb8d"},
+    expect=Expect(layers=6, params_m=4.0, compute={32: 1.0, 64: 1.0, 128: 1.0}, slowdown=(1.0, 1.0), exponent=1),
+    sweep_levels=("model",),  # its mixer and encoder are V1's: only the whole model (with the ordering) differs
+))  # fmt: skip
+
+register(Variant(
     key="v4", short="V4", family="Transformer", complexity="O(N²)", cls=TransformerDiffusion, make_config=v4_config,
     backend_field="attn_backend", backends=ATTN_BACKENDS,
     primary={"cuda": "sdpa", "cpu": "sdpa"}, fallback=("sdpa", "triton", "seed"),
-    encoder_prefixes=("transformer_encoder.", "pos_encoder."),
+    encoder_prefixes=TransformerDiffusion.encoder_prefixes,
     flops=FlopParts(mixer=("self_attn",), layer=("self_attn", "ffn")),
     mixer_desc="one self-attention", color="tab:orange",
     backend_colors={"seed": "tab:green", "sdpa": "tab:red", "triton": "tab:purple", "flex": "tab:brown"},
     expect=Expect(layers=6, params_m=4.0, compute={32: 1024, 64: 4096, 128: 16384}, slowdown=(5, 10),
                   epoch_min=(10, 20), mem_gb=(12, 16), mem_ratio=(1.5, 2.0), exponent=2),
+))  # fmt: skip
+
+register(Variant(
+    key="v4_nopos", short="V4-nopos", family="Transformer, no index positions", complexity="O(N²)",
+    cls=TransformerDiffusion, make_config=v4_config, overrides={"pos_encoding": "none"},
+    backend_field="attn_backend", backends=("sdpa",),  # an ablation of V4's model, not of its kernels
+    primary={"cuda": "sdpa", "cpu": "sdpa"}, fallback=("sdpa",),
+    encoder_prefixes=TransformerDiffusion.encoder_prefixes,
+    flops=FlopParts(mixer=("self_attn",), layer=("self_attn", "ffn")),
+    mixer_desc="one self-attention", color="tab:red",
+    backend_colors={"sdpa": "tab:cyan"},
+    sweep_levels=("model",),  # its mixer and encoder layers are V4's
 ))  # fmt: skip

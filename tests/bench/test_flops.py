@@ -271,3 +271,15 @@ def test_triton_three_counts_agree_on_gpu():
 
 def test_module_type_is_kept():
     assert isinstance(measure.MixerLevel(nn.Identity()), nn.Module)
+
+
+@pytest.mark.parametrize("level", ["mixer", "encoder", "model"])
+def test_v2_analytic_formula_agrees_with_both_counters(level):
+    """V2's record: two mixers + the combine per block, the latent bottleneck and the latent read-out."""
+    wl = measure.build_workload("v2", "reference", level, "tiny", "cpu")
+    N = 144
+    fc = count_flops("v2", wl.cfg, level, wl.module, wl.forward_args(wl.inputs(1, N, "cpu")), N)
+    assert fc.agree, (fc.analytic, fc.fvcore, fc.flopcounter, fc.note)
+    assert fc.flopcounter == pytest.approx(fc.analytic, rel=0.01) and fc.fvcore == pytest.approx(fc.analytic, rel=0.01)
+    if level == "model":
+        assert {"latent.cross_attn.core", "latent.mlp", "cross_attn.core", "bidir.combine"} <= set(fc.parts)

@@ -52,7 +52,7 @@ def test_mamba_backends_come_from_models_mamba():
 
 
 def test_unknown_names_are_one_line_errors():
-    with pytest.raises(ConfigError, match="unknown model 'v9'; choose one of v1, v4") as e:
+    with pytest.raises(ConfigError, match="unknown model 'v9'; choose one of v1, v2, v3, v4, v4_nopos") as e:
         get_variant("v9")
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="unknown model"):
@@ -61,7 +61,8 @@ def test_unknown_names_are_one_line_errors():
         get_variant("v1").backend_overrides("sdpa")
     with pytest.raises(ConfigError, match="already registered"):
         register(get_variant("v1"))
-    assert variant_names()[:2] == ("v1", "v4") and variant_of_checkpoint("mamba").key == "v1"
+    assert variant_names() == ("v1", "v2", "v3", "v4", "v4_nopos")
+    assert variant_of_checkpoint("mamba").key == "v1" and variant_of_checkpoint("transformer_v4").key == "v4"
 
 
 def test_flops_are_computed_from_the_record():
@@ -79,3 +80,16 @@ def test_flops_are_computed_from_the_record():
         flops.analytic_flops(bad, c1, "mixer", 1, 64)
     with pytest.raises(ConfigError, match="unknown model"):
         flops.analytic_flops("v9", c1, "mixer", 1, 64)
+
+
+def test_a_checkpoint_found_by_name_is_its_first_record(tmp_path):
+    """A V4 checkpoint loads as V4 (its own config), not as the v4_nopos ablation that shares its class."""
+    from models.checkpoint import model_from_checkpoint, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "v4.pth", build_model("v4", "tiny", env={}))
+    net, _ = model_from_checkpoint(path)
+    assert net.cfg.pos_encoding == "index"
+    nopos = save_checkpoint(tmp_path / "nopos.pth", build_model("v4_nopos", "tiny", env={}))
+    assert model_from_checkpoint(nopos)[0].cfg.pos_encoding == "none"  # its config travels with it
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        model_from_checkpoint(path, "v9")
