@@ -80,6 +80,7 @@ class Variant:
     overrides: dict = field(default_factory=dict)  # config fields fixed by this variant (on top of the preset)
     expect: Expect = field(default_factory=Expect)  # the spec's expectations
     sweep_levels: tuple[str, ...] = LEVELS  # levels the default sweep measures (skip those identical to another's)
+    max_batch: bool = True  # the sweep's largest-batch search (off where it would repeat another variant's)
 
     @property
     def label(self) -> str:
@@ -182,6 +183,7 @@ register(Variant(
     backend_colors={"mamba_ssm": "tab:olive", "reference": "#dbdb8d"},
     expect=Expect(layers=6, params_m=4.0, compute={32: 1.0, 64: 1.0, 128: 1.0}, slowdown=(1.0, 1.0), exponent=1),
     sweep_levels=("model",),  # its mixer and encoder are V1's: only the whole model (with the ordering) differs
+    max_batch=False,  # V1's activations plus two index vectors: V1's largest batch
 ))  # fmt: skip
 
 register(Variant(
@@ -206,4 +208,5 @@ register(Variant(
     mixer_desc="one self-attention", color="tab:red",
     backend_colors={"sdpa": "tab:cyan"},
     sweep_levels=("model",),  # its mixer and encoder layers are V4's
+    max_batch=False,  # V4's activations less one (N, D) table: V4's largest batch
 ))  # fmt: skip

@@ -10,8 +10,9 @@ import torch
 from bench import measure, report, sweep
 from bench.measure import MaxBatch, Timing, nice_mid, search_max_batch
 from models.common import ConfigError
+from models.variants import VARIANTS
 
-QUICK = ["--quick", "--backends", "reference", "sdpa", "--res", "8", "12"]
+QUICK = ["--quick", "--models", "v1", "v4", "--backends", "reference", "sdpa", "--res", "8", "12"]
 
 
 def rows(out):
@@ -290,11 +291,17 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     assert all(b in ("mamba_ssm", "sdpa") for b, _ in order[:first_secondary])
     assert all(b in sweep.LAST for b, _ in order[-30:]) and {b for b, _ in order[-30:]} == {"triton", "flex"}
     spec = [c for c, _ in plan if c.batch == 64]
-    assert {c.model for c in spec} == {"v1", "v4"} and all(c.res == 32 for c in spec)
+    assert {c.model for c in spec} == set(VARIANTS) and all(c.res == 32 for c in spec)
     mb = [c for c, k in plan if k == ["max_batch"]]
-    assert len(mb) == 10 and {c.backend for c in mb} == {"mamba_ssm", "sdpa"}
+    assert {c.model for c in mb} == {k for k, v in VARIANTS.items() if v.max_batch} and len(mb) == 5 * len(
+        {c.model for c in mb}
+    )
+    assert {c.backend for c in mb} == {"mamba_ssm", "sdpa"}
+    # pure-PyTorch mixers run on the GPU for the baseline only (its CPU backend), every other backend for everyone
+    assert "reference" in s.backends["v1"] and all("reference" not in s.backends[m] for m in s.backends if m != "v1")
+    assert "flex" in s.backends["v4"] and all(b in s.backends["v1"] for b in ("mamba_ssm", "mamba2"))
     est = sum(sweep.estimate_seconds(c, k, s, torch.device("cuda")) for c, ks in plan for k in ks)
-    assert 60 < est < s.time_budget_s
+    assert 60 < est < s.time_budget_s + 30  # the plan is sized to the budget (a budget cut skips the LAST rows)
     ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--no-max-batch"]))
     assert ext.res[-3:] == [160, 192, 256] and not ext.max_batch
 
