@@ -397,6 +397,41 @@ def _range(lo: float, hi: float, unit: str) -> str:
     return f"~{lo}–{hi} {unit}".replace(f"~{lo}–{lo} ", f"~{lo} ")
 
 
+def architectures_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
+    """The spec's "All Architectures" table (layers, parameters, compute vs V1) next to this sweep's values, for a
+    sweep of three or more variants (with two, the headline table is the comparison)."""
+    present = _present(df)
+    if len(present) < 3:
+        return pd.DataFrame()
+    p = primary_of(runs, df)
+    preset = ((runs[-1].get("settings") if runs else None) or {}).get("preset") or "default"
+    r0 = 32 if (df["res"] == 32).any() else int(df["res"].min())
+    base_t = _get(df, kind="train", level="model", res=r0, batch=batch, model=BASELINE, backend=p[BASELINE])
+    b0, out = _short(BASELINE), []
+    for m in present:
+        v = get_variant(m)
+        pr = _get(df, kind="flops", level="model", model=m)
+        if pr is None:
+            pr = _get(df, level="model", model=m)
+        a = _get(df, kind="flops", level="model", res=r0, model=BASELINE)
+        b = _get(df, kind="flops", level="model", res=r0, model=m)
+        flops = b["gflop_analytic"] / a["gflop_analytic"] if a is not None and b is not None else None
+        t = _get(df, kind="train", level="model", res=r0, batch=batch, model=m, backend=p[m])
+        step = t["median_ms"] / base_t["median_ms"] if t is not None and base_t is not None else None
+        out.append({
+            "variant": v.label, "layers (spec)": v.expect.layers or "—",
+            "layers": getattr(v.config(preset, env={}), "num_layers", "—"),
+            "parameters (spec)": f"{v.expect.params_m:g}M" if v.expect.params_m else "—",
+            "parameters": f"{fmt_num(pr['params'] / 1e6)}M" if pr is not None and pd.notna(pr.get("params")) else "—",
+            f"compute vs {b0} (spec)": v.expect.cost or "—",
+            f"FLOPs vs {b0} ({r0}², model, analytic)": fmt_num(flops) + "×" if flops else "—",
+            f"training step vs {b0} ({r0}², batch {batch})": f"{fmt_num(step)}× ({p[m]} / {p[BASELINE]})"
+            if step
+            else "—",
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
 def _times(lo: float, hi: float) -> str:
     """A ratio as the spec writes it: "5–10×", or "1×" for one value."""
     return f"{lo:g}×" if lo == hi else f"{lo:g}–{hi:g}×"
@@ -718,8 +753,10 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     fits = safe(fits_table, df, batch)
     cross = safe(crossover_table, df, runs, batch)
     spec = safe(spec_table, df, runs, batch, fits)
+    arch = safe(architectures_table, df, runs, batch)
     mbt = safe(max_batch_table, df)
-    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt)):
+    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt),
+                    ("architectures", arch)):  # fmt: skip
         if not t.empty:
             written.append(atomic_to_csv(t, out / f"{name}_{tag}.csv"))
 
@@ -768,6 +805,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         + (".\n" if compared else "\n")
     )
     lines += ["## Headline: the spec's expectation vs what was measured", "", md_table(spec)]
+    if not arch.empty:
+        lines += ["## All architectures: the spec's table vs this sweep", "", md_table(arch)]
     lines += ["## Scaling exponents (least-squares slope of log metric vs log N, non-OOM points)", "",
               md_table(fits)]  # fmt: skip
     who = ", ".join(_short(m) for m in compared) or "—"

@@ -58,6 +58,7 @@ class Expect:
     mem_gb: tuple[float, float] | None = None  # training memory, GB (lo, hi)
     mem_ratio: tuple[float, float] | None = None  # training memory / the baseline's (lo, hi)
     exponent: int | None = None  # encoder cost ∝ N^k (1: O(N), 2: O(N²))
+    cost: str | None = None  # the "Compute Cost" cell of the spec's All Architectures table (vs V1)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ register(Variant(
     flops=FlopParts(mixer=("mamba",), layer=("mamba",)),
     mixer_desc="one Mamba mixer", color="tab:blue",
     backend_colors={"mamba_ssm": "tab:blue", "reference": "tab:orange"},
-    expect=Expect(layers=6, params_m=4.0, epoch_min=(2, 2), mem_gb=(8, 8), exponent=1),
+    expect=Expect(layers=6, params_m=4.0, epoch_min=(2, 2), mem_gb=(8, 8), exponent=1, cost="1.0x"),
 ))  # fmt: skip
 
 register(Variant(
@@ -169,7 +170,7 @@ register(Variant(
                     readout=("latent_cross_attn", "latent_mlp", "latent_query_attn")),
     mixer_desc="one bidirectional Mamba block (two mixers)", color="tab:green",
     backend_colors={"mamba_ssm": "tab:pink", "reference": "#f7b6d2"},
-    expect=Expect(layers=8, params_m=5.0, compute={32: 1.7, 64: 1.7, 128: 1.7}, exponent=1),
+    expect=Expect(layers=8, params_m=5.0, compute={32: 1.7, 64: 1.7, 128: 1.7}, exponent=1, cost="1.7x"),
 ))  # fmt: skip
 
 register(Variant(
@@ -181,7 +182,8 @@ register(Variant(
     flops=FlopParts(mixer=("mamba",), layer=("mamba",)),  # V1's (the ordering is two argsorts and gathers)
     mixer_desc="one Mamba mixer", color="tab:purple",
     backend_colors={"mamba_ssm": "tab:olive", "reference": "#dbdb8d"},
-    expect=Expect(layers=6, params_m=4.0, compute={32: 1.0, 64: 1.0, 128: 1.0}, slowdown=(1.0, 1.0), exponent=1),
+    expect=Expect(layers=6, params_m=4.0, compute={32: 1.0, 64: 1.0, 128: 1.0}, slowdown=(1.0, 1.0), exponent=1,
+                  cost="1.0x"),
     sweep_levels=("model",),  # its mixer and encoder are V1's: only the whole model (with the ordering) differs
     max_batch=False,  # V1's activations plus two index vectors: V1's largest batch
 ))  # fmt: skip
@@ -195,7 +197,7 @@ register(Variant(
     mixer_desc="one self-attention", color="tab:orange",
     backend_colors={"seed": "tab:green", "sdpa": "tab:red", "triton": "tab:purple", "flex": "tab:brown"},
     expect=Expect(layers=6, params_m=4.0, compute={32: 1024, 64: 4096, 128: 16384}, slowdown=(5, 10),
-                  epoch_min=(10, 20), mem_gb=(12, 16), mem_ratio=(1.5, 2.0), exponent=2),
+                  epoch_min=(10, 20), mem_gb=(12, 16), mem_ratio=(1.5, 2.0), exponent=2, cost="10-20x"),
 ))  # fmt: skip
 
 register(Variant(

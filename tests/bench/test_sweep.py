@@ -377,3 +377,21 @@ def test_flex_rows_on_gpu_run_compiled_at_dropout_zero(tmp_path):
     timed = flex[flex["kind"] != "flops"]
     assert timed["note"].str.contains("dropout 0").all() and flex[flex["kind"] == "flops"]["agree"].all()
     assert "flex" in (tmp_path / "README.md").read_text()
+
+
+def test_report_of_three_variants_has_ratio_columns_and_the_architectures_table(tmp_path):
+    """GPU-shaped rows for V1, V4 and a V2 that costs what V1 costs: a Vk/V1 column each, the spec's table."""
+    rows_ = _synthetic_gpu_rows()
+    rows_ += [{**r, "model": "v2"} for r in rows_ if r["model"] == "v1"]
+    env = {"gpu": "NVIDIA H200", "reduced": False, "settings": {"mode": "full", "preset": "default", "batch": 8,
+                                                                "dtype": "bf16", "threads": None}}  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "sweep_B8_bf16.json").write_text(json.dumps({"runs": [env], "rows": rows_}))
+    assert report.main(["--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "Rendering problems" not in text
+    assert "| V2/V1 | V4/V1 |" in text and "## Where V2, V4 start to cost more than V1" in text
+    arch = pd.read_csv(tmp_path / "architectures_B8_bf16.csv").set_index("variant")
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "compute vs V1 (spec)"] == "1.7x"
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "training step vs V1 (32², batch 8)"].startswith("1.00×")
+    assert arch.loc["V4 (Transformer)", "layers (spec)"] == 6
