@@ -1,10 +1,10 @@
-"""The V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)) benchmark sweep.
+"""The benchmark sweep over the table of variants (models/variants.py): V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)), ...
 
-    python -m bench.sweep                 # = make bench: the full sweep on a GPU (one call of ≤ 9 min, see below)
+    python -m bench.sweep                 # = make bench: the full sweep on a GPU (calls of ≤ 9 min, see below)
     python -m bench.sweep --quick         # tiny smoke run (CI), into runs/bench_quick/
     python -m bench.sweep --res 32 64 --models v4 --backends sdpa triton --levels mixer
 
-For each model × backend × level (mixer | encoder | model) × resolution r (N = r² tokens) it measures
+For each variant × backend × level (mixer | encoder | model) × resolution r (N = r² tokens) it measures
     flops      FLOPs of one forward pass, three ways (analytic, fvcore, FlopCounterMode), at B = 1
     fwd        forward (no grad, bf16 autocast) + peak memory
     train      training step (forward + backward + AdamW) + peak memory, epoch time
@@ -20,13 +20,16 @@ rows already done (same model, backend, level, resolution, batch, dtype, kind) u
 missing backend becomes a row (oom / unavailable) and the sweep goes on. At the end bench.report renders
 the tables, plots and results/README.md.
 
-Time: the GPU plan is sized for ≈ 6–7 min on one H200 (the plan line prints the estimate): model and encoder
-levels, primary backends in both regimes first, then seed, reference and Triton at the model level up to r = 128.
+Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line prints it), in two resumable calls.
 --time-budget (default 420 s of measuring) stops starting rows after it, so one call stays under 9 min; the rows
-left are "skipped" and the same command run again continues from there (a resumable second part). Knobs that
-trade coverage for time: --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput regime),
---throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms, --no-device-time,
---max-batch (off by default: ≈ 2 min).
+left are "skipped" and the same command run again continues from there. Part 1 holds, in priority order: every
+variant's primary backend at the model and encoder levels (its sweep_levels) in the latency regime, then the
+throughput regime, the spec point and V1 without padding (≈ 6–7 min); part 2 the other backends (seed,
+reference, mamba2, and LAST triton and flex) at the model level up to r = 128 (≈ 3 min). A variant whose cost
+repeats another's (its record's sweep_scaling off: V3, V4-nopos) has no r > 128 or throughput rows. Knobs that
+trade coverage for time: --models, --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput
+regime), --throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms,
+--no-device-time, --max-batch (off by default: ≈ 2 min).
 
 Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32 and 48, pure-PyTorch
 backends, one CPU thread, 3 repetitions in 3 rounds after a warm-up call, wall time only) into results/cpu/, so it
@@ -52,23 +55,25 @@ from tqdm.auto import tqdm
 from bench import measure
 from bench.env import environment, nvml_info, summary_line
 from bench.flops import analytic_flops, count_flops, counting_device
-from bench.measure import ALL_BACKENDS, BACKENDS, LEVELS, MODELS, PRIMARY
+from bench.measure import LEVELS, REFERENCE_BACKENDS, all_backends, primary_backends
 from bench.points import DeviceTimeConfig, measure_group
 from bench.rounds import RoundsConfig
 from models.common import ConfigError
 from models.mamba import padded_length
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
-from models.v1_mamba import v1_config
-from models.v4_transformer import v4_config
+from models.variants import BASELINE, get_variant, variant_names
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_RES = (32, 48, 64, 96, 128, 192, 256)
 EXTENDED_RES = (160, 224, 320)
 TOKENS = 2**19  # the throughput regime's tokens per batch
 KEY = ("model", "backend", "level", "res", "batch", "dtype", "kind", "variant")
-VARIANTS = {  # row label → (model, config overrides): extra series beside a model's default config
+CONFIG_VARIANTS = {  # row label → (model, config overrides): extra series beside a model's default config
     "pad=off": ("v1", {"pad_multiple": "off"}),  # no padding: mamba_ssm's scan on its slow path when L % 2048 ≠ 0
 }
+SCALING_RES = 128  # above it (and in the throughput regime) only variants with sweep_scaling are planned
+LAST = ("triton", "flex")  # backends planned last: our kernel and torch.compile'd code (if either broke the CUDA
+# context, everything else is already on disk)
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
 
@@ -116,6 +121,7 @@ class Settings:
     triton_autotune: bool
     threads: int | None  # torch.set_num_threads for the run (None: leave as is)
     notes: list[str] = field(default_factory=list)
+    model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
     @property
     def amp(self) -> bool:
@@ -131,9 +137,10 @@ def build_parser() -> ArgParser:
     p.add_argument("--res", nargs="+", default=None, help="resolutions r (N = r²), e.g. 32 48 64 or 32,64")
     p.add_argument("--extended", action="store_true", help=f"add r = {EXTENDED_RES} (find where each OOMs)")
     p.add_argument("--batch", type=int, default=None, help="benchmark batch (GPU 8, CPU 2)")
-    p.add_argument("--models", nargs="+", default=None, help="v1 v4")
+    p.add_argument("--models", nargs="+", default=None,
+                   help=f"subset of {' '.join(variant_names())} (models/variants.py)")  # fmt: skip
     p.add_argument("--levels", nargs="+", default=None, help="mixer encoder model")
-    p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(ALL_BACKENDS)}")
+    p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(all_backends())}")
     p.add_argument("--out", default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per point, all of them (no time cap)")
     p.add_argument("--min-reps", type=int, default=None, help="timed repetitions per point over all rounds (GPU 20)")
@@ -214,7 +221,7 @@ def settings_from_args(args) -> Settings:
     """CLI → Settings, with per-mode defaults. Every value is checked here (ConfigError → exit 2)."""
     device = pick_device(args.device)
     mode = "quick" if args.quick else ("full" if device.type == "cuda" else "reduced")
-    models = _choices(args.models or MODELS, MODELS, "--models")
+    models = _choices(args.models or variant_names(), variant_names(), "--models")
     res = _int_list(args.res, "--res") if args.res else None
     for r in res or []:
         if r < 8:
@@ -259,15 +266,24 @@ def settings_from_args(args) -> Settings:
     res = sorted(set(res))
 
     if args.backends:
-        wanted = _choices(args.backends, ALL_BACKENDS, "--backends")
-    elif d["all_backends"]:
-        wanted = list(ALL_BACKENDS)
-    else:  # the CPU-runnable reference backends
-        wanted = ["reference", "seed", "sdpa"]
-    backends = {m: [b for b in BACKENDS[m] if b in wanted] for m in models}
+        wanted = _choices(args.backends, all_backends(), "--backends")
+        backends = {m: [b for b in get_variant(m).backends if b in wanted] for m in models}
+    elif d["all_backends"]:  # every backend, but of the pure-PyTorch mixers (launch-bound on a GPU) only the
+        # baseline's CPU one: what the fused kernels buy
+        keep = {m: [b for b in get_variant(m).backends if b not in REFERENCE_BACKENDS] for m in models}
+        if BASELINE in keep:
+            keep[BASELINE] = [b for b in get_variant(BASELINE).backends
+                              if b in keep[BASELINE] or b == get_variant(BASELINE).primary["cpu"]]  # fmt: skip
+        backends = keep
+    else:  # the backends that run here (on CPU: the pure-PyTorch ones)
+        problem = measure.backend_problem
+        backends = {m: [b for b in get_variant(m).backends if not problem(m, b, device)] for m in models}
     for m in models:
         if not backends[m]:
-            raise ConfigError(f"--backends: none of {', '.join(wanted)} is a {m} backend ({', '.join(BACKENDS[m])})")
+            have = ", ".join(get_variant(m).backends)
+            raise ConfigError(f"--backends: none of {', '.join(args.backends or ['those'])} is a {m} backend ({have})")
+    # a record's sweep_levels trims the default plan (levels it would measure twice); --levels overrides it
+    model_levels = {m: [lv for lv in levels if args.levels or lv in get_variant(m).sweep_levels] for m in models}
     max_point_s = d["max_point_s"]
     if args.time_per_point is not None:
         max_point_s = args.time_per_point / 1e3
@@ -297,6 +313,7 @@ def settings_from_args(args) -> Settings:
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
+        model_levels=model_levels,
     )  # fmt: skip
     if args.cuda_graph:
         s.notes.append("--cuda-graph is the default now: every timed row has its CUDA-graph device time")
@@ -372,7 +389,7 @@ class Combo:
     level: str
     res: int
     batch: int
-    variant: str = ""  # a key of VARIANTS ("" = the model's default config)
+    variant: str = ""  # a key of CONFIG_VARIANTS ("" = the model's default config)
 
     @property
     def N(self) -> int:
@@ -380,7 +397,7 @@ class Combo:
 
     @property
     def overrides(self) -> dict:
-        return dict(VARIANTS[self.variant][1]) if self.variant else {}
+        return dict(CONFIG_VARIANTS[self.variant][1]) if self.variant else {}
 
 
 def throughput_batch(res: int, tokens: int) -> int:
@@ -406,24 +423,31 @@ class Unit:
 def make_plan(s: Settings, device: torch.device) -> list[Unit]:
     """Units in priority order, so that a time-budget cut keeps the headline: the primary backends in the latency
     regime, then in the throughput regime, the spec point, seed and reference, the largest-batch searches, and last
-    the Triton kernel (new code: if it ever broke the CUDA context, everything else is already on disk)."""
-    primary = PRIMARY[device.type]
+    the Triton kernel and FlexAttention (LAST: new or compiled code; if it ever broke the CUDA context, everything
+    else is already on disk)."""
+    primary = primary_backends(device.type)
     timed = ["fwd", "train"]
     level_order = [lv for lv in ("model", "encoder", "mixer") if lv in s.levels]
     plan: list[Unit] = []
 
     def section(which, batch_of=None, kinds=timed, flops=True, levels=level_order, max_res=10**9, variants=False):
         for level in levels:
-            series = [(m, b) for m in s.models for b in s.backends[m] if which(m, b)]
+            here = [m for m in s.models if level in s.model_levels.get(m, s.levels)]
+            every = [(m, b) for m in here for b in s.backends[m] if which(m, b)]
             for r in [r for r in s.res if r <= max_res]:
                 batch = batch_of(r) if batch_of else s.batch
                 if batch is None:
                     continue
+                # a record whose cost repeats another's (sweep_scaling off) has no long-sequence or throughput rows
+                scaling = batch_of is not None or r > SCALING_RES
+                series = [(m, b) for m, b in every if not scaling or get_variant(m).sweep_scaling]
                 if flops and s.flops:
                     plan.extend(Unit("flops", [Combo(m, b, level, r, batch)]) for m, b in series)
                 extra = []  # V1 without padding, timed in the same rounds as the padded V1 (issue 10)
                 if variants and r in s.pad_compare_res and level != "mixer":
-                    extra = [Combo(m, b, level, r, batch, "pad=off") for m, b in series if m == VARIANTS["pad=off"][0]]
+                    extra = [
+                        Combo(m, b, level, r, batch, "pad=off") for m, b in series if m == CONFIG_VARIANTS["pad=off"][0]
+                    ]
                 for kind in kinds:
                     if series:
                         plan.append(Unit(kind, [Combo(m, b, level, r, batch) for m, b in series] + extra))
@@ -435,16 +459,16 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
                 variants=True)  # fmt: skip
     if s.spec_batch and "model" in s.levels and s.spec_batch != s.batch:
         r0 = 32 if 32 in s.res else s.res[0]
-        series = [m for m in s.models if primary[m] in s.backends[m]]
+        series = [m for m in s.models if primary[m] in s.backends[m] and "model" in s.model_levels.get(m, s.levels)]
         if series:
             plan += [Unit(k, [Combo(m, primary[m], "model", r0, s.spec_batch) for m in series]) for k in timed]
     secondary = dict(levels=[lv for lv in level_order if lv in s.secondary_levels], max_res=s.secondary_max_res)
-    section(lambda m, b: b != primary[m] and b != "triton", **secondary)
+    section(lambda m, b: b != primary[m] and b not in LAST, **secondary)
     if s.max_batch and "model" in s.levels:
         for m in s.models:
-            if primary[m] in s.backends[m]:
+            if primary[m] in s.backends[m] and "model" in s.model_levels.get(m, s.levels) and get_variant(m).max_batch:
                 plan += [Unit("max_batch", [Combo(m, primary[m], "model", r, s.batch)]) for r in s.res]
-    section(lambda m, b: b != primary[m] and b == "triton", **secondary)
+    section(lambda m, b: b != primary[m] and b in LAST, **secondary)
     return plan
 
 
@@ -452,9 +476,9 @@ def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device)
     """A rough cost model for the progress bar and the up-front estimate (not a measurement). Per timed point:
     build + first + memory call, warm-up, min_reps (capped by max_point_s), the profiled steps, the capture
     (warm-up, capture, first replay) and as many replays as eager repetitions."""
-    if kind != "flops" and combo.backend == "reference" and combo.res > s.ref_max_res:
+    if kind != "flops" and combo.backend in REFERENCE_BACKENDS and combo.res > s.ref_max_res:
         return 0.0  # skipped
-    cfg = (v1_config if combo.model == "v1" else v4_config)(s.preset, env={})
+    cfg = get_variant(combo.model).config(s.preset, env={})
     fl = analytic_flops(combo.model, cfg, combo.level, combo.batch, combo.N)
     layers = 1 if combo.level == "mixer" else cfg.num_layers
     if device.type == "cuda":
@@ -463,18 +487,23 @@ def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device)
             weights = combo.batch * cfg.num_heads * combo.N**2 * 4  # bytes of one layer's fp32 weights
             if weights * (layers if kind == "train" else 2) > 120e9:
                 return 1.0  # out of memory at once (or skipped after a smaller r did)
-            t += combo.batch * cfg.num_heads * combo.N**2 * 2 * 8 * layers / 2.5e12
-        if combo.backend == "reference":  # ~50 small kernels per 64-step chunk
+            t += combo.batch * cfg.num_heads * combo.N**2 * 2 * 8 * layers / 15e12
+        if combo.backend in REFERENCE_BACKENDS:  # ~50 small kernels per 64-step chunk
             t += combo.N / 64 * 50 * layers * 8e-6
         overhead = 0.3
+        first_level = next(lv for lv in ("model", "mixer", "encoder") if lv in s.levels)
+        if combo.backend == "flex" and combo.level == first_level and combo.res == s.res[0] and kind != "flops":
+            # torch.compile, once per process: a static then a dynamic-shape graph (self- and cross-attention shapes
+            # differ), forward-only for fwd and forward + backward for train; later shapes reuse the dynamic graph
+            overhead += 40.0 if kind == "train" else 20.0
     else:
         t, overhead = fl / 20e9, 0.05
     if kind == "flops":
         return 0.3 if device.type == "cuda" and combo.backend in ("mamba_ssm", "triton") else 0.15
     if kind == "max_batch":
-        return s.max_batch_probes * (overhead + 3.5 * t * 8)  # probes near the limit are large
+        return s.max_batch_probes * (1.2 + 3.5 * t * 8) if device.type == "cuda" else s.max_batch_probes * t * 8
     if kind == "train":
-        t *= 5 if combo.backend == "reference" else 3.5
+        t *= 16 if combo.backend in REFERENCE_BACKENDS else 3.5
     from bench.rounds import RoundsConfig, reps_per_round
 
     n = s.rounds * reps_per_round(1e3 * t, RoundsConfig(s.rounds, s.min_reps, s.max_point_s))
@@ -543,7 +572,7 @@ class Sweep:
         problem = measure.backend_problem(c.model, c.backend, self.device)
         if problem:
             return "unavailable", problem
-        if kind != "flops" and c.backend == "reference" and c.res > self.s.ref_max_res:
+        if kind != "flops" and c.backend in REFERENCE_BACKENDS and c.res > self.s.ref_max_res:
             return "skipped", f"reference Mamba is launch-bound: measured up to r={self.s.ref_max_res} (--ref-max-res)"
         if kind == "flops":
             return None
@@ -579,7 +608,7 @@ class Sweep:
         def make(capturable: bool):
             if "wl" not in built:
                 wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev, c.overrides)
-                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev), params=wl.params, cfg=wl.cfg)
+                built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev), params=wl.params, cfg=wl.cfg, note=wl.note)
             wl, inputs = built["wl"], built["inputs"]
             if kind == "train":
                 return measure.make_train_step(wl, inputs, dev, s.amp, capturable)
@@ -595,7 +624,7 @@ class Sweep:
     def derived(self, c: Combo, kind: str, f: dict, built: dict) -> dict:
         """Throughput, achieved TFLOP/s (wall and device time), per-token cost, % of the run's matmul peak; for V1
         the length its scan runs at (padding)."""
-        cfg = (v1_config if c.model == "v1" else v4_config)(self.s.preset, env={})
+        cfg = built.get("cfg") or get_variant(c.model).config(self.s.preset, env={})
         fwd_flops = analytic_flops(c.model, cfg, c.level, c.batch, c.N)
         flops = 3 * fwd_flops if kind == "train" else fwd_flops  # training step ≈ 3 × forward (real tokens only)
         out = {"params": built.get("params"), "gflop_analytic": flops / 1e9, "peak_tflops": self.peak_tflops}
@@ -660,6 +689,8 @@ class Sweep:
                     row["status"] = "ok"
                     row.update(f)
                     row.update(self.derived(c, kind, f, factories[c].built))
+                    if factories[c].built.get("note"):  # what the backend forces (e.g. flex: dropout 0)
+                        row["note"] = factories[c].built["note"]
                 else:
                     self.fail(row, err, c, kind)
                 row["elapsed_s"] = group_s / len(fields)

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from bench import measure, report, sweep
-from bench.measure import MaxBatch, Timing, nice_mid, search_max_batch
+from bench.measure import MaxBatch, Timing, nice_mid, primary_backends, search_max_batch
+from models.common import ConfigError
+from models.variants import VARIANTS
 
-QUICK = ["--quick", "--backends", "reference", "sdpa", "--res", "8", "12"]
+QUICK = ["--quick", "--models", "v1", "v4", "--backends", "reference", "sdpa", "--res", "8", "12"]
 
 
 def rows(out):
@@ -287,35 +289,36 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     assert not s.max_batch and s.spec_batch == 64 and s.out.endswith("results") and s.threads is None
     plan = sweep.make_plan(s, torch.device("cuda"))
     timed = [u for u in plan if u.kind in ("fwd", "train")]
-    # every timed unit of the primary backends holds both models (interleaved), at one level, r and batch
+    # every timed unit holds the series of one level, r and batch (timed in interleaved rounds)
     for u in timed:
         assert len({(c.level, c.res, c.batch) for c in u.combos}) == 1
+    primary = set(primary_backends("cuda").values())
     order = [c.backend for u in plan for c in u.combos]
-    first_secondary = next(i for i, b in enumerate(order) if b not in ("mamba_ssm", "sdpa"))
-    assert all(b in ("mamba_ssm", "sdpa") for b in order[:first_secondary])
-    assert order[-1] == "triton"
-    primary_units = [u for u in timed if {c.backend for c in u.combos} == {"mamba_ssm", "sdpa"}]
-    assert all(len(u.combos) == 2 + any(c.variant for c in u.combos) for u in primary_units)
+    first_secondary = next(i for i, b in enumerate(order) if b not in primary)
+    assert all(b in primary for b in order[:first_secondary]) and order[-1] in sweep.LAST
+    lat = [u for u in timed if u.combos[0].batch == 8 and u.combos[0].level == "model" and u.combos[0].res == 32]
+    assert {c.model for u in lat for c in u.combos} == set(VARIANTS)  # every variant interleaved with the others
     # the throughput regime: 2^19 tokens per batch, training step, whole model; r = 256 is the latency row
-    thr = {c.res: c.batch for u in timed for c in u.combos if c.batch not in (8, 64)}
+    thr = {c.res: c.batch for u in timed for c in u.combos if c.batch not in (8, 64) and c.model == "v1"}
     assert thr == {32: 512, 48: 228, 64: 128, 96: 57, 128: 32, 192: 14}
     assert all(u.kind == "train" and u.combos[0].level == "model" for u in timed if u.combos[0].batch not in (8, 64))
     assert sweep.regime(8, 256, s) == "latency+throughput" and sweep.regime(32, 128, s) == "throughput"
     spec = [c for u in plan for c in u.combos if c.batch == 64]
-    assert {c.model for c in spec} == {"v1", "v4"} and all(c.res == 32 for c in spec)
+    assert {c.model for c in spec} == set(VARIANTS) and all(c.res == 32 for c in spec)
     assert not [u for u in plan if u.kind == "max_batch"]
-    # V1 without padding, in the same rounds as the padded V1 and V4, at 48² and 96² (both regimes)
+    # V1 without padding, in the same rounds as the padded V1 and the others, at 48² and 96² (both regimes)
     pad = {(c.level, c.res, c.batch, u.kind) for u in timed for c in u.combos if c.variant == "pad=off"}
     latency = {(lv, r, 8, k) for lv in ("model", "encoder") for r in (48, 96) for k in ("fwd", "train")}
     assert pad == latency | {("model", 48, 228, "train"), ("model", 96, 57, "train")}
     for u in timed:
         if any(c.variant for c in u.combos):
-            assert {(c.model, c.variant) for c in u.combos} == {("v1", ""), ("v4", ""), ("v1", "pad=off")}
+            assert ("v1", "") in {(c.model, c.variant) for c in u.combos}
     est = sum(sweep.estimate_seconds(c, u.kind, s, torch.device("cuda")) for u in plan for c in u.combos)
-    assert 120 < est < s.time_budget_s + 120
+    assert 120 < est < s.time_budget_s + 240  # a budget cut skips the rest; a rerun continues
     mb = sweep.settings_from_args(sweep.build_parser().parse_args(["--max-batch", "--res", "32", "64"]))
     units = [u for u in sweep.make_plan(mb, torch.device("cuda")) if u.kind == "max_batch"]
-    assert len(units) == 4 and {u.combos[0].backend for u in units} == {"mamba_ssm", "sdpa"}
+    assert {u.combos[0].backend for u in units} == {"mamba_ssm", "sdpa"}
+    assert {u.combos[0].model for u in units} == {k for k, v in VARIANTS.items() if v.max_batch}
     ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--tokens", "0"]))
     assert ext.res[-3:] == [224, 256, 320] and ext.tokens == 0
     assert not any(c.batch not in (8, 64) for u in sweep.make_plan(ext, torch.device("cuda")) for c in u.combos)
@@ -361,7 +364,8 @@ def test_rows_of_an_older_sweep_are_measured_again(tmp_path, capsys):
 
 
 def test_padding_variant_rows_and_table(tmp_path):
-    args = ["--quick", "--backends", "reference", "sdpa", "--levels", "model", "--res", "8", "--no-flops",
+    args = ["--quick", "--models", "v1", "v4", "--backends", "reference", "sdpa", "--levels", "model", "--res", "8",
+            "--no-flops",
             "--pad-compare-res", "8", "--out", str(tmp_path)]  # fmt: skip
     assert sweep.main(args) == 0
     df = rows(tmp_path)
@@ -372,3 +376,69 @@ def test_padding_variant_rows_and_table(tmp_path):
     pad = pd.read_csv(tmp_path / "padding_B2_fp32.csv")
     assert len(pad) == 2 and pad["unpadded / padded (wall)"].str.endswith("×").all()
     assert "V1 reference pad=off" in (tmp_path / "README.md").read_text()
+
+
+def test_a_throwaway_variant_runs_through_the_table(tmp_path, monkeypatch):
+    """A variant that exists only as a record (V1's class, one layer) is swept, counted and reported on CPU."""
+    from models.variants import VARIANTS, FlopParts, Variant, get_variant
+
+    v1 = get_variant("v1")
+    vx = Variant(
+        key="vx", short="VX", family="Mamba-1L", complexity="O(N)", cls=v1.cls, make_config=v1.make_config,
+        backend_field="mixer_backend", backends=("reference",), primary={"cuda": "reference", "cpu": "reference"},
+        fallback=("reference",), encoder_prefixes=v1.encoder_prefixes, flops=FlopParts(("mamba",), ("mamba",)),
+        mixer_desc="one Mamba mixer", color="tab:green", overrides={"num_layers": 1},
+    )  # fmt: skip
+    monkeypatch.setitem(VARIANTS, "vx", vx)
+    args = ["--quick", "--models", "v1", "vx", "--backends", "reference", "--res", "8", "--out", str(tmp_path)]
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    mine = df[df["model"] == "vx"]
+    assert len(mine) == 9 and set(mine["status"]) == {"ok"}, mine[["kind", "level", "note"]]
+    assert mine[mine["kind"] == "flops"]["agree"].all()
+    enc = df[(df["kind"] == "flops") & (df["level"] == "encoder")].set_index("model")["gflop_analytic"]
+    assert enc["vx"] == pytest.approx(enc["v1"] / 2)  # tiny V1 has 2 layers, vx 1
+    text = (tmp_path / "README.md").read_text()
+    assert "VX reference" in text and "VX/V1" in text and "VX (Mamba-1L, O(N))" in text
+
+
+def test_unknown_variant_is_a_one_line_error(capsys):
+    assert sweep.main(["--quick", "--models", "v9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown value 'v9'" in err and "v1" in err
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        measure.build_workload("v9", "sdpa", "model", "tiny", "cpu")
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        measure.backend_problem("v9", "sdpa", torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_rows_on_gpu_run_compiled_at_dropout_zero(tmp_path):
+    args = ["--quick", "--models", "v4", "--backends", "flex", "sdpa", "--res", "16", "32", "--no-max-batch",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    flex = df[df["backend"] == "flex"]
+    assert len(flex) == 18 and set(flex["status"]) == {"ok"}, flex[["kind", "level", "note"]]
+    timed = flex[flex["kind"] != "flops"]
+    assert timed["note"].str.contains("dropout 0").all() and flex[flex["kind"] == "flops"]["agree"].all()
+    assert "flex" in (tmp_path / "README.md").read_text()
+
+
+def test_report_of_three_variants_has_ratio_columns_and_the_architectures_table(tmp_path):
+    """GPU-shaped rows for V1, V4 and a V2 that costs what V1 costs: a Vk/V1 column each, the spec's table."""
+    rows_ = _synthetic_gpu_rows()
+    rows_ += [{**r, "model": "v2"} for r in rows_ if r["model"] == "v1"]
+    env = {"gpu": "NVIDIA H200", "reduced": False, "settings": {"mode": "full", "preset": "default", "batch": 8,
+                                                                "dtype": "bf16", "threads": None}}  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "sweep_B8_bf16.json").write_text(json.dumps({"runs": [env], "rows": rows_}))
+    assert report.main(["--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "Rendering problems" not in text
+    assert "| V2/V1 | V4/V1 |" in text and "## Where V2, V4 start to cost more than V1" in text
+    arch = pd.read_csv(tmp_path / "architectures_B8_bf16.csv").set_index("variant")
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "compute vs V1 (spec)"] == "1.7x"
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "training step vs V1 (32², batch 8)"].startswith("1.00×")
+    assert arch.loc["V4 (Transformer)", "layers (spec)"] == 6
