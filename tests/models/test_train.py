@@ -2,13 +2,14 @@
 
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 import torch
 
 from models.checkpoint import model_from_checkpoint, read_checkpoint
 from models.sample import sample
-from models.train import main, parse_args, train
+from models.train import GRAD_CLIP, TrainConfig, build_parser, main, parse_args, train, train_step
 
 TINY = ["--preset", "tiny", "--resolution", "16", "--batch-size", "4", "--train-samples", "8",
         "--val-samples", "4", "--quiet", "--save-every", "1"]  # fmt: skip
@@ -154,3 +155,75 @@ def test_failed_run_leaves_good_checkpoint(tmp_path):
     rc = main(["--model", "v4", "--out-dir", str(tmp_path), *TINY, "--epochs", "3", "--resume",
                "--data", str(tmp_path / "nope")])  # fmt: skip
     assert rc == 2 and best.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# The config object and the one training step
+# ----------------------------------------------------------------------------------------------
+
+
+def test_parser_and_train_config_agree(monkeypatch):
+    """Every flag is a TrainConfig field with the same default (batch/lr/epochs: the dataclass's, without env)."""
+    for var in ("BATCH_SIZE", "LR", "EPOCHS"):
+        monkeypatch.delenv(var, raising=False)
+    flags = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert flags == {f.name for f in fields(TrainConfig)}
+    assert parse_args(["--model", "v4"]) == TrainConfig(model="v4")
+    monkeypatch.setenv("BATCH_SIZE", "32")
+    assert parse_args(["--model", "v4"]).batch_size == 32  # the spec's env var, when the flag is absent
+    assert parse_args(["--model", "v4", "--batch-size", "8"]).batch_size == 8  # the flag wins
+
+
+def test_train_takes_a_config_object(tmp_path):
+    cfg = TrainConfig(model="v4", preset="tiny", resolution=16, batch_size=4, train_samples=8, val_samples=4,
+                      epochs=1, max_steps=1, out_dir=str(tmp_path), save_every=0, quiet=True)  # fmt: skip
+    out = train(cfg)
+    assert out["steps"] == 1
+    ckpt = read_checkpoint(tmp_path / "checkpoints_transformer_v4/transformer_v4_best.pth")
+    assert ckpt["args"]["max_steps"] == 1 and ckpt["args"]["model"] == "v4"
+
+
+def _train_step_ref(model, batch_fn, opt, max_norm):
+    """The step written out by hand: zero grads, loss, backward, clip the global norm, AdamW."""
+    opt.zero_grad(set_to_none=True)
+    loss = batch_fn()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale)
+    opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("max_norm", [GRAD_CLIP, 1e-3, None])
+def test_train_step_matches_the_hand_written_step_and_clips(max_norm):
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    b = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    b.load_state_dict(a.state_dict())
+    x, y = 10 * torch.randn(8, 6), torch.randn(8, 3)  # large inputs: gradients well above the clip
+    opt_a, opt_b = torch.optim.AdamW(a.parameters(), lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
+    for _ in range(3):
+        la = train_step(lambda: (a(x) - y).square().mean(), opt_a, torch.device("cpu"), grad_clip=max_norm)
+        lb = _train_step_ref(b, lambda: (b(x) - y).square().mean(), opt_b, max_norm or float("inf"))
+        torch.testing.assert_close(la, lb)
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in a.parameters()]))
+        if max_norm is not None:
+            assert norm <= max_norm * (1 + 1e-4)  # the grads the optimizer saw were clipped
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_benchmark_step_is_the_training_step(monkeypatch):
+    """bench.measure's training step goes through models.train.train_step (gradient clipping included)."""
+    from bench import measure
+
+    calls = []
+    real = measure.train_step
+    monkeypatch.setattr(measure, "train_step", lambda *a, **k: calls.append(a) or real(*a, **k))
+    wl = measure.build_workload("v4", "sdpa", "model", "tiny")
+    step = measure.make_train_step(wl, wl.inputs(2, 64, "cpu"), torch.device("cpu"), amp=False)
+    step()
+    assert len(calls) == 1 and calls[0][1] is step.optimizer
