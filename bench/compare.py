@@ -148,7 +148,8 @@ def calibrate(a, device) -> dict:
             if i == 2:
                 sync(device)
                 t0 = time.perf_counter()
-            train_step(partial(flow_matching_loss, model, batches[i % len(batches)]), opt, device).item()
+            loss, _ = train_step(partial(flow_matching_loss, model, batches[i % len(batches)]), opt, device)
+            loss.item()
         sync(device)
         out[key] = (time.perf_counter() - t0) / a.calib_steps + data_s
         print(f"[compare] calibration: {key.upper()} {1e3 * out[key]:.1f} ms/step "

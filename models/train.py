@@ -76,20 +76,27 @@ def train_step(
     opt: torch.optim.Optimizer,
     device: torch.device,
     amp: bool = True,
-    grad_clip: float | None = GRAD_CLIP,
-) -> torch.Tensor:
+    grad_clip: float = GRAD_CLIP,
+    skip_nonfinite: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """THE training step, shared by models.train, bench.compare's calibration and the benchmark (bench.measure):
     zero the grads, loss_fn() under bf16 autocast on CUDA, backward, clip the global gradient norm of the
-    optimizer's parameters to grad_clip (None: no clipping), optimizer step. Returns the loss tensor, not synced
-    (loss.item() is the caller's choice). A learning-rate scheduler, if any, is stepped by the caller."""
+    optimizer's parameters to grad_clip (inf: measured, not clipped), optimizer step. A learning-rate scheduler,
+    if any, is stepped by the caller.
+
+    Returns (loss, grad_norm before clipping), tensors, not synced. skip_nonfinite: check both (one sync) and, when
+    either is not finite, drop the grads and leave the weights and the optimizer's state alone."""
     opt.zero_grad(set_to_none=True)
     with autocast_for(device, amp):
         loss = loss_fn()
     loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], grad_clip)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if skip_nonfinite and not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+        opt.zero_grad(set_to_none=True)
+        return loss, grad_norm
     opt.step()
-    return loss
+    return loss, grad_norm
 
 
 @torch.no_grad()
@@ -279,7 +286,8 @@ def train(args: TrainConfig) -> dict:
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch or step >= total_steps:
                 break
-            loss = train_step(partial(flow_matching_loss, model, batch), opt, device, not args.no_amp, args.grad_clip)
+            step_loss = partial(flow_matching_loss, model, batch)
+            loss, _ = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip)
             sched.step()
             step += 1
             losses.append(loss.item())

@@ -197,7 +197,7 @@ def _train_step_ref(model, batch_fn, opt, max_norm):
     return loss
 
 
-@pytest.mark.parametrize("max_norm", [GRAD_CLIP, 1e-3, None])
+@pytest.mark.parametrize("max_norm", [GRAD_CLIP, 1e-3, float("inf")])
 def test_train_step_matches_the_hand_written_step_and_clips(max_norm):
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
@@ -206,14 +206,27 @@ def test_train_step_matches_the_hand_written_step_and_clips(max_norm):
     x, y = 10 * torch.randn(8, 6), torch.randn(8, 3)  # large inputs: gradients well above the clip
     opt_a, opt_b = torch.optim.AdamW(a.parameters(), lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
     for _ in range(3):
-        la = train_step(lambda: (a(x) - y).square().mean(), opt_a, torch.device("cpu"), grad_clip=max_norm)
-        lb = _train_step_ref(b, lambda: (b(x) - y).square().mean(), opt_b, max_norm or float("inf"))
+        la, norm = train_step(lambda: (a(x) - y).square().mean(), opt_a, torch.device("cpu"), grad_clip=max_norm)
+        lb = _train_step_ref(b, lambda: (b(x) - y).square().mean(), opt_b, max_norm)
         torch.testing.assert_close(la, lb)
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in a.parameters()]))
-        if max_norm is not None:
-            assert norm <= max_norm * (1 + 1e-4)  # the grads the optimizer saw were clipped
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in a.parameters()]))
+        assert after <= min(max_norm, norm) * (1 + 1e-4)  # the grads the optimizer saw were clipped
+        assert max_norm == float("inf") or norm > max_norm  # the returned norm is the one before clipping
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb)
+
+
+def test_train_step_can_skip_a_non_finite_step():
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.tensor([[float("nan"), 0.0, 0.0]])
+    loss, norm = train_step(lambda: net(x).sum(), opt, torch.device("cpu"), skip_nonfinite=True)
+    assert not torch.isfinite(loss) and all(p.grad is None for p in net.parameters()) and not opt.state
+    for p, q in zip(net.parameters(), before):
+        torch.testing.assert_close(p.detach(), q)  # weights untouched
+    loss, _ = train_step(lambda: net(torch.ones(1, 3)).sum(), opt, torch.device("cpu"), skip_nonfinite=True)
+    assert torch.isfinite(loss) and opt.state  # a finite step is applied
 
 
 def test_benchmark_step_is_the_training_step(monkeypatch):
