@@ -48,7 +48,6 @@ from bench.evaluate import (
     EvalResult,
     backend_overrides,
     check_models,
-    config_fields,
     load_models,
     order_panels,
     parse_resolutions,
@@ -62,10 +61,9 @@ from models import build_model
 from models.common import ConfigError
 from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.sample import METHODS
-from models.train import TrainConfig, env_number, flow_matching_loss, train, train_step
+from models.train import MODEL_FLAGS, TrainConfig, config_overrides, env_number, flow_matching_loss, train, train_step
 from models.utils import ArgParser, atomic_to_csv, atomic_torch_save, atomic_write_text, cli_main, pick_device
 
-MODEL_FLAGS = ("d_model", "num_layers", "num_heads", "dim_feedforward", "dropout")  # ablation overrides
 ENV_OVERRIDES = ("NUM_HEADS", "DIM_FEEDFORWARD", "NUM_LAYERS", "D_MODEL", "DROPOUT", "BATCH_SIZE", "LR")
 
 # --quick: the CI smoke (tiny models, 16², two held-out images); any flag given explicitly still wins.
@@ -84,20 +82,18 @@ SAFETY = 0.97  # equal-time schedules are sized to 97% of T / (calibrated s/step
 def model_overrides(a, key: str) -> dict:
     """The ablation flags (None: preset / the spec's env vars) and backends a model's config has, as
     models.build_model takes them (V1 has no FFN: no dim_feedforward)."""
-    fields = config_fields(key)
-    over = {f: getattr(a, f) for f in MODEL_FLAGS if f in fields}
+    over = config_overrides(key, {f: getattr(a, f) for f in MODEL_FLAGS})
     return {**over, **backend_overrides(key, a.attn_backend, a.mixer_backend)}
 
 
 def train_config(a, key: str, out_dir: Path, max_steps: int, time_budget: float | None) -> TrainConfig:
     """models.train's config for one run; everything but the budget is the same for every model."""
-    fields = config_fields(key)
     return TrainConfig(
         model=key, preset=a.preset, resolution=a.resolution, observed_frac=a.observed_frac, data=a.data or None,
         batch_size=a.batch_size, lr=a.lr, epochs=10**9, max_steps=max_steps, time_budget=time_budget or None,
         train_samples=a.train_samples, val_samples=a.val_samples, seed=a.seed, device=a.device,
         attn_backend=a.attn_backend, mixer_backend=a.mixer_backend, out_dir=str(out_dir), save_every=0,
-        overwrite=True, quiet=not a.verbose, **{f: getattr(a, f) for f in MODEL_FLAGS if f in fields},
+        overwrite=True, quiet=not a.verbose, **config_overrides(key, {f: getattr(a, f) for f in MODEL_FLAGS}),
     )  # fmt: skip
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +44,13 @@ from models.checkpoint import model_from_checkpoint
 from models.common import ConfigError
 from models.data import SparseFieldDataset, check_resolution, load_images, pixel_coords, split_pixels
 from models.sample import METHODS, sample, sparse_display, to_display
+from models.train import config_overrides
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 
 FLOOR_LABELS = {"nearest": "nearest interp", "linear": "linear interp"}
-MODEL_LABELS = {"v1": "V1 (Mamba)", "v4": "V4 (Transformer)"}  # a model not here: "V2 (ClassName)"
-SPEC_NAMES = {"v1": "MAMBA", "v4": "Transformer"}  # what the spec's scenarios call them; a model not here: "V2"
+MODEL_LABELS = {"v1": "V1 (Mamba)", "v2": "V2 (BiMamba + Perceiver)", "v3": "V3 (Morton Mamba)",
+                "v4": "V4 (Transformer)"}  # a model not here: "V9 (ClassName)"  # fmt: skip
+SPEC_NAMES = {"v1": "MAMBA", "v4": "Transformer"}  # what the spec's scenarios call V1 and V4; the others: "V2"
 MODEL_COLORS = {"v1": "tab:blue", "v4": "tab:orange"}  # plot colours; the other models take the next free ones
 DATA_RANGE = 2.0  # values in [-1, 1]
 PSNR_CAP = 100.0  # dB, for a perfect reconstruction (MSE = 0)
@@ -118,15 +120,9 @@ def check_models(models, baseline: str | None, flag: str = "--models") -> tuple[
     return models, baseline
 
 
-def config_fields(key: str) -> set[str]:
-    """The config fields of a model (which overrides and backends it takes)."""
-    return {f.name for f in fields(MODELS[key][1]("default", env={}))}
-
-
 def backend_overrides(key: str, attn_backend: str | None = None, mixer_backend: str | None = None) -> dict:
     """The backends a model exposes (attn_backend, mixer_backend: whichever its config has)."""
-    given = {"attn_backend": attn_backend, "mixer_backend": mixer_backend}
-    return {k: v for k, v in given.items() if k in config_fields(key)}
+    return config_overrides(key, {"attn_backend": attn_backend, "mixer_backend": mixer_backend})
 
 
 # ----------------------------------------------------------------------------------------------

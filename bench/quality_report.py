@@ -63,16 +63,19 @@ def decide_scenario(d_train: float, d_high: float | None, step_ratio: float) -> 
 
 
 def headline(case: str, model: str, baseline: str, d_train: float, trend: str, step_ratio: float, res: int) -> str:
-    """The verdict's one sentence for a decided case."""
+    """The verdict's one sentence for a decided case. The spec's pair (V4 vs V1) is named as the spec names it
+    ("Transformer wins", "MAMBA wins on efficiency"); any other pair by its keys ("V2 wins", "V1 wins ...")."""
     M, B, d = model.upper(), baseline.upper(), f"{d_train:+.2f}"
+    spec_pair = spec_name(model) != M and spec_name(baseline) != B
+    Mn, Bn = (spec_name(model), spec_name(baseline)) if spec_pair else (M, B)
     return {
-        "wins": f"Scenario 1 — {spec_name(model)} wins on quality ({M} − {B} = {trend}).",
+        "wins": f"Scenario 1 — {Mn} wins on quality ({M} − {B} = {trend}).",
         "mixed": f"Scenario 3 — mixed: {M}'s quality lead shrinks at higher resolution ({trend}).",
-        "efficient": f"Scenario 2 — {spec_name(baseline)} wins on efficiency: similar quality ({M} − {B} = {d} dB) "
+        "efficient": f"Scenario 2 — {Bn} wins on efficiency: similar quality ({M} − {B} = {d} dB) "
         f"while {M} costs {step_ratio:.2f}× {B}'s time per training step.",
-        "same cost": f"Scenario 2 on quality ({M} − {B} = {d} dB), but no efficiency win for {spec_name(baseline)} "
+        "same cost": f"Scenario 2 on quality ({M} − {B} = {d} dB), but no efficiency win for {Bn} "
         f"at this scale: both cost about the same per training step ({M} {step_ratio:.2f}× {B}).",
-        "not efficient": f"Scenario 2 on quality only ({M} − {B} = {d} dB), but {spec_name(baseline)} does NOT win "
+        "not efficient": f"Scenario 2 on quality only ({M} − {B} = {d} dB), but {Bn} does NOT win "
         f"on efficiency at this scale: {M} takes {step_ratio:.2f}× {B}'s time per training step.",
         "between": f"Between Scenarios 1 and 2: {M} is ahead by {d} dB at {res}², more than the ~1 dB of 'similar "
         "quality' but short of the spec's 2–4 dB.",

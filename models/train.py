@@ -159,11 +159,27 @@ def plot_loss_curve(log_csv, out_png) -> None:
     plt.close(fig)
 
 
+MODEL_FLAGS = ("d_model", "num_layers", "num_heads", "dim_feedforward", "dropout")  # flags that override the config
+BACKEND_FLAGS = ("attn_backend", "mixer_backend")  # flags that pick a backend (the weights stay the same)
+
+
+def config_fields(model: str) -> set[str]:
+    """The fields of a model's config."""
+    return {f.name for f in fields(MODELS[model][1]("default", env={}))}
+
+
+def config_overrides(model: str, values: dict) -> dict:
+    """The entries of `values` that are fields of `model`'s config: a flag a model does not have (V1: no
+    dim_feedforward; V4: no mixer_backend) is not passed to it. None values are left to the preset / env vars."""
+    names = config_fields(model)
+    return {k: v for k, v in values.items() if k in names}
+
+
 @dataclass
 class TrainConfig:
     """One training run: what models.train's flags set (parse_args builds one) and bench.compare passes in."""
 
-    model: str  # v1 (Mamba) | v4 (Transformer): a key of models.MODELS
+    model: str  # a key of models.MODELS: v1 (Mamba), v2, v3, v4 (Transformer), ...
     preset: str = "default"  # model size preset: default | small | tiny
     resolution: int = 32  # image side in pixels (N = side²)
     observed_frac: float = 0.2  # fraction of pixels observed, in (0, 1)
@@ -182,12 +198,12 @@ class TrainConfig:
     seed: int = 0  # weights, data order, masks and noise
     device: str = "auto"  # auto | cpu | cuda[:i]
     no_amp: bool = False  # disable bf16 autocast on CUDA
-    mixer_backend: str = "auto"  # V1: auto | mamba_ssm | reference
+    mixer_backend: str = "auto"  # Mamba models: auto | mamba_ssm | reference | ...
     attn_backend: str = "sdpa"  # seed | sdpa | triton
     d_model: int | None = None  # model overrides (None: the preset, or the spec's env vars) ...
     num_layers: int | None = None
     num_heads: int | None = None
-    dim_feedforward: int | None = None  # ... (V4 only)
+    dim_feedforward: int | None = None  # ... (each passed to the models whose config has the field)
     dropout: float | None = None
     out_dir: str = "."  # where checkpoints_<name>/ goes
     save_every: int = 50  # keep an _epoch_XXXX.pth every N epochs (0: never)
@@ -211,9 +227,7 @@ def train(args: TrainConfig) -> dict:
         raise ConfigError(f"unknown model {args.model!r}; choose v1 (Mamba) or v4 (Transformer)")
     ckpt_dir = Path(args.out_dir) / f"checkpoints_{cls.name}"
     latest = ckpt_dir / f"{cls.name}_latest.pth"
-    backends = {"attn_backend": args.attn_backend}
-    if args.model == "v1":
-        backends["mixer_backend"] = args.mixer_backend
+    backends = config_overrides(args.model, {k: getattr(args, k) for k in BACKEND_FLAGS})
 
     # Model, resumed or fresh (seeded first, so the initial weights are reproducible too).
     torch.manual_seed(args.seed)
@@ -224,9 +238,7 @@ def train(args: TrainConfig) -> dict:
     else:
         if ckpt_dir.exists() and any(ckpt_dir.glob("*.pth")) and not args.overwrite:
             raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite")
-        overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "dropout")}
-        if args.model == "v4":
-            overrides["dim_feedforward"] = args.dim_feedforward
+        overrides = config_overrides(args.model, {k: getattr(args, k) for k in MODEL_FLAGS})
         model = build_model(args.model, args.preset, {**overrides, **backends}).to(device)
         ckpt = None
 

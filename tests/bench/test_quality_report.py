@@ -135,7 +135,7 @@ def test_verdict_pairs_every_model_with_the_baseline():
     by = {p["model"]: p for p in v["pairs"]}
     assert list(by) == ["v4", "v2"]
     assert by["v4"]["scenario"] == "1" and "(V4 − V1 = +3.00 dB at 32²" in by["v4"]["headline"]
-    assert by["v2"]["scenario"] == "2" and by["v2"]["headline"].startswith("Scenario 2 — MAMBA wins on efficiency")
+    assert by["v2"]["scenario"] == "2" and by["v2"]["headline"].startswith("Scenario 2 — V1 wins on efficiency")
     assert "V2 costs 3.00× V1's time per training step" in by["v2"]["headline"]
     assert by["v2"]["lines"][0].startswith("Quality, equal steps (100 V1 / 100 V2 steps)")
     floor_line = next(line for line in by["v2"]["lines"] if line.startswith("Against the floor"))

@@ -9,7 +9,7 @@ import torch
 
 from models.checkpoint import model_from_checkpoint, read_checkpoint
 from models.sample import sample
-from models.train import GRAD_CLIP, TrainConfig, build_parser, main, parse_args, train, train_step
+from models.train import GRAD_CLIP, TrainConfig, build_parser, config_overrides, main, parse_args, train, train_step
 
 TINY = ["--preset", "tiny", "--resolution", "16", "--batch-size", "4", "--train-samples", "8",
         "--val-samples", "4", "--quiet", "--save-every", "1"]  # fmt: skip
@@ -280,3 +280,10 @@ def test_benchmark_step_on_cuda_matches_the_hand_written_step(model, device="cud
                 torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=5e-2, msg=name)
     for (name, p), q in zip(wl.module.named_parameters(), ref.module.parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_flags_reach_every_model_whose_config_has_them():
+    """No model-name branches: a flag goes to each model whose config has the field (V3's mixer backend too)."""
+    given = {"mixer_backend": "reference", "attn_backend": "sdpa", "dim_feedforward": 64, "d_model": None}
+    assert config_overrides("v3", given) == {"mixer_backend": "reference", "attn_backend": "sdpa", "d_model": None}
+    assert config_overrides("v4", given) == {"attn_backend": "sdpa", "dim_feedforward": 64, "d_model": None}
