@@ -10,7 +10,8 @@
 For every point (B, r) (N = r*r tokens), head dim D, case and dropout p it times the forward and
 forward+backward of ``triton`` (kernels.flash_attention), ``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient``
 (torch SDPA pinned with ``torch.nn.attention.sdpa_kernel``), ``flex`` (torch.compile'd FlexAttention, no
-dropout) and ``naive`` (explicit softmax(QK^T)V, N <= 4096). Cases are the model's calls:
+dropout; self case only, since every shape and layout recompiles) and ``naive`` (explicit softmax(QK^T)V,
+N <= 4096). Cases are the model's calls:
   self    q, k, v contiguous (B, H, N, D), Nq = Nk = N
   packed  self-attention on q, k, v = strided views of one (B, N, 3, H, D) projection, as V4's layers call it
           (triton: ``attention_qkv``, which also writes the gradient packed; the others: the views)
@@ -442,6 +443,8 @@ def _measure_point(args, case, D, r, N, B, p, pass_name, device, dtype_name, ski
                     raise Unavailable("no SDPA reference available")
                 if p > 0.0 and name not in ("triton", *SDPA_BACKENDS):
                     raise Unavailable(f"{name}: not timed with dropout")
+                if name == "flex" and case.case != "self":
+                    raise Unavailable("flex: timed on the self case only (each shape and layout recompiles)")
                 (ms, p20, p80), rel, mx = run_pass(case.runner(name, p), case, ref, pass_name, device, args)
                 row.update(ms=ms, p20_ms=p20, p80_ms=p80, tflops=flops / (ms * 1e-3) / 1e12, rel_err=rel, max_err=mx)
                 if name == "triton":
@@ -843,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.heads = min(args.heads, 2)
         args.points = [(min(args.batch, 2), r) for r in ([8, 12] if cuda else [4, 6])]
-        args.res = [r for _, r in args.points]
+        args.res = [4] if args.model_step else [r for _, r in args.points]
         args.batch = min(args.batch, 2)
         args.dims = args.dims[:1] if cuda else [16]
         args.min_reps = 3

@@ -55,7 +55,11 @@ is refused there with a ValueError; fp16 and fp32 work.
 GPU: each kernel is autotuned over a handful of configurations (pruned by a shared-memory estimate), keyed
 on (power-of-two bucket of Nq, of Nk, HEAD_DIM, causal, dropout, and the tensors' dtypes).
 ``FLASH_ATTN_AUTOTUNE=0`` in the environment (read at import) skips tuning and takes the first config that
-fits, which the test-suite uses to save GPU time.
+fits, which the test-suite uses to save GPU time; ``FLASH_ATTN_TUNE_TOP=k`` tunes over the first k only.
+After the first call of a shape, a launch reuses the compiled kernel, its config and grid from a cache
+keyed on shapes, strides, dtypes, flags and pointer alignment (``FLASH_ATTN_FAST_LAUNCH=0`` turns it off),
+so the host work per call is the argument checks (also cached per signature), the allocations and the
+C launch.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # FLASH_ATTN_AUTOTUNE=0: first fitting config, no autotuning (the tests set it to save GPU time).
 _AUTOTUNE = os.environ.get("FLASH_ATTN_AUTOTUNE", "1") != "0"
+# FLASH_ATTN_TUNE_TOP=k: autotune over the first k fitting configs of each list only (0 or unset: all).
+_TUNE_TOP = int(os.environ.get("FLASH_ATTN_TUNE_TOP", "0") or 0)
 _LOG2E = 1.4426950408889634
 _PHILOX_ROUNDS = 7
 _INT32_MAX = 2**31 - 1
@@ -214,7 +220,7 @@ def _make_prune(kind: str):
             return [_cfg(*_FP32_CONFIG[kind])]
         fits = [c for c in configs if _smem_estimate(kind, c, head_dim, elsize) <= _SMEM_BUDGET]
         fits = fits or [configs[-1]]
-        return fits if _AUTOTUNE else fits[:1]
+        return (fits[:_TUNE_TOP] if _TUNE_TOP > 0 else fits) if _AUTOTUNE else fits[:1]
 
     return prune
 
@@ -842,8 +848,12 @@ def _dropout_mask_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv is a @jit function: ~16 us per call from Python
+
+
 def _bucket(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, 1 << (n - 1).bit_length())  # triton.next_power_of_2 (a constexpr_function: ~4 us per call)
 
 
 def _drop_thresh(p: float) -> int:
@@ -911,7 +921,7 @@ def _make_plan(kernel, compiled, nargs: int, consts: dict, grid, config):
     names = jit.arg_names[nargs:]
     if compiled is None or not hasattr(compiled, "run") or any(n not in meta for n in names):
         return None
-    g = grid(config.all_kwargs()) if callable(grid) else grid
+    g = grid(config.all_kwargs() if config is not None else meta) if callable(grid) else grid
     g = tuple(g) + (1,) * (3 - len(g))
     return _Plan(compiled, g, tuple(meta[n] for n in names))
 
@@ -947,25 +957,37 @@ def _current_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
 
 
-def _aligned(*ts) -> tuple:
-    """Per tensor: is its data pointer 16-byte aligned (triton specialises pointers on it)."""
-    return tuple(t.data_ptr() % 16 == 0 for t in ts)
+def _aligned(*ts) -> int:
+    """Bit i: is tensor i's data pointer 16-byte aligned (triton specialises pointers on it)."""
+    bits = 0
+    for i, t in enumerate(ts):
+        if t.data_ptr() % 16 == 0:
+            bits |= 1 << i
+    return bits
 
 
 def _layout(t: torch.Tensor) -> tuple:
     return (t.shape, t.stride())
 
 
-def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True):
+def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True, bnhd=False):
     """Forward launch; returns ``(o, lse, res)``.
 
     ``res`` (o's shape and dtype, or None) is the rounding residual ``O_fp32 - O`` for the backward's
     ``delta``; it is stored when ``residual`` is true and the inputs are 16-bit (fp32 O is exact).
+    ``bnhd``: o (and res) in (B, Nq, H, D) memory, from one allocation (the packed self-attention call).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    o = _out_like(q)
-    res = _out_like(o) if residual and q.dtype != torch.float32 else None
+    with_res = residual and q.dtype != torch.float32
+    if bnhd:  # (B, Nq, H, D) memory seen as (B, H, Nq, D); o and res from one allocation
+        buf = torch.empty((1 + with_res) * B * Nq * H * D, dtype=q.dtype, device=q.device)
+        shape, stride = (B, H, Nq, D), (Nq * H * D, D, H * D, 1)
+        o = buf.as_strided(shape, stride, 0)
+        res = buf.as_strided(shape, stride, B * Nq * H * D) if with_res else None
+    else:
+        o = _out_like(q)
+        res = _out_like(o) if with_res else None
     lse = _new_buffer((B * H, Nq), q.device)
     dropout = dropout_p > 0.0
     thresh = _drop_thresh(dropout_p)
@@ -974,7 +996,7 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True)
            _aligned(q, k, v), causal, dropout, res is not None)  # fmt: skip
 
     def grid(meta):
-        return (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)
+        return (_cdiv(Nq, meta["BLOCK_M"]), B * H)
 
     with _device_ctx(q):
         _launch(_attn_fwd_kernel, key, grid, (
@@ -1010,7 +1032,7 @@ def _bwd(
     with _device_ctx(q):
         delta = _new_buffer((B * H, Nq), q.device)
         _launch(_attn_bwd_preprocess, ("pre", *base, o.stride(), r.stride(), res is not None),
-            (triton.cdiv(Nq, _PRE_BLOCK_M), B * H), (
+            lambda meta: (_cdiv(Nq, _PRE_BLOCK_M), B * H), (
             o, r, do, delta, 1.0 / drop_scale,
             *o.stride(), *r.stride(), *do.stride(), H, Nq,
         ), dict(HAS_RES=res is not None, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK_M))  # fmt: skip
@@ -1018,7 +1040,7 @@ def _bwd(
             dk, dv = (out[1], out[2]) if out is not None else (_out_like(k), _out_like(v))
 
             def grid_kv(meta):
-                return (triton.cdiv(Nk, meta["BLOCK_N"]), B * H)
+                return (_cdiv(Nk, meta["BLOCK_N"]), B * H)
 
             cfg = configs and configs[0]
             _launch(_attn_bwd_dkdv_kernel, ("dkdv", *base, dk.stride(), dv.stride()), grid_kv, (
@@ -1031,7 +1053,7 @@ def _bwd(
             dq = out[0] if out is not None else _out_like(q)
 
             def grid_q(meta):
-                return (triton.cdiv(Nq, meta["BLOCK_M"]), B * H)
+                return (_cdiv(Nq, meta["BLOCK_M"]), B * H)
 
             cfg = configs and configs[1]
             _launch(_attn_bwd_dq_kernel, ("dq", *base, dq.stride()), grid_q, (
@@ -1104,7 +1126,7 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, num_heads, sm_scale, dropout_p, causal, seed, needs_grad=True):
         q, k, v = _unpack_qkv(qkv, num_heads)
-        o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad)
+        o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad, bnhd=True)
         ctx.save_for_backward(qkv, o, lse, res)
         ctx.num_heads, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed = num_heads, sm_scale, dropout_p, causal, seed
         B, H, N, D = o.shape
@@ -1122,16 +1144,24 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         do = do.view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
         if _slab_span(do) > _INT32_MAX:
             do = do.contiguous()
-        dqkv = torch.empty((B, N, 3, H, D), dtype=q.dtype, device=q.device)
-        grads = dqkv.permute(2, 0, 3, 1, 4)  # (3, B, H, N, D) views
-        _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, res=res, out=tuple(grads))
-        return dqkv.view(B, N, 3 * H * D), None, None, None, None, None, None
+        dqkv = torch.empty((B, N, 3 * H * D), dtype=q.dtype, device=q.device)
+        grads = _head_views(dqkv, H, 3)  # (B, H, N, D) views of its (B, N, 3, H, D) memory
+        _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, res=res, out=grads)
+        return dqkv, None, None, None, None, None, None
 
 
 def _unpack_qkv(qkv: torch.Tensor, num_heads: int):
-    B, N, E3 = qkv.shape
-    D = E3 // (3 * num_heads)
-    return qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D)
+    """q, k, v: (B, H, N, D) views of qkv (B, N, 3*H*D) (unit last stride), i.e. of its (B, N, 3, H, D) memory."""
+    return _head_views(qkv, num_heads, 3)
+
+
+def _head_views(x: torch.Tensor, num_heads: int, parts: int):
+    B, N, W = x.shape
+    D = W // (parts * num_heads)
+    sb, sn = x.stride(0), x.stride(1)
+    off = x.storage_offset()
+    shape, stride = (B, num_heads, N, D), (sb, D, sn, 1)
+    return tuple(x.as_strided(shape, stride, off + i * num_heads * D) for i in range(parts))  # (B, H, N, D) each
 
 
 def _fail(msg: str):
@@ -1248,11 +1278,15 @@ def _checked(q, k, v, sm_scale, dropout_p, causal, seed) -> tuple[float, float, 
             _CHECKED[key] = (sm_scale, dropout_p, causal)
         return sm_scale, dropout_p, causal, seed
     sm_scale, dropout_p, causal = hit
+    return sm_scale, dropout_p, causal, _seed(seed, dropout_p)
+
+
+def _seed(seed, dropout_p: float) -> int:
     if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
-    elif isinstance(seed, bool) or not isinstance(seed, Integral):
+        return int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
         _fail(f"attention: seed must be an int or None, got {seed!r}")
-    return sm_scale, dropout_p, causal, int(seed) % 2**31
+    return int(seed) % 2**31
 
 
 def attention_qkv(qkv, num_heads, *, sm_scale=None, dropout_p=0.0, causal=False, seed=None):
@@ -1272,8 +1306,15 @@ def attention_qkv(qkv, num_heads, *, sm_scale=None, dropout_p=0.0, causal=False,
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     (qkv,) = _autocast_inputs(qkv)
-    q, k, v = _unpack_qkv(qkv, num_heads)
-    sm_scale, dropout_p, causal, seed = _checked(q, k, v, sm_scale, dropout_p, causal, seed)
+    key = (qkv.shape, qkv.stride(), qkv.dtype, qkv.device, num_heads, type(sm_scale), sm_scale, type(dropout_p),
+           dropout_p, causal)  # fmt: skip
+    hit = _CHECKED.get(key)
+    if hit is None:  # first call of this signature: the full check on the (B, H, N, D) head views
+        sm_scale, dropout_p, causal, seed = _checked(*_unpack_qkv(qkv, num_heads), sm_scale, dropout_p, causal, seed)
+        _CHECKED[key] = (sm_scale, dropout_p, causal)
+    else:
+        sm_scale, dropout_p, causal = hit
+        seed = _seed(seed, dropout_p)
     needs_grad = torch.is_grad_enabled() and qkv.requires_grad
     return FlashAttentionQKVFunction.apply(qkv, num_heads, sm_scale, dropout_p, causal, seed, needs_grad)
 
@@ -1380,7 +1421,7 @@ def dropout_mask(seed: int, B: int, H: int, Nq: int, Nk: int, p: float, device=N
         _fail("dropout_mask: needs a CUDA GPU, or TRITON_INTERPRET=1 for the CPU interpreter")
     out = torch.empty((B, H, Nq, Nk), dtype=torch.int8, device=device)
     bm, bn = _MASK_BLOCK
-    grid = (triton.cdiv(Nq, bm), triton.cdiv(Nk, bn), B * H)
+    grid = (_cdiv(Nq, bm), _cdiv(Nk, bn), B * H)
     with _device_ctx(out):
         _dropout_mask_kernel[grid](
             out, int(seed) % 2**31, _drop_thresh(float(p)), Nq, Nk, N_ROUNDS=_PHILOX_ROUNDS, BLOCK_M=bm, BLOCK_N=bn,
