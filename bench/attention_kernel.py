@@ -15,7 +15,7 @@ N <= 4096). Cases are the model's calls:
   self    q, k, v contiguous (B, H, N, D), Nq = Nk = N
   packed  self-attention on q, k, v = strided views of one (B, N, 3, H, D) projection, as V4's layers call it
           (triton: ``attention_qkv``, which also writes the gradient packed; the others: the views)
-  cross   the decoder: Nq = 0.8 N queries onto Nk = 0.2 N inputs (bench.flops.token_split), q a
+  cross   the decoder: Nq = 0.8 N queries onto Nk = 0.2 N inputs (models.data.token_split), q a
           (B, N, H, D) view and k, v views of one (B, Nk, 2, H, D) projection
 Cases other than ``self`` and dropout > 0 run at the model's head dim only (D = 32); p > 0 runs the three
 SDPA backends and triton (triton drops with probability round(256 p)/256, see kernels.flash_attention).
@@ -231,7 +231,7 @@ def _is_unavailable(e: BaseException) -> bool:
 def case_lengths(case: str, N: int) -> tuple[int, int]:
     """(Nq, Nk) of a case at N tokens."""
     if case == "cross":
-        from bench.flops import token_split
+        from models.data import token_split
 
         n_in, n_q = token_split(N)
         return n_q, n_in
