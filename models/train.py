@@ -20,8 +20,10 @@ import os
 import random
 import resource
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,37 @@ def autocast_for(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+GRAD_CLIP = 1.0  # max global gradient norm of every training step (models.train, compare's calibration, bench)
+
+
+def train_step(
+    loss_fn: Callable[[], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    amp: bool = True,
+    grad_clip: float = GRAD_CLIP,
+    skip_nonfinite: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """THE training step, shared by models.train, bench.compare's calibration and the benchmark (bench.measure):
+    zero the grads, loss_fn() under bf16 autocast on CUDA, backward, clip the global gradient norm of the
+    optimizer's parameters to grad_clip (inf: measured, not clipped), optimizer step. A learning-rate scheduler,
+    if any, is stepped by the caller.
+
+    Returns (loss, grad_norm before clipping), tensors, not synced. skip_nonfinite: check both (one sync) and, when
+    either is not finite, drop the grads and leave the weights and the optimizer's state alone."""
+    opt.zero_grad(set_to_none=True)
+    with autocast_for(device, amp):
+        loss = loss_fn()
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if skip_nonfinite and not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+        opt.zero_grad(set_to_none=True)
+        return loss, grad_norm
+    opt.step()
+    return loss, grad_norm
 
 
 @torch.no_grad()
@@ -126,7 +159,60 @@ def plot_loss_curve(log_csv, out_png) -> None:
     plt.close(fig)
 
 
-def train(args) -> dict:
+MODEL_FLAGS = ("d_model", "num_layers", "num_heads", "dim_feedforward", "dropout")  # flags that override the config
+BACKEND_FLAGS = ("attn_backend", "mixer_backend")  # flags that pick a backend (the weights stay the same)
+
+
+def config_fields(model: str) -> set[str]:
+    """The fields of a model's config."""
+    return {f.name for f in fields(MODELS[model][1]("default", env={}))}
+
+
+def config_overrides(model: str, values: dict) -> dict:
+    """The entries of `values` that are fields of `model`'s config: a flag a model does not have (V1: no
+    dim_feedforward; V4: no mixer_backend) is not passed to it. None values are left to the preset / env vars."""
+    names = config_fields(model)
+    return {k: v for k, v in values.items() if k in names}
+
+
+@dataclass
+class TrainConfig:
+    """One training run: what models.train's flags set (parse_args builds one) and bench.compare passes in."""
+
+    model: str  # a key of models.MODELS: v1 (Mamba), v2, v3, v4 (Transformer), ...
+    preset: str = "default"  # model size preset: default | small | tiny
+    resolution: int = 32  # image side in pixels (N = side²)
+    observed_frac: float = 0.2  # fraction of pixels observed, in (0, 1)
+    data: str | None = None  # folder of PNG/JPEG images (None: scikit-image's photographs)
+    batch_size: int = 64  # crops per optimizer step (the CLI: --batch-size, else $BATCH_SIZE, else this)
+    lr: float = 1e-4  # AdamW peak learning rate (the CLI: --lr, else $LR, else this)
+    epochs: int = 1000  # passes over --train-samples crops (the CLI: --epochs, else $EPOCHS, else this)
+    steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (None: all batches)
+    max_steps: int | None = None  # total optimizer steps = the cosine schedule's length (None: epochs × steps/epoch)
+    time_budget: float | None = None  # stop after this many seconds of training (None: no limit)
+    train_samples: int = 4096  # crops per training epoch
+    val_samples: int = 256  # crops in the validation set
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 200  # linear warm-up steps (at most a tenth of the schedule)
+    grad_clip: float = GRAD_CLIP  # max global gradient norm
+    seed: int = 0  # weights, data order, masks and noise
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    no_amp: bool = False  # disable bf16 autocast on CUDA
+    mixer_backend: str = "auto"  # Mamba models: auto | mamba_ssm | reference | ...
+    attn_backend: str = "sdpa"  # seed | sdpa | triton
+    d_model: int | None = None  # model overrides (None: the preset, or the spec's env vars) ...
+    num_layers: int | None = None
+    num_heads: int | None = None
+    dim_feedforward: int | None = None  # ... (each passed to the models whose config has the field)
+    dropout: float | None = None
+    out_dir: str = "."  # where checkpoints_<name>/ goes
+    save_every: int = 50  # keep an _epoch_XXXX.pth every N epochs (0: never)
+    resume: bool = False  # continue from <name>_latest.pth
+    overwrite: bool = False  # start fresh even if checkpoints exist
+    quiet: bool = False  # no progress bar
+
+
+def train(args: TrainConfig) -> dict:
     """Train one model; returns a summary dict. Every input is checked before anything is written."""
     device = pick_device(args.device)
     check_resolution(args.resolution)
@@ -141,9 +227,7 @@ def train(args) -> dict:
         raise ConfigError(f"unknown model {args.model!r}; choose v1 (Mamba) or v4 (Transformer)")
     ckpt_dir = Path(args.out_dir) / f"checkpoints_{cls.name}"
     latest = ckpt_dir / f"{cls.name}_latest.pth"
-    backends = {"attn_backend": args.attn_backend}
-    if args.model == "v1":
-        backends["mixer_backend"] = args.mixer_backend
+    backends = config_overrides(args.model, {k: getattr(args, k) for k in BACKEND_FLAGS})
 
     # Model, resumed or fresh (seeded first, so the initial weights are reproducible too).
     torch.manual_seed(args.seed)
@@ -154,9 +238,7 @@ def train(args) -> dict:
     else:
         if ckpt_dir.exists() and any(ckpt_dir.glob("*.pth")) and not args.overwrite:
             raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite")
-        overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "dropout")}
-        if args.model == "v4":
-            overrides["dim_feedforward"] = args.dim_feedforward
+        overrides = config_overrides(args.model, {k: getattr(args, k) for k in MODEL_FLAGS})
         model = build_model(args.model, args.preset, {**overrides, **backends}).to(device)
         ckpt = None
     check_trainable(model)  # e.g. flex attention with dropout > 0: one line, before any data or output
@@ -217,12 +299,8 @@ def train(args) -> dict:
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch or step >= total_steps:
                 break
-            with autocast_for(device, not args.no_amp):
-                loss = flow_matching_loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            opt.step()
+            step_loss = partial(flow_matching_loss, model, batch)
+            loss, _ = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip)
             sched.step()
             step += 1
             losses.append(loss.item())
@@ -249,7 +327,7 @@ def train(args) -> dict:
         state = {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
             "best_val": min(best, val), "rng": _rng_state(), "log": log_rows, "train_time_s": train_time,
-            "args": vars(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
+            "args": asdict(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
         }  # fmt: skip
         if val < best:
             best = val
@@ -316,14 +394,15 @@ def build_parser() -> ArgParser:
     return p
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> TrainConfig:
+    """The CLI's flags → TrainConfig; --batch-size / --lr / --epochs not given: the spec's env vars, then the
+    dataclass's defaults."""
     args = build_parser().parse_args(argv)
-    defaults = {"batch_size": (int, 64), "lr": (float, 1e-4), "epochs": (int, 1000)}
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for env_name, field in ENV_TRAIN.items():
         if getattr(args, field) is None:
-            cast, default = defaults[field]
-            setattr(args, field, env_number(env_name, cast, default))
-    return args
+            setattr(args, field, env_number(env_name, type(defaults[field]), defaults[field]))
+    return TrainConfig(**vars(args))
 
 
 def main(argv=None) -> int:
