@@ -335,7 +335,8 @@ def counting_mode():
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     restore = [(mamba_mod, "selective_scan_ref", _REAL_SCAN), (common, "_triton_attention", common._triton_attention)]
-    mamba_mod.selective_scan_ref = _counted_scan
+    restore.append((mamba_mod, "selective_scan_fused", mamba_mod.selective_scan_fused))  # the cpu_fused backend
+    mamba_mod.selective_scan_ref = mamba_mod.selective_scan_fused = _counted_scan
     triton_getter = common._triton_attention
     common._triton_attention = lambda: paused_trace(triton_getter(), "TracedTritonAttention")
     for module_name, attr, name in PAUSED_TRACE_TARGETS:

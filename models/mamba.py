@@ -1,9 +1,11 @@
-"""The Mamba mixer (Gu & Dao 2023) with two backends, side by side.
+"""The Mamba mixer (Gu & Dao 2023) with three backends, side by side.
 
   mamba_ssm  — `mamba_ssm.Mamba` with its fused CUDA kernels (causal-conv1d + selective scan).
+  cpu_fused  — `MambaRef` below with the fused C++ CPU scan (kernels/selective_scan_cpu.py, compiled on first
+               use); on non-CPU tensors it runs the reference scan. `auto` picks it when there is no CUDA.
   reference  — `MambaRef` below: pure PyTorch, runs anywhere, same parameter names and shapes as
                `mamba_ssm.Mamba` (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so one checkpoint
-               loads into either.
+               loads into any of the three.
 
 The selective scan h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t is computed by
 `selective_scan_ref` in chunks: inside a chunk a Hillis–Steele doubling scan (log2 T vectorised steps, no
@@ -15,12 +17,14 @@ so training memory is O(B·d_inner·d_state·L/T) for the carried states instead
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kernels import selective_scan_cpu as cpu_scan
 from models.common import ConfigError
 
 try:  # optional compiled dependency
@@ -28,18 +32,39 @@ try:  # optional compiled dependency
 except Exception:  # ImportError, or a CUDA/ABI mismatch raised at import
     MambaCUDA = None
 
-MIXER_BACKENDS = ("auto", "mamba_ssm", "reference")
+MIXER_BACKENDS = ("auto", "mamba_ssm", "cpu_fused", "reference")
 INSTALL_HINT = "pip install mamba-ssm causal-conv1d --no-build-isolation (needs a CUDA GPU and toolchain)"
+_NOTED: set = set()
+
+
+def _note_once(msg: str) -> None:
+    if msg not in _NOTED:
+        _NOTED.add(msg)
+        sys.stderr.write(f"note: {msg}\n")
 
 
 def resolve_mixer_backend(backend: str) -> str:
-    """'auto' → mamba_ssm when it is importable and CUDA is present, else the reference."""
+    """'auto' → mamba_ssm when it is importable and CUDA is present; without CUDA the fused CPU scan when its
+    extension builds (compiled on the first call), else the reference (with a one-line note)."""
     if backend not in MIXER_BACKENDS:
         raise ConfigError(f"unknown mixer backend {backend!r}; choose one of {', '.join(MIXER_BACKENDS)}")
     if backend == "auto":
-        return "mamba_ssm" if (MambaCUDA is not None and torch.cuda.is_available()) else "reference"
+        if MambaCUDA is not None and torch.cuda.is_available():
+            return "mamba_ssm"
+        if torch.cuda.is_available():
+            return "reference"
+        if cpu_scan.available():
+            return "cpu_fused"
+        _note_once(f"mixer backend auto → reference: the fused CPU scan did not build ({cpu_scan.build_error()}); "
+                   f"it {cpu_scan.INSTALL_HINT}")  # fmt: skip
+        return "reference"
     if backend == "mamba_ssm" and MambaCUDA is None:
         raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")
+    if backend == "cpu_fused" and not cpu_scan.available():
+        raise ConfigError(
+            f"mixer backend 'cpu_fused' could not build its C++ extension ({cpu_scan.build_error()}); "
+            f"it {cpu_scan.INSTALL_HINT}"
+        )
     return backend
 
 
@@ -118,11 +143,21 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # ----------------------------------------------------------------------------------------------
 
 
-class MambaRef(nn.Module):
-    """Pure-PyTorch Mamba mixer, mamba_ssm.Mamba's parameters and init. (B, L, D) -> (B, L, D)."""
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size=64):
+    """The fused C++ scan on CPU tensors (kernels/selective_scan_cpu.py), the reference elsewhere. One signature."""
+    scan = cpu_scan.selective_scan_cpu if u.device.type == "cpu" else selective_scan_ref
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size=chunk_size)
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4):
+
+class MambaRef(nn.Module):
+    """Pure-PyTorch Mamba mixer, mamba_ssm.Mamba's parameters and init. (B, L, D) -> (B, L, D).
+    fused=True: the scan is selective_scan_fused (the `cpu_fused` backend); the function is the same."""
+
+    def __init__(
+        self, d_model, d_state=16, d_conv=4, expand=2, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, fused=False
+    ):
         super().__init__()
+        self.fused = fused
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
@@ -151,7 +186,8 @@ class MambaRef(nn.Module):
         dt, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias is added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, n)
-        y = selective_scan_ref(
+        scan = selective_scan_fused if self.fused else selective_scan_ref  # module globals: bench.flops patches them
+        y = scan(
             x,
             dt,
             A,
@@ -166,9 +202,9 @@ class MambaRef(nn.Module):
 
 
 def make_mixer(backend: str, d_model: int, d_state: int, d_conv: int, expand: int) -> nn.Module:
-    """A Mamba mixer on the resolved backend ('mamba_ssm' or 'reference')."""
+    """A Mamba mixer on the resolved backend ('mamba_ssm', 'cpu_fused' or 'reference')."""
     if backend == "mamba_ssm":
         if MambaCUDA is None:
             raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")
         return MambaCUDA(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
-    return MambaRef(d_model, d_state=d_state, d_conv=d_conv, expand=expand)
+    return MambaRef(d_model, d_state=d_state, d_conv=d_conv, expand=expand, fused=backend == "cpu_fused")

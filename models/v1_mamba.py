@@ -1,8 +1,9 @@
 """V1: MambaDiffusion — sparse-field flow matching with a Mamba (state-space, O(N)) encoder.
 
 tokens (inputs then queries, row-major) → num_layers residual pre-norm Mamba blocks → final LayerNorm
-→ split → queries cross-attend to inputs → linear decoder. The mixer is mamba_ssm's fused CUDA Mamba or
-the pure-PyTorch reference (models/mamba.py); both share parameter names, so checkpoints move freely.
+→ split → queries cross-attend to inputs → linear decoder. The mixer is mamba_ssm's fused CUDA Mamba, the
+fused C++ CPU scan or the pure-PyTorch reference (models/mamba.py); all share parameter names, so checkpoints
+move freely.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class V1Config:
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
-    mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch)
+    mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | cpu_fused (fused C++ CPU scan) | reference
     attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton
 
     def validate(self) -> None:
