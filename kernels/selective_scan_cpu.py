@@ -93,6 +93,13 @@ def _time_major(b: int, d: int, L: int, dtype) -> torch.Tensor:
     return torch.empty(b, L, d, dtype=dtype).transpose(1, 2)  # (b, d, L) view
 
 
+def _grad_like(t: torch.Tensor, dtype) -> torch.Tensor:
+    """An empty gradient for the (b, d, L) input t in t's memory order (time-major when t's channels are the
+    fastest dimension, as for the mixer's Δ and z), so autograd's next ops see matching strides, not a copy."""
+    b, d, L = t.shape
+    return _time_major(b, d, L, dtype) if t.stride(1) < t.stride(2) else torch.empty(b, d, L, dtype=dtype)
+
+
 def _groups(b: int, d: int) -> int:
     """How many tasks share one batch row's channels in the backward (each adds its share of dB, dC)."""
     blocks = -(-d // 16)
@@ -119,8 +126,8 @@ class SelectiveScanCpuFn(torch.autograd.Function):
         b, d, L = u.shape
         n = A.shape[1]
         G = _groups(b, d)
-        du, ddelta = _time_major(b, d, L, T), _time_major(b, d, L, T)
-        dz = _time_major(b, d, L, T) if z is not None else du.new_empty(0)
+        du, ddelta = _grad_like(u, T), _grad_like(delta, T)
+        dz = _grad_like(z, T) if z is not None else du.new_empty(0)
         dA_part = torch.empty(b, d, n, dtype=T)  # per batch row, summed below
         dD_part, dbias_part = torch.empty(b, d, dtype=T), torch.empty(b, d, dtype=T)
         dB_part, dC_part = torch.zeros(G, b, n, L, dtype=T), torch.zeros(G, b, n, L, dtype=T)

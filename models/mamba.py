@@ -149,6 +149,44 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size=chunk_size)
 
 
+class CausalConvTimeMajor(torch.autograd.Function):
+    """Causal depthwise conv on x (B, L, C) in x's own layout: y_t = bias + sum_k w_k · x_{t-(K-1)+k}.
+    The same function as nn.Conv1d(C, C, K, groups=C, padding=K-1) on x.transpose(1, 2), first L outputs, with
+    no (B, L, C) <-> (B, C, L) copies; the backward is K shifted multiply-adds and K reductions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x (B, L, C), weight (C, 1, K), bias (C,)
+        K, L = weight.shape[-1], x.shape[1]
+        w = weight[:, 0, :]  # (C, K)
+        y = torch.addcmul(bias, x, w[:, K - 1])  # (B, L, C), the tap on x_t itself
+        for k in range(K - 1):
+            m = K - 1 - k  # this tap reads x_{t-m}
+            if m < L:
+                y[:, m:].addcmul_(x[:, : L - m], w[:, k])
+        ctx.save_for_backward(x, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # g (B, L, C)
+        x, weight = ctx.saved_tensors
+        K, L = weight.shape[-1], x.shape[1]
+        w = weight[:, 0, :]  # (C, K)
+        dx = g * w[:, K - 1]  # (B, L, C)
+        dw = torch.zeros_like(w)  # (C, K)
+        dw[:, K - 1] = (g * x).sum((0, 1))
+        for k in range(K - 1):
+            m = K - 1 - k
+            if m < L:
+                dx[:, : L - m].addcmul_(g[:, m:], w[:, k])
+                dw[:, k] = (g[:, m:] * x[:, : L - m]).sum((0, 1))
+        return dx, dw.unsqueeze(1), g.sum((0, 1))
+
+
+def causal_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """nn.Conv1d(C, C, K, groups=C, padding=K-1)(x.transpose(1, 2))[..., :L].transpose(1, 2) on x (B, L, C)."""
+    return CausalConvTimeMajor.apply(x, weight, bias)
+
+
 class MambaRef(nn.Module):
     """Pure-PyTorch Mamba mixer, mamba_ssm.Mamba's parameters and init. (B, L, D) -> (B, L, D).
     fused=True: the scan is selective_scan_fused (the `cpu_fused` backend); the function is the same."""
@@ -181,8 +219,13 @@ class MambaRef(nn.Module):
         L = hidden.shape[1]
         xz = self.in_proj(hidden)  # (B, L, 2·d_inner)
         x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) each
-        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (B, d_inner, L), causal depthwise conv
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
+        if self.fused:  # time-major throughout: no (B, L, d) <-> (B, d, L) copies; the fused scan takes any strides
+            x = F.silu(causal_conv_time_major(x, self.conv1d.weight, self.conv1d.bias))  # (B, L, d_inner)
+            x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2n)
+            x = x.transpose(1, 2)  # (B, d_inner, L) view
+        else:
+            x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (B, d_inner, L), causal depthwise conv
+            x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
         dt, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias is added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, n)

@@ -168,3 +168,16 @@ def test_forced_cpu_fused_without_a_compiler_is_a_clear_error(monkeypatch):
         resolve_mixer_backend("cpu_fused")
     if not torch.cuda.is_available():  # auto falls back to the reference, with a one-line note
         assert resolve_mixer_backend("auto") == "reference"
+
+
+@pytest.mark.parametrize("L", [1, 2, 37])
+def test_time_major_causal_conv_matches_conv1d(L):
+    from models.mamba import causal_conv_time_major
+
+    torch.manual_seed(L)
+    conv = torch.nn.Conv1d(12, 12, 4, groups=12, padding=3, bias=True).double()
+    x = torch.randn(3, L, 12, dtype=torch.float64, requires_grad=True)
+    want = conv(x.transpose(1, 2))[..., :L].transpose(1, 2)
+    got = causal_conv_time_major(x, conv.weight, conv.bias)
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(causal_conv_time_major, (x, conv.weight, conv.bias))
