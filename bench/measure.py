@@ -36,9 +36,9 @@ from models.common import ConfigError
 from models.train import autocast_for, flow_matching_loss
 
 MODELS = ("v1", "v4")
-BACKENDS = {"v1": ("mamba_ssm", "reference"), "v4": ("seed", "sdpa", "triton")}
+BACKENDS = {"v1": ("mamba_ssm", "cpu_fused", "reference"), "v4": ("seed", "sdpa", "triton")}
 ALL_BACKENDS = tuple(b for bs in BACKENDS.values() for b in bs)
-PRIMARY = {"cuda": {"v1": "mamba_ssm", "v4": "sdpa"}, "cpu": {"v1": "reference", "v4": "sdpa"}}
+PRIMARY = {"cuda": {"v1": "mamba_ssm", "v4": "sdpa"}, "cpu": {"v1": "cpu_fused", "v4": "sdpa"}}
 LEVELS = ("mixer", "encoder", "model")
 MiB = 2**20
 
@@ -56,6 +56,12 @@ def backend_problem(model: str, backend: str, device: torch.device) -> str | Non
             return "mamba_ssm needs CUDA"
         if mamba_mod.MambaCUDA is None:
             return "mamba_ssm not importable (" + mamba_mod.INSTALL_HINT + ")"
+    if backend == "cpu_fused":
+        if device.type != "cpu":
+            return "cpu_fused is the CPU backend (on CUDA tensors it would run the reference scan)"
+        if not mamba_mod.cpu_scan.available():
+            scan = mamba_mod.cpu_scan
+            return f"fused CPU scan did not build ({scan.build_error()}); it {scan.INSTALL_HINT}"
     if backend == "triton":
         if device.type != "cuda":
             return "triton attention needs CUDA (the CPU interpreter is for tests)"

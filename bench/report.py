@@ -30,7 +30,7 @@ from bench.measure import PRIMARY
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-SERIES_ORDER = ["V1 mamba_ssm", "V1 reference", "V4 seed", "V4 sdpa", "V4 triton"]
+SERIES_ORDER = ["V1 mamba_ssm", "V1 cpu_fused", "V1 reference", "V4 seed", "V4 sdpa", "V4 triton"]
 LEVEL_TITLES = {
     "model": "Whole model",
     "encoder": "Encoder stack (model.encode)",
@@ -81,10 +81,10 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def primary_of(runs: list, df: pd.DataFrame | None = None) -> dict:
-    """The backends V4/V1 compares: mamba_ssm and sdpa on GPU, reference and sdpa on CPU; when the preferred
+    """The backends V4/V1 compares: mamba_ssm and sdpa on GPU, cpu_fused and sdpa on CPU; when the preferred
     one has no successful row (e.g. mamba_ssm not installed), the next one that has."""
     gpu = any(r.get("gpu") for r in runs)
-    prefer = {"v1": ["mamba_ssm", "reference"], "v4": ["sdpa", "triton", "seed"]}
+    prefer = {"v1": ["mamba_ssm", "cpu_fused", "reference"], "v4": ["sdpa", "triton", "seed"]}
     out = dict(PRIMARY["cuda" if gpu else "cpu"])
     if df is not None and len(df):
         ok = df[(df["status"] == "ok") & (df["kind"].isin(["fwd", "train"]))]
@@ -589,9 +589,10 @@ NOTES = """\
   CSV. Fits use the peak minus the allocation before the step. On CPU: process RSS.
 - **Levels.** mixer = one Mamba mixer vs one self-attention on (B, N, d_model); encoder = `model.encode` (all
   num_layers layers); model = the whole flow-matching network with N = Nin + Nq tokens (Nin = 20 %).
-- **Backends.** V1: mamba_ssm (fused CUDA kernels), reference (pure PyTorch, launch-bound on GPU). V4: seed
-  (nn.MultiheadAttention with need_weights, materialises the N×N weights), sdpa (torch SDPA), triton (ours).
-  V4/V1 compares the primary backends: V4 sdpa vs V1 mamba_ssm on GPU, V4 sdpa vs V1 reference on CPU.
+- **Backends.** V1: mamba_ssm (fused CUDA kernels), cpu_fused (fused C++ CPU scan), reference (pure PyTorch,
+  launch-bound on GPU). V4: seed (nn.MultiheadAttention with need_weights, materialises the N×N weights), sdpa
+  (torch SDPA), triton (ours).
+  V4/V1 compares the primary backends: V4 sdpa vs V1 mamba_ssm on GPU, V4 sdpa vs V1 cpu_fused on CPU.
 - **Cells.** OOM = out of memory (or skipped because a smaller r already ran out); n/a = backend unavailable;
   skipped = not run (time budget or --ref-max-res).
 """

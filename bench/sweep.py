@@ -15,9 +15,9 @@ rows already done (same model, backend, level, resolution, batch, dtype, kind) u
 missing backend becomes a row (oom / unavailable) and the sweep goes on. At the end bench.report renders
 the tables, plots and results/README.md.
 
-Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32 and 48, pure-PyTorch
-backends, one CPU thread, 1–3 repetitions after a warm-up call) into results/cpu/, so it never overwrites the
-GPU results; ≈ 2 minutes on 2 cores.
+Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
+backends — V1 on the fused C++ scan (cpu_fused) and the reference — one CPU thread, 1–3 repetitions after a
+warm-up call) into results/cpu/, so it never overwrites the GPU results; ≈ 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def settings_from_args(args) -> Settings:
                  max_reps=100, max_batch=True, spec=64, ref_max=64, budget=400.0, out=REPO / "results",
                  all_backends=True)  # fmt: skip
     elif mode == "reduced":
-        d = dict(res=[32, 48], batch=1, preset="small", warmup=0.0, rep=200.0, min_reps=1, max_reps=3,
+        d = dict(res=[32, 48, 64], batch=1, preset="small", warmup=0.0, rep=200.0, min_reps=1, max_reps=3,
                  max_batch=False, spec=0, ref_max=10**6, budget=170.0, out=REPO / "results" / "cpu",
                  all_backends=False)  # fmt: skip
     else:  # quick
@@ -198,7 +198,7 @@ def settings_from_args(args) -> Settings:
     elif d["all_backends"]:
         wanted = list(ALL_BACKENDS)
     else:  # the CPU-runnable reference backends
-        wanted = ["reference", "seed", "sdpa"]
+        wanted = ["cpu_fused", "reference", "seed", "sdpa"]
     backends = {m: [b for b in BACKENDS[m] if b in wanted] for m in models}
     for m in models:
         if not backends[m]:
