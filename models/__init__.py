@@ -1,6 +1,17 @@
-"""V1 (Mamba) / V4 (Transformer) sparse-neural-field flow-matching models."""
+"""V1 (Mamba) / V4 (Transformer) sparse-neural-field flow-matching models.
 
-from models.common import ConfigError, count_parameters
+Importing this package pins glibc's mmap threshold (models.utils.tame_cpu_allocator), process-wide, so that a
+notebook or a library caller gets the same bounded CPU memory as the CLIs. SPARSE_KEEP_MALLOC=1 skips it.
+"""
+
+import os
+
+from models.utils import tame_cpu_allocator
+
+if os.environ.get("SPARSE_KEEP_MALLOC") != "1":
+    tame_cpu_allocator()
+
+from models.common import ConfigError, count_parameters  # noqa: E402
 from models.v1_mamba import MambaDiffusion, V1Config, v1_config
 from models.v4_transformer import TransformerDiffusion, V4Config, v4_config
 

@@ -16,6 +16,10 @@ CPU only (issue 16), the default preset at batch 8, 32² (1,024 tokens), fp32, p
     test_cpu_train_step  the whole training step (AdamW), V1 cpu_fused and V4 sdpa, on 1 and on 2 threads
 """
 
+import os
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -107,6 +111,23 @@ def _rss_extra(benchmark, fn):
     benchmark.extra_info.update(rss_before_mb=mem["rss_before_mb"], rss_peak_mb=mem["rss_peak_mb"])
 
 
+def _pedantic_cpu(benchmark, fn, rounds):
+    """benchmark.pedantic, plus the process CPU time per call (time.process_time, all threads) and the load
+    average in extra_info: on a shared machine wall time and CPU time part ways, and the load says by how much."""
+    cpu = []
+
+    def timed():
+        t0 = time.process_time()
+        fn()
+        cpu.append(time.process_time() - t0)
+
+    load_before = os.getloadavg()[0]
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(
+        cpu_s_median=statistics.median(cpu), loadavg_1min_before=load_before, loadavg_1min_after=os.getloadavg()[0]
+    )
+
+
 @cpu_only
 @pytest.mark.parametrize("threads", [2], indirect=True, ids=["2threads"])
 @pytest.mark.parametrize("impl", ["cpu_fused", "reference"])
@@ -139,7 +160,7 @@ def test_cpu_scan(benchmark, impl, threads):
     _rss_extra(benchmark, fwd_bwd)
     benchmark.group = "cpu scan fwd+bwd (8, 512, 16, 1024)"
     benchmark.extra_info.update(impl=impl, threads=threads, shape="b8 d512 n16 L1024")
-    benchmark.pedantic(fwd_bwd, rounds=5 if impl == "cpu_fused" else 3, iterations=1, warmup_rounds=0)
+    _pedantic_cpu(benchmark, fwd_bwd, rounds=5 if impl == "cpu_fused" else 3)
 
 
 @cpu_only
@@ -161,7 +182,7 @@ def test_cpu_layer(benchmark, backend, threads):
     _rss_extra(benchmark, fwd_bwd)
     benchmark.group = "cpu one Mamba layer fwd+bwd (8, 1024, 256)"
     benchmark.extra_info.update(backend=backend, threads=threads)
-    benchmark.pedantic(fwd_bwd, rounds=5 if backend == "cpu_fused" else 3, iterations=1, warmup_rounds=0)
+    _pedantic_cpu(benchmark, fwd_bwd, rounds=5 if backend == "cpu_fused" else 3)
 
 
 @cpu_only
@@ -177,5 +198,5 @@ def test_cpu_train_step(benchmark, model, backend, threads):
     _rss_extra(benchmark, step)
     benchmark.group = f"cpu training step, batch 8, 32², default preset, {threads} thread(s)"
     benchmark.extra_info.update(model=model, backend=backend, threads=threads, params=wl.params)
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=0)
+    _pedantic_cpu(benchmark, step, rounds=5)
     measure.free_memory(DEVICE)
