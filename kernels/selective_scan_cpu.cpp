@@ -160,6 +160,16 @@ inline V vsoftplus(V v) {
   return v > th ? v : sp;
 }
 
+// softplus(v) and its derivative sigmoid(v) = e / (1 + e), e = exp(v), sharing the exp.
+template <typename V>
+inline V vsoftplus_sigmoid(V v, V& sig) {
+  const V th = bcast<V>(20), one = bcast<V>(1);
+  V e = vexp(v < th ? v : bcast<V>(0));
+  sig = v > th ? one : e / (one + e);
+  V sp = vlog1p_pos(e);
+  return v > th ? v : sp;
+}
+
 template <typename V>
 inline V vsigmoid(V v) {
   const V one = bcast<V>(1);
@@ -318,19 +328,21 @@ void bwd_block(const Problem<T>& pr, const Grads<T>& g, int64_t bi, int64_t d0, 
   std::vector<V> U(chunk), DTR(chunk), Z(chunk), G(chunk), DT(chunk), SIG(chunk), YP(chunk);
   std::vector<V> dU(chunk), dDT(chunk), dZ(chunk);
   std::vector<T> Bt(chunk * n), Ct(chunk * n);
+  std::vector<V> DTall(L), SIGall(pr.softplus ? L : 0);  // Δ after bias and softplus, and softplus' derivative
 
-  // pass 1: the state at the start of every chunk
+  // pass 1: the state at the start of every chunk, and Δ for every step
   for (int64_t j = 0; j < n; ++j) h[j] = bcast<V>(T(0));
   for (int64_t c = 0; c < nchunks; ++c) {
     const int64_t t0 = c * chunk, K = std::min(chunk, L - t0);
     for (int64_t j = 0; j < n; ++j) hb[c * n + j] = h[j];
-    if (c == nchunks - 1) break;  // the last chunk's end state is not needed
     load_tile(pr.u, bi, d0, nd, t0, K, U.data());
     load_tile(pr.delta, bi, d0, nd, t0, K, DTR.data());
     load_bc(pr.B, bi, n, t0, K, Bt.data());
     for (int64_t k = 0; k < K; ++k) {
       V dt = DTR[k] + bias;
-      if (pr.softplus) dt = vsoftplus(dt);
+      if (pr.softplus) dt = vsoftplus_sigmoid(dt, SIGall[t0 + k]);
+      DTall[t0 + k] = dt;
+      if (c == nchunks - 1) continue;  // the last chunk's end state is not needed
       const V du = dt * U[k];
       const T* Bk = Bt.data() + k * n;
       for (int64_t j = 0; j < n; ++j) h[j] = vexp2(dt * A2[j]) * h[j] + du * Bk[j];
@@ -343,7 +355,6 @@ void bwd_block(const Problem<T>& pr, const Grads<T>& g, int64_t bi, int64_t d0, 
   for (int64_t c = nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * chunk, K = std::min(chunk, L - t0);
     load_tile(pr.u, bi, d0, nd, t0, K, U.data());
-    load_tile(pr.delta, bi, d0, nd, t0, K, DTR.data());
     if (pr.z.p) load_tile(pr.z, bi, d0, nd, t0, K, Z.data());
     load_tile(g.dout, bi, d0, nd, t0, K, G.data());
     load_bc(pr.B, bi, n, t0, K, Bt.data());
@@ -351,9 +362,8 @@ void bwd_block(const Problem<T>& pr, const Grads<T>& g, int64_t bi, int64_t d0, 
     // recompute the chunk: states Hs[k+1] = h_{t0+k} (Hs[0] = the chunk's start state), decays As[k]
     for (int64_t j = 0; j < n; ++j) h[j] = Hs[j] = hb[c * n + j];
     for (int64_t k = 0; k < K; ++k) {
-      V v = DTR[k] + bias, dt = v;
-      if (pr.softplus) dt = vsoftplus(v), SIG[k] = vsigmoid(v);
-      DT[k] = dt;
+      const V dt = DT[k] = DTall[t0 + k];
+      if (pr.softplus) SIG[k] = SIGall[t0 + k];
       const V du = dt * U[k];
       const T* Bk = Bt.data() + k * n;
       const T* Ck = Ct.data() + k * n;
