@@ -5,18 +5,14 @@ Importing this package pins glibc's mmap threshold (models.utils.tame_cpu_alloca
 notebook or a library caller gets the same bounded CPU memory as the CLIs. SPARSE_KEEP_MALLOC=1 skips it.
 """
 
-import os
-
+from models.common import ConfigError, count_parameters
 from models.utils import tame_cpu_allocator
-
-if os.environ.get("SPARSE_KEEP_MALLOC") != "1":
-    tame_cpu_allocator()
-
-from models.common import ConfigError, count_parameters  # noqa: E402
 from models.v1_mamba import MambaDiffusion, V1Config, v1_config
 from models.v2_bidirectional import BiMambaPerceiverDiffusion, V2Config, v2_config
 from models.v3_morton import MortonMambaDiffusion, V3Config, v3_config
 from models.v4_transformer import TransformerDiffusion, V4Config, v4_config
+
+tame_cpu_allocator()  # process-wide: glibc's mmap threshold pinned (see the docstring)
 
 MODELS = {
     "v1": (MambaDiffusion, v1_config),
