@@ -181,3 +181,15 @@ def test_time_major_causal_conv_matches_conv1d(L):
     got = causal_conv_time_major(x, conv.weight, conv.bias)
     torch.testing.assert_close(got, want)
     assert torch.autograd.gradcheck(causal_conv_time_major, (x, conv.weight, conv.bias))
+
+
+@pytest.mark.gpu
+def test_cpu_fused_mixer_on_cuda_runs_the_reference_scan():
+    """A cpu_fused model moved to CUDA keeps working: its scan dispatches to selective_scan_ref there."""
+    torch.manual_seed(0)
+    ref = MambaRef(64, d_state=16).cuda()
+    fused = MambaRef(64, d_state=16, fused=True).cuda()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 300, 64, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-4, atol=1e-5)
