@@ -9,7 +9,7 @@ SIMD lanes and the state in registers; its backward recomputes the states chunk 
 and runs the reverse recurrence, so autograd keeps only the inputs. bf16 / fp16 inputs are computed in fp32
 (the output is cast back to the input's dtype, as the reference does); fp64 inputs in fp64.
 
-The extension is compiled by torch.utils.cpp_extension on first use (`load()`; ~1 min with g++ and ninja
+The extension is compiled by torch.utils.cpp_extension on first use (`load()`; ~30 s with g++ and ninja
 from pip) and cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), so later processes only
 load it. `available()` says whether it builds here; `build_error()` why not.
 """
