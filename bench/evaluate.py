@@ -41,9 +41,10 @@ from models.common import ConfigError
 from models.data import SparseFieldDataset, check_resolution, load_images, pixel_coords, split_pixels
 from models.sample import METHODS, sample, sparse_display, to_display
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
+from models.variants import VARIANTS
 
 MODEL_KEYS = ("v1", "v4")
-LABELS = {"v1": "V1 (Mamba)", "v4": "V4 (Transformer)", "nearest": "nearest interp", "linear": "linear interp"}
+LABELS = {**{k: v.label for k, v in VARIANTS.items()}, "nearest": "nearest interp", "linear": "linear interp"}
 DATA_RANGE = 2.0  # values in [-1, 1]
 PSNR_CAP = 100.0  # dB, for a perfect reconstruction (MSE = 0)
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from models import MODELS, build_model, count_parameters
 from models.checkpoint import model_from_checkpoint, save_checkpoint
-from models.common import ENV_TRAIN, ConfigError
+from models.common import ENV_TRAIN, ConfigError, check_trainable
 from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pick_device
 
@@ -159,6 +159,7 @@ def train(args) -> dict:
             overrides["dim_feedforward"] = args.dim_feedforward
         model = build_model(args.model, args.preset, {**overrides, **backends}).to(device)
         ckpt = None
+    check_trainable(model)  # e.g. flex attention with dropout > 0: one line, before any data or output
 
     # Data (checked before anything is written).
     train_ds = SparseFieldDataset(
@@ -303,7 +304,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | cpu_fused | reference")
-    p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton")
+    p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton | flex (flex: --dropout 0)")
     for flag, cast in (("--d-model", int), ("--num-layers", int), ("--num-heads", int),
                        ("--dim-feedforward", int), ("--dropout", float)):  # fmt: skip
         p.add_argument(flag, type=cast, default=None, help="override (also via the spec's env vars)")
