@@ -202,7 +202,8 @@ def settings_from_args(args) -> Settings:
         backends = {m: [b for b in get_variant(m).backends if b in wanted] for m in models}
     elif d["all_backends"]:  # every backend, but of the pure-PyTorch mixers (launch-bound on a GPU) only the
         # baseline's CPU one: what the fused kernels buy
-        keep = {m: [b for b in get_variant(m).backends if b not in REFERENCE_BACKENDS] for m in models}
+        gpu_ok = lambda b: b not in REFERENCE_BACKENDS and measure.DEVICE_ONLY.get(b, "cuda") == "cuda"  # noqa: E731
+        keep = {m: [b for b in get_variant(m).backends if gpu_ok(b)] for m in models}  # (cpu_fused: CPU only)
         if BASELINE in keep:
             keep[BASELINE] = [b for b in get_variant(BASELINE).backends
                               if b in keep[BASELINE] or b == "reference"]  # fmt: skip
