@@ -31,9 +31,10 @@ trade coverage for time: --models, --levels, --backends, --res, --secondary-max-
 regime), --throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms,
 --no-device-time, --max-batch (off by default: ≈ 2 min).
 
-Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32 and 48, pure-PyTorch
-backends, one CPU thread, 3 repetitions in 3 rounds after a warm-up call, wall time only) into results/cpu/, so it
-never overwrites the GPU results; ≤ ~5 min on 2 cores (a 240 s time budget: a rerun continues).
+Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
+backends — the Mamba variants first on the fused C++ scan (cpu_fused), then the reference — one CPU thread, 3
+repetitions in 3 rounds after a warm-up call, wall time only) into results/cpu/, so it never overwrites the GPU
+results; ≤ ~5 min on 2 cores (a 240 s time budget: a rerun continues).
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def settings_from_args(args) -> Settings:
                  levels=["model", "encoder"], tokens=TOKENS, spec=64, ref_max=48, budget=420.0,
                  out=REPO / "results", all_backends=True)  # fmt: skip
     elif mode == "reduced":
-        d = dict(res=[32, 48], batch=1, preset="small", warmup=0.0, min_reps=3, max_point_s=1.0,
+        d = dict(res=[32, 48, 64], batch=1, preset="small", warmup=0.0, min_reps=3, max_point_s=1.0,
                  levels=list(LEVELS), tokens=0, spec=0, ref_max=10**6, budget=240.0, out=REPO / "results" / "cpu",
                  all_backends=False)  # fmt: skip
     else:  # quick
@@ -270,10 +271,11 @@ def settings_from_args(args) -> Settings:
         backends = {m: [b for b in get_variant(m).backends if b in wanted] for m in models}
     elif d["all_backends"]:  # every backend, but of the pure-PyTorch mixers (launch-bound on a GPU) only the
         # baseline's CPU one: what the fused kernels buy
-        keep = {m: [b for b in get_variant(m).backends if b not in REFERENCE_BACKENDS] for m in models}
+        gpu_ok = lambda b: b not in REFERENCE_BACKENDS and measure.DEVICE_ONLY.get(b, "cuda") == "cuda"  # noqa: E731
+        keep = {m: [b for b in get_variant(m).backends if gpu_ok(b)] for m in models}  # (cpu_fused: CPU only)
         if BASELINE in keep:
             keep[BASELINE] = [b for b in get_variant(BASELINE).backends
-                              if b in keep[BASELINE] or b == get_variant(BASELINE).primary["cpu"]]  # fmt: skip
+                              if b in keep[BASELINE] or b == "reference"]  # fmt: skip
         backends = keep
     else:  # the backends that run here (on CPU: the pure-PyTorch ones)
         problem = measure.backend_problem
