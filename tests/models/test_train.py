@@ -105,9 +105,9 @@ def _cli(*args):
         (["--model", "v9"], "unknown model"),
         (["--model", "v4", "--attn-backend", "nope"], "unknown attention backend"),
         (["--model", "v1", "--mixer-backend", "nope"], "unknown mixer backend"),
-        (["--model", "v4", "--resolution", "4"], "resolution must be >= 8"),
-        (["--model", "v4", "--resolution", "32.5"], "invalid int value"),
-        (["--model", "v4", "--observed-frac", "1.5"], "observed fraction"),
+        (["--model", "v4", "--resolution", "4"], "--resolution: must be an integer >= 8"),
+        (["--model", "v4", "--resolution", "32.5"], "must be an integer >= 8, got '32.5'"),
+        (["--model", "v4", "--observed-frac", "1.5"], "--observed-frac: must be a finite number > 0 and < 1"),
         (["--model", "v4", "--data", "/nonexistent/folder"], "does not exist"),
     ],
 )
