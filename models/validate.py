@@ -120,7 +120,7 @@ def _nearest_existing(path: Path) -> Path:
 def existing_file(text) -> Path:
     p = Path(text)
     if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
     if not p.is_file():
         raise argparse.ArgumentTypeError(f"{text} is not a file")
     if not os.access(p, os.R_OK):
@@ -259,12 +259,14 @@ def memory_check(estimate, batch: int, res: int, avail: int, src: str, what: str
     need = estimate(batch, res)
     if need <= avail:
         return
-    head = f"{res_flag} {res} with {batch_flag} {batch}: {what} needs ~{fmt_bytes(need)}, {fmt_bytes(avail)} {src}"
-    b = largest_fitting(lambda b: estimate(b, res), 1, batch, avail)
+    with_batch = f" with {batch_flag} {batch}" if batch_flag else ""
+    head = f"{res_flag} {res}{with_batch}: {what} needs ~{fmt_bytes(need)}, {fmt_bytes(avail)} {src}"
+    b = largest_fitting(lambda b: estimate(b, res), 1, batch, avail) if batch_flag else None
     if b is not None:
         raise ConfigError(f"{head}; {batch_flag} {b} fits")
     r = largest_fitting(lambda r: estimate(1, r), 8, res, avail)
-    fix = f"{res_flag} {r} fits at {batch_flag} 1" if r else "nothing fits, even at 8×8"
+    at = f" at {batch_flag} 1" if batch_flag else ""
+    fix = f"{res_flag} {r} fits{at}" if r else "nothing fits, even at 8×8"
     raise ConfigError(f"{head}; {fix}")
 
 
