@@ -43,8 +43,8 @@ def _terminate(signum, frame):
 
 
 def cli_main(run, argv=None, parser: ArgParser | None = None) -> int:
-    """Run a CLI body; ConfigError → one-line message and exit 2 (or its `exit_code`); out of memory → one line
-    and exit 1; SIGTERM / Ctrl-C → one line and exit 130. Returns the exit code."""
+    """Run a CLI body and return its exit code: argparse errors and ConfigError → their one-line message and 2 (or
+    the error's `exit_code`); out of memory → one line and 1; SIGTERM / Ctrl-C → one line and 130."""
     prog = parser.prog if parser else Path(sys.argv[0]).name
     tame_cpu_allocator()
     previous = signal.getsignal(signal.SIGTERM)
@@ -54,6 +54,11 @@ def cli_main(run, argv=None, parser: ArgParser | None = None) -> int:
         previous = None
     try:
         run(argv)
+    except SystemExit as e:  # argparse's one-line errors (exit 2) and --help (0): a return code, not an exception
+        if isinstance(e.code, str):
+            sys.stderr.write(f"{e.code}\n")
+            return 1
+        return 0 if e.code is None else e.code
     except ConfigError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return getattr(e, "exit_code", 2)
