@@ -44,6 +44,7 @@ from models.common import ConfigError
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.v1_mamba import v1_config
 from models.v4_transformer import v4_config
+from models.validate import check_memory, nonneg_float, nonneg_int, positive_int, run_bytes, writable_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_RES = (32, 48, 64, 96, 128)
@@ -100,27 +101,27 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog="bench.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--res", nargs="+", default=None, help="resolutions r (N = r²), e.g. 32 48 64 or 32,64")
     p.add_argument("--extended", action="store_true", help=f"add r = {EXTENDED_RES} (find where each OOMs)")
-    p.add_argument("--batch", type=int, default=None, help="benchmark batch (GPU 8, CPU 2)")
+    p.add_argument("--batch", type=positive_int, default=None, help="benchmark batch (GPU 8, CPU 2)")
     p.add_argument("--models", nargs="+", default=None, help="v1 v4")
     p.add_argument("--levels", nargs="+", default=None, help="mixer encoder model")
     p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(ALL_BACKENDS)}")
-    p.add_argument("--out", default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
-    p.add_argument("--reps", type=int, default=None, help="fixed number of timed repetitions per point")
-    p.add_argument("--time-per-point", type=float, default=None, help="ms of timed repetitions per point")
-    p.add_argument("--warmup", type=float, default=None, help="ms of warm-up per point (after the first call)")
+    p.add_argument("--out", type=writable_dir, default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
+    p.add_argument("--reps", type=positive_int, default=None, help="fixed number of timed repetitions per point")
+    p.add_argument("--time-per-point", type=nonneg_float, default=None, help="ms of timed repetitions per point")
+    p.add_argument("--warmup", type=nonneg_float, default=None, help="ms of warm-up per point (after the first call)")
     p.add_argument("--timer", default="events", help="events (CUDA events) | do_bench (triton.testing)")
     p.add_argument("--cuda-graph", action="store_true", help="also time a CUDA-graph replay of the forward")
     p.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search")
-    p.add_argument("--max-batch-cap", type=int, default=4096)
-    p.add_argument("--max-batch-probes", type=int, default=7, help="training steps per max-batch search")
+    p.add_argument("--max-batch-cap", type=positive_int, default=4096)
+    p.add_argument("--max-batch-probes", type=positive_int, default=7, help="training steps per max-batch search")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
-    p.add_argument("--spec-batch", type=int, default=None, help="batch of the spec point at 32×32 (0: off)")
+    p.add_argument("--spec-batch", type=nonneg_int, default=None, help="batch of the spec point at 32×32 (0: off)")
     p.add_argument("--ref-max-res", type=int, default=None, help="largest r for the reference Mamba (GPU 64)")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
-    p.add_argument("--epoch-samples", type=int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
+    p.add_argument("--time-budget", type=nonneg_float, default=None, help="seconds; later rows are skipped")
+    p.add_argument("--epoch-samples", type=positive_int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
     p.add_argument("--preset", default=None, help="model size preset: default | small | tiny")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs default to 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs default to 1)")
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
@@ -223,7 +224,25 @@ def settings_from_args(args) -> Settings:
         s.notes.append("--cuda-graph ignored: no CUDA")
     if not cuda and not args.no_max_batch and mode != "quick":
         s.notes.append("largest-batch search skipped: CPU has no device-memory limit to find")
+    if not cuda:  # a CPU OOM is the kernel's kill, not a row: refuse what cannot fit, before the first row
+        check_memory(lambda b, r: cpu_step_bytes(s, b, r), s.batch, max(s.res), device, "the sweep's largest "
+                     "training step on cpu", "--batch", "--res")  # fmt: skip
     return s
+
+
+def cpu_step_bytes(s: Settings, batch: int, res: int) -> int:
+    """The hungriest training step of the sweep's models and backends at (batch, res), as models.validate
+    estimates it (the seed backend materialises V4's attention weights)."""
+    from models import MODELS as TABLE
+
+    need = 0
+    for m in s.models:
+        cls, make_cfg = TABLE[m]
+        for backend in s.backends.get(m, []):
+            over = {"attn_backend": backend} if backend in ("seed", "sdpa", "triton") else {}
+            cfg = make_cfg(s.preset, over, {})
+            need = max(need, run_bytes(cls, cfg, res, batch, True, "cpu", 6_000_000))
+    return need
 
 
 # ----------------------------------------------------------------------------------------------

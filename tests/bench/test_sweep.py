@@ -112,7 +112,7 @@ def test_unavailable_backend_becomes_a_row(tmp_path):
         (["--models", "v9"], "unknown value 'v9'"),
         (["--backends", "flash"], "unknown value 'flash'"),
         (["--levels", "layer"], "unknown value 'layer'"),
-        (["--batch", "0"], "--batch must be >= 1"),
+        (["--batch", "0"], "--batch: must be an integer >= 1, got 0"),
         (["--models", "v1", "--backends", "sdpa"], "none of sdpa is a v1 backend"),
         (["--timer", "stopwatch"], "unknown timer"),
     ],
