@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from bench.env import git_commit, nvml_info, try_call
-from models.utils import atomic_savefig, atomic_to_csv, atomic_write_text
+from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text
+from models.validate import existing_file, writable_dir
 
 BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
@@ -77,8 +78,8 @@ def _head_dim(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.attention_kernel",
+    p = ArgParser(
+        prog="bench.attention_kernel",
         description="Benchmark the Triton FlashAttention kernel against torch SDPA backends.",
     )
     p.add_argument("--batch", type=_positive_int, default=64, help="batch size B (default 64)")
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=_head_dim, nargs="+", default=[32, 64], help="head dims D (default 32 64)")
     p.add_argument("--res", type=_positive_int, nargs="+", default=[32, 48, 64, 96, 128], help="resolutions r, N = r*r")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default results/)")
+    p.add_argument("--out", type=lambda t: Path(writable_dir(t)), default=None,
+                   help="output directory (default results/ on a GPU, results/cpu/ otherwise)")  # fmt: skip
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=BACKENDS, help="backends to run")
     p.add_argument("--passes", nargs="+", choices=PASSES, default=PASSES, help="passes to time")
     p.add_argument("--warmup", type=_positive_int, default=25, help="do_bench warm-up time in ms (default 25)")
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-reps", type=_positive_int, default=10, help="at least this many timed runs")
     p.add_argument("--quick", action="store_true", help="tiny sizes, just checks the code path runs")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--replot", type=Path, metavar="CSV", help="only re-render the MD and PNG from a saved CSV")
+    p.add_argument("--replot", type=existing_file, metavar="CSV", help="only re-render the MD and PNG from a saved CSV")
     return p
 
 
@@ -549,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail("--quick on CPU needs TRITON_INTERPRET=1 set before triton is imported")
 
     device = torch.device("cuda" if cuda else "cpu")
+    args.out = args.out or Path("results" if cuda else "results/cpu")  # a CPU run never writes the GPU report
     dtype_name = args.dtype
     if args.quick:
         args.batch, args.heads = min(args.batch, 2), min(args.heads, 2)
