@@ -485,7 +485,7 @@ def fit_eval_batch(a, models: dict, device, resolutions) -> int:
             batch = fit_batch(estimate, res, device, EvalConfig.batch) or 1
             if batch < EvalConfig.batch:
                 print(f"bench.evaluate: CPU run: --batch {batch} ({EvalConfig.batch} images do not fit at {res}²)")
-    check_memory(estimate, batch, res, device, f"evaluation on {device.type}", "--batch", "resolution")
+    check_memory(estimate, batch, res, device, f"evaluation on {device.type}", "--batch", "--resolutions")
     return batch
 
 

@@ -229,7 +229,7 @@ def choose_batch_size(args, cls, model, device) -> None:
 
 
 def divergence_message(args, step, epoch, loss, grad_norm, latest: Path, skips, what="loss") -> str:
-    loss = float(loss)
+    loss = float(loss.detach() if torch.is_tensor(loss) else loss)
     gn = "" if grad_norm is None else f", gradient norm {float(grad_norm):.4g}"
     if latest.is_file():
         kept = f"the last good checkpoint {latest} is kept"
@@ -280,6 +280,9 @@ def train(args) -> dict:
     choose_batch_size(args, cls, model, device)
 
     # Data (checked before anything is written).
+    if not args.quiet:
+        print(f"models.train: rendering {args.train_samples} training and {args.val_samples} validation crops at "
+              f"{args.resolution}²", flush=True)  # fmt: skip
     train_ds = SparseFieldDataset(
         load_images(args.data, "train"), args.resolution, args.train_samples, args.observed_frac, args.seed
     )
