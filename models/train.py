@@ -236,8 +236,9 @@ def divergence_message(args, step, epoch, loss, grad_norm, latest: Path, skips, 
     else:
         kept = "no checkpoint was written"
     why = f" ({skips} non-finite steps in a row)" if skips > 1 else ""
+    skip = " or pass --nan-policy skip" if args.nan_policy == "stop" else ""
     return (f"training diverged at step {step} (epoch {epoch}): {what} {loss:.4g}{gn}{why}; {kept}; "
-            f"lower --lr (now {args.lr:g}) or pass --nan-policy skip")  # fmt: skip
+            f"lower --lr (now {args.lr:g}){skip}")  # fmt: skip
 
 
 def train(args) -> dict:

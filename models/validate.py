@@ -237,7 +237,9 @@ def available_memory(device) -> tuple[int, str]:
 
 
 def fmt_bytes(n: float) -> str:
-    return f"{n / GB:.1f} GB" if n < 1e12 else f"{n / 1e12:.0f} TB"
+    if n < 1e12:
+        return f"{n / GB:.1f} GB"
+    return f"{n / 1e12:.0f} TB" if n < 1e15 else f"{n / 1e12:.1e} TB"
 
 
 def largest_fitting(estimate, lo: int, hi: int, avail: float) -> int | None:
