@@ -355,9 +355,7 @@ def train(args) -> dict:
                 skips += 1
                 if args.nan_policy == "stop" or skips > MAX_SKIPS:
                     raise Diverged(divergence_message(args, step + 1, epoch, loss, grad_norm, latest, skips))
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                step += 1
+                opt.zero_grad(set_to_none=True)  # --nan-policy skip: the batch is dropped, no optimizer step
                 continue
             skips = 0
             opt.step()
