@@ -47,24 +47,56 @@ def read_checkpoint(path, expected_model: str | None = None, map_location="cpu")
     return ckpt
 
 
+def _same_family_backend(path, ckpt_backend: str | None, backend: str | None) -> str | None:
+    """The mixer backend to rebuild with: Mamba-1 and Mamba-2 parameters differ, so a checkpoint stays in its family."""
+    from models.mamba import Mamba2CUDA, mixer_family
+
+    if backend is None or ckpt_backend is None:
+        return backend
+    family = mixer_family(ckpt_backend)
+    if backend == "auto" and family == "Mamba-2":  # auto picks within the checkpoint's family
+        return "mamba2" if (Mamba2CUDA is not None and torch.cuda.is_available()) else "mamba2_ref"
+    if mixer_family(backend) != family:
+        allowed = "mamba2 or mamba2_ref" if family == "Mamba-2" else "auto, mamba_ssm or reference"
+        raise ConfigError(
+            f"checkpoint {path} holds {family} mixers (mixer_backend {ckpt_backend!r}); {mixer_family(backend)} "
+            f"parameters differ, so it cannot load on mixer backend {backend!r}: choose {allowed}"
+        )
+    return backend
+
+
 def model_from_checkpoint(path, model: str | None = None, device="cpu", **backend_overrides):
     """Rebuild the model a checkpoint was trained with and load its weights.
 
-    model: 'v1' | 'v4' to insist on one; backend_overrides: mixer_backend / attn_backend (weights are the same).
+    model: a key of models.MODELS to insist on one (its class's `loads_checkpoints_of` names the checkpoints it
+    accepts: V3 loads V1's); backend_overrides: mixer_backend / attn_backend (weights are the same, within a
+    mixer family: Mamba-1 and Mamba-2 checkpoints do not cross).
     """
     from models import MODELS
 
     names = {cls.name: key for key, (cls, _) in MODELS.items()}
-    expected = MODELS[model][0].name if model else None
-    ckpt = read_checkpoint(path, expected)
-    key = names.get(ckpt["model_name"])
-    if key is None:
-        raise ConfigError(f"checkpoint {path} holds an unknown model {ckpt['model_name']!r}")
-    cls, make_cfg = MODELS[key]
+    if model is not None and model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    ckpt = read_checkpoint(path)
+    if model is None:
+        model = names.get(ckpt["model_name"])
+        if model is None:
+            raise ConfigError(f"checkpoint {path} holds an unknown model {ckpt['model_name']!r}")
+    cls, make_cfg = MODELS[model]
+    accepted = getattr(cls, "loads_checkpoints_of", (cls.name,))
+    if ckpt["model_name"] not in accepted:
+        fits = " or ".join(names.get(n, n) for n in accepted)
+        raise ConfigError(
+            f"checkpoint {path} holds {ckpt.get('model_version', '?')} ({ckpt['model_name']}) weights, "
+            f"not {cls.name} weights; {model} loads {fits} checkpoints"
+        )
     cfg = make_cfg("default", env={})
+    over = {k: v for k, v in backend_overrides.items() if v is not None}
+    if "mixer_backend" in over:
+        over["mixer_backend"] = _same_family_backend(path, ckpt["config"].get("mixer_backend"), over["mixer_backend"])
     try:
         cfg = replace(cfg, **{"prediction": "velocity", **ckpt["config"]})  # checkpoints before x1-prediction
-        cfg = replace(cfg, **{k: v for k, v in backend_overrides.items() if v is not None})
+        cfg = replace(cfg, **over)
         cfg.validate()
         net = cls(cfg)
         net.load_state_dict(ckpt["model"])

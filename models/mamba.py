@@ -1,9 +1,20 @@
-"""The Mamba mixer (Gu & Dao 2023) with two backends, side by side.
+"""The Mamba mixer (Gu & Dao 2023) with its backends, side by side.
 
   mamba_ssm  — `mamba_ssm.Mamba` with its fused CUDA kernels (causal-conv1d + selective scan).
   reference  — `MambaRef` below: pure PyTorch, runs anywhere, same parameter names and shapes as
                `mamba_ssm.Mamba` (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so one checkpoint
                loads into either.
+  mamba2     — `mamba_ssm.Mamba2` (Mamba-2 / SSD, Dao & Gu 2024; d_state 64, head dim 64), fused kernels.
+  mamba2_ref — `models.mamba2.Mamba2Ref`: pure PyTorch, mamba_ssm.Mamba2's parameters. Mamba-2 and Mamba-1
+               parameters differ, so a checkpoint moves within a family only (mamba_ssm ↔ reference,
+               mamba2 ↔ mamba2_ref).
+
+Padding (`pad_multiple`, the length pathology of issue 10): mamba_ssm's selective scan takes 16-byte vector
+loads only when L is a multiple of its chunk (2048 for L > 1024) and guarded per-element loads otherwise
+(~1.5× the cost per token at L = 9,216). A causal scan's first N outputs do not depend on what follows
+them, so padding the sequence at the END of its scan order and dropping the padded outputs changes nothing
+for the real tokens (on CPU to fp32 round-off: elementwise kernels round a row's SIMD body and scalar tail apart).
+`padded_length` decides the length, `scan_padded` runs a mixer that way.
 
 The selective scan h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t is computed by
 `selective_scan_ref` in chunks: inside a chunk a Hillis–Steele doubling scan (log2 T vectorised steps, no
@@ -22,14 +33,23 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from models.common import ConfigError
+from models.mamba2 import Mamba2Ref
 
 try:  # optional compiled dependency
     from mamba_ssm import Mamba as MambaCUDA
 except Exception:  # ImportError, or a CUDA/ABI mismatch raised at import
     MambaCUDA = None
+try:
+    from mamba_ssm import Mamba2 as Mamba2CUDA
+except Exception:
+    Mamba2CUDA = None
 
-MIXER_BACKENDS = ("auto", "mamba_ssm", "reference")
+MIXER_BACKENDS = ("auto", "mamba_ssm", "reference", "mamba2", "mamba2_ref")
+MAMBA2_BACKENDS = ("mamba2", "mamba2_ref")  # the Mamba-2 family; every other backend is Mamba-1
+MAMBA2_D_STATE, MAMBA2_HEADDIM = 64, 64  # Mamba-2 mixers (the config's d_state is Mamba-1's)
 INSTALL_HINT = "pip install mamba-ssm causal-conv1d --no-build-isolation (needs a CUDA GPU and toolchain)"
+SCAN_CHUNK = 2048  # mamba_ssm's selective-scan chunk (128 threads × 16 items) for L > 1024
+PAD_CHOICES = "auto, off or a positive integer k"
 
 
 def resolve_mixer_backend(backend: str) -> str:
@@ -38,9 +58,60 @@ def resolve_mixer_backend(backend: str) -> str:
         raise ConfigError(f"unknown mixer backend {backend!r}; choose one of {', '.join(MIXER_BACKENDS)}")
     if backend == "auto":
         return "mamba_ssm" if (MambaCUDA is not None and torch.cuda.is_available()) else "reference"
-    if backend == "mamba_ssm" and MambaCUDA is None:
-        raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")
+    for name, cls in (("mamba_ssm", MambaCUDA), ("mamba2", Mamba2CUDA)):
+        if backend == name and cls is None:
+            raise ConfigError(f"mixer backend {name!r} needs the mamba-ssm package: {INSTALL_HINT}")
     return backend
+
+
+def mixer_family(backend: str) -> str:
+    """'Mamba-2' for mamba2 / mamba2_ref, else 'Mamba-1' (auto resolves to a Mamba-1 backend)."""
+    return "Mamba-2" if backend in MAMBA2_BACKENDS else "Mamba-1"
+
+
+def check_pad_multiple(value) -> str:
+    """The config field pad_multiple: 'auto' | 'off' | a positive integer (as a string)."""
+    v = str(value).strip().lower()
+    if v in ("auto", "off") or (v.isdigit() and int(v) > 0):
+        return v
+    raise ConfigError(f"pad_multiple={value!r} is not allowed; choose {PAD_CHOICES}")
+
+
+def padded_length(n: int, pad_multiple, backend: str) -> int:
+    """Length to pad an n-token sequence to for a mixer on `backend`.
+
+    auto: a multiple of 2048 on mamba_ssm when n > 1024 (there the kernel's chunk is 2048; at n ≤ 1024 it runs
+    one block sized to the length's own power of two, and padding to 2048 would only add work); unpadded on
+    every other backend. off: n. k: the next multiple of k.
+    """
+    v = check_pad_multiple(pad_multiple)
+    if v == "off":
+        return n
+    if v == "auto":
+        k = SCAN_CHUNK if (backend == "mamba_ssm" and n > 1024) else 1
+    else:
+        k = int(v)
+    return -(-n // k) * k
+
+
+def scan_padded(mixer: nn.Module, x: torch.Tensor, length: int) -> torch.Tensor:
+    """mixer(x) with x zero-padded at its end to `length` tokens, padded outputs dropped. (B, N, D) → (B, N, D)."""
+    n = x.shape[1]
+    if length == n:
+        return mixer(x)
+    x = F.pad(x, (0, 0, 0, length - n))  # (B, length, D)
+    return mixer(x)[:, :n]  # (B, N, D)
+
+
+class PaddedMixer(nn.Module):
+    """A mixer that pads its input per `padded_length` (a view for benchmarks: holds the mixer, adds nothing)."""
+
+    def __init__(self, mixer: nn.Module, pad_multiple, backend: str):
+        super().__init__()
+        self.mixer, self.pad_multiple, self.backend = mixer, check_pad_multiple(pad_multiple), backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        return scan_padded(self.mixer, x, padded_length(x.shape[1], self.pad_multiple, self.backend))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +237,18 @@ class MambaRef(nn.Module):
 
 
 def make_mixer(backend: str, d_model: int, d_state: int, d_conv: int, expand: int) -> nn.Module:
-    """A Mamba mixer on the resolved backend ('mamba_ssm' or 'reference')."""
+    """A Mamba mixer on the resolved backend. Mamba-2 backends use d_state 64 / head dim 64, not d_state."""
+    if backend in MAMBA2_BACKENDS:
+        if (expand * d_model) % MAMBA2_HEADDIM:
+            raise ConfigError(
+                f"mixer backend {backend!r} needs expand·d_model ({expand}·{d_model}) divisible by its head dim "
+                f"{MAMBA2_HEADDIM}"
+            )
+        kw = dict(d_model=d_model, d_state=MAMBA2_D_STATE, d_conv=d_conv, expand=expand, headdim=MAMBA2_HEADDIM)
+        if backend == "mamba2":
+            resolve_mixer_backend(backend)
+            return Mamba2CUDA(**kw)
+        return Mamba2Ref(**kw)
     if backend == "mamba_ssm":
         if MambaCUDA is None:
             raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")

@@ -2,7 +2,10 @@
 
 tokens (inputs then queries, row-major) → num_layers residual pre-norm Mamba blocks → final LayerNorm
 → split → queries cross-attend to inputs → linear decoder. The mixer is mamba_ssm's fused CUDA Mamba or
-the pure-PyTorch reference (models/mamba.py); both share parameter names, so checkpoints move freely.
+the pure-PyTorch reference (models/mamba.py); both share parameter names, so checkpoints move freely
+(and the Mamba-2 pair mamba2 / mamba2_ref, whose parameters are Mamba-2's). `pad_multiple` pads the token
+sequence at its end before the blocks and drops the padded outputs (a causal scan: the real tokens' outputs
+do not change), for mamba_ssm's length pathology (models/mamba.py).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.common import SparseFieldModel, build_config, validate_common
-from models.mamba import make_mixer, resolve_mixer_backend
+from models.mamba import PaddedMixer, check_pad_multiple, make_mixer, padded_length, resolve_mixer_backend
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,14 @@ class V1Config:
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
-    mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch)
+    mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch) | mamba2 | mamba2_ref
     attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton
+    pad_multiple: str = "auto"  # pad tokens to a multiple of k: auto (2048 on mamba_ssm past 1024 tokens) | off | k
 
     def validate(self) -> None:
         validate_common(self)
         resolve_mixer_backend(self.mixer_backend)
+        check_pad_multiple(self.pad_multiple)
 
 
 PRESETS = {
@@ -63,6 +69,7 @@ class MambaBlock(nn.Module):
 class MambaDiffusion(SparseFieldModel):
     name = "mamba"
     version = "v1"
+    encoder_prefixes = ("layers.", "norm_f.")  # parameters of encode()
 
     def __init__(self, cfg: V1Config | None = None):
         cfg = cfg or V1Config()
@@ -73,9 +80,21 @@ class MambaDiffusion(SparseFieldModel):
         self.norm_f = nn.LayerNorm(cfg.d_model)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        n = seq.shape[1]
+        length = padded_length(n, self.cfg.pad_multiple, self.mixer_backend)
+        if length != n:  # zeros at the end of the scan order; the causal blocks never read them for token < n
+            seq = F.pad(seq, (0, 0, 0, length - n))  # (B, length, D)
         for layer in self.layers:
             seq = layer(seq)
-        return self.norm_f(seq)
+        return self.norm_f(seq[:, :n])  # (B, N, D)
+
+    def layer0_mixer(self) -> nn.Module:
+        """Layer 0's sequence mixer, (B, N, D) -> (B, N, D), padded as encode() pads."""
+        return PaddedMixer(self.layers[0].mixer, self.cfg.pad_multiple, self.mixer_backend)
+
+    def encoder_named_parameters(self):
+        """(name, parameter) of the encoder: what encode() trains."""
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(self.encoder_prefixes)]
 
     @classmethod
     def layer_bytes(cls, cfg, n_tokens, train, device_type) -> int:

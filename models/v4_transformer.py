@@ -3,6 +3,10 @@
 tokens (inputs then queries, row-major) → sinusoidal positional encoding → num_layers post-norm
 Transformer encoder layers (8 heads, FFN 1024 with GELU, dropout 0.1) → split → queries cross-attend
 to inputs → linear decoder. Exactly the spec, except that the positional encoding works at any length.
+
+Ablation `pos_encoding="none"`: no sequence-index encoding (the input dropout stays). The tokens already
+carry Fourier features of their coordinates, so this asks whether the index encoding — which puts every token
+of a denser zero-shot grid at an index it never saw in training — is why V4 falls behind in super-resolution.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.common import Attention, PositionalEncoding, SparseFieldModel, build_config, validate_common
+from models.common import (
+    Attention,
+    ConfigError,
+    PositionalEncoding,
+    SparseFieldModel,
+    build_config,
+    validate_common,
+)
+
+POS_ENCODINGS = ("index", "none")
 
 
 @dataclass(frozen=True)
@@ -27,9 +40,12 @@ class V4Config:
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
     attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton
+    pos_encoding: str = "index"  # index (sinusoid of the sequence position, the spec) | none (coordinates only)
 
     def validate(self) -> None:
         validate_common(self)
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ConfigError(f"unknown pos_encoding {self.pos_encoding!r}; choose one of {', '.join(POS_ENCODINGS)}")
 
 
 PRESETS = {
@@ -78,19 +94,42 @@ class TransformerEncoder(nn.Module):
         return x
 
 
+class SelfAttention(nn.Module):
+    """attn(x, x, x) as a (B, N, D) -> (B, N, D) module (a view for benchmarks: holds attn, adds nothing)."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x)
+
+
 class TransformerDiffusion(SparseFieldModel):
     name = "transformer_v4"
     version = "v4"
+    encoder_prefixes = ("transformer_encoder.", "pos_encoder.")  # parameters of encode()
 
     def __init__(self, cfg: V4Config | None = None):
         cfg = cfg or V4Config()
         cfg.validate()
         super().__init__(cfg)
-        self.pos_encoder = PositionalEncoding(cfg.d_model, dropout=cfg.dropout)
+        if cfg.pos_encoding == "index":
+            self.pos_encoder = PositionalEncoding(cfg.d_model, dropout=cfg.dropout)
+        else:  # "none": the input dropout only (no parameters either way, so checkpoints cross)
+            self.pos_encoder = nn.Dropout(cfg.dropout)
         self.transformer_encoder = TransformerEncoder(cfg)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
         return self.transformer_encoder(self.pos_encoder(seq))
+
+    def layer0_mixer(self) -> nn.Module:
+        """Layer 0's sequence mixer, its self-attention, as (B, N, D) -> (B, N, D)."""
+        return SelfAttention(self.transformer_encoder.layers[0].self_attn)
+
+    def encoder_named_parameters(self):
+        """(name, parameter) of the encoder: what encode() trains."""
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(self.encoder_prefixes)]
 
     @classmethod
     def memory_bytes(cls, cfg, n_tokens, batch, train=True, device_type="cpu") -> int:

@@ -129,7 +129,7 @@ def test_corrupt_checkpoint_and_wrong_model(tmp_path):
     good = (d / "mamba_latest.pth").read_bytes()
     from models.common import ConfigError
 
-    with pytest.raises(ConfigError, match="v1 \\(mamba\\) weights, not transformer_v4"):
+    with pytest.raises(ConfigError, match="v1 \\(mamba\\) weights, not transformer_v4 weights; v4 loads v4"):
         model_from_checkpoint(d / "mamba_best.pth", "v4")  # V1 weights given to V4
     (d / "mamba_latest.pth").write_bytes(good[: len(good) // 2])
     rc = main(["--model", "v1", "--out-dir", str(tmp_path), *TINY, "--epochs", "2", "--resume"])
