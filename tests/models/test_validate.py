@@ -343,3 +343,29 @@ def test_sigterm_under_cli_main_unwinds_and_exits_130(tmp_path):
     )
     r = _proc([sys.executable, "-c", code])
     assert r.returncode == 130 and "interrupted" in r.stderr and list(tmp_path.iterdir()) == [], r.stderr
+
+
+def test_out_of_memory_is_one_line_and_exit_1(capsys):
+    import torch
+
+    from models.utils import ArgParser, cli_main
+
+    def run(argv):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 has ...")
+
+    assert cli_main(run, [], ArgParser(prog="x")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("x: error: out of memory (CUDA out of memory. Tried"), err
+
+
+@pytest.mark.gpu
+def test_cuda_refuses_only_gross_overshoots(tmp_path, capsys):
+    """On CUDA an OOM is a clean exception, so the estimate (an fp32 upper bound) refuses only what is far out
+    of reach: a 20000² grid is refused in one line, the README's GPU settings pass."""
+    argv = ["--model", "v4", "--device", "cuda", "--quiet", "--epochs", "1", "--max-steps", "2"]
+    assert train.main([*argv, "--resolution", "20000", "--out-dir", str(tmp_path / "a")]) == 2
+    assert "a v4 training step on cuda needs" in capsys.readouterr().err
+    ok = ["--batch-size", "64", "--resolution", "64", "--train-samples", "128", "--val-samples", "8"]
+    assert train.main([*argv, *ok, "--out-dir", str(tmp_path / "b")]) == 0
+    ok = ["--batch-size", "8", "--resolution", "128", "--train-samples", "16", "--val-samples", "8"]
+    assert train.main([*argv, *ok, "--out-dir", str(tmp_path / "c")]) == 0
