@@ -236,7 +236,7 @@ def cpu_step_bytes(s: Settings, batch: int, res: int) -> int:
     from models import MODELS as TABLE
 
     need = 0
-    for m in s.models:
+    for m in (m for m in s.models if m in TABLE):
         cls, make_cfg = TABLE[m]
         for backend in s.backends.get(m, []):
             over = {"attn_backend": backend} if backend in ("seed", "sdpa", "triton") else {}
