@@ -56,7 +56,7 @@ from bench.evaluate import (
     write_grids,
 )
 from bench.measure import sync
-from models import MODELS, build_model
+from models import MODELS, VARIANTS, build_model
 from models.common import ConfigError
 from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, image_paths, load_images
 from models.sample import METHODS
@@ -473,7 +473,7 @@ def plot_loss_curves(train_csv, out_png) -> Path:
 
     df = pd.read_csv(train_csv)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors, styles = {"v1": "tab:blue", "v4": "tab:orange"}, {"equal_steps": "-", "equal_time": "--"}
+    colors, styles = {k: v.color for k, v in VARIANTS.items()}, {"equal_steps": "-", "equal_time": "--"}
     doubled = set(df.loc[df["reused"], "model"])  # models whose one run serves both budgets
     for (budget, model), g in df.groupby(["budget", "model"], sort=False):
         if g["reused"].any():  # the same run as the other budget's: drawn once

@@ -52,9 +52,10 @@ from models.validate import (
     run_bytes,
     writable_dir,
 )
+from models.variants import VARIANTS
 
 MODEL_KEYS = ("v1", "v4")
-LABELS = {"v1": "V1 (Mamba)", "v4": "V4 (Transformer)", "nearest": "nearest interp", "linear": "linear interp"}
+LABELS = {**{k: v.label for k, v in VARIANTS.items()}, "nearest": "nearest interp", "linear": "linear interp"}
 DATA_RANGE = 2.0  # values in [-1, 1]
 PSNR_CAP = 100.0  # dB, for a perfect reconstruction (MSE = 0)
 

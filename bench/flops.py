@@ -1,4 +1,4 @@
-"""FLOPs of one forward pass of V1 (Mamba) and V4 (Transformer), counted three ways side by side.
+"""FLOPs of one forward pass of every variant (models/variants.py), counted three ways side by side.
 
     analytic     the formulas below, one function per component, written out beside the code.
     fvcore       fvcore.nn.FlopCountAnalysis (a jit trace). Its unit is ONE MULTIPLY-ADD, so we report 2× its
@@ -29,8 +29,11 @@ an implementation detail, not the model's cost).
 
 While counting, nn.MultiheadAttention's fused inference fast path is switched off so both tools see its
 GEMMs (seed backend); counting runs under no_grad, in eval mode, in fp32, with B = 1 (FLOPs are linear in B).
-V4 on the seed / sdpa backends is counted on the meta device (no compute, any N); V1 reference on the run's
-device (jit-tracing its conv on meta fails); mamba_ssm and triton need their CUDA kernels (GPU).
+Attention on the seed / sdpa / flex backends is counted on the meta device (no compute, any N; flex is counted as
+SDPA, the same QKᵀ and PV); the reference Mamba on the run's device (jit-tracing its conv on meta fails); mamba_ssm
+and triton need their CUDA kernels (GPU).
+
+Which components make up a model is its record's FlopParts (models/variants.py): names of COMPONENTS below.
 """
 
 from __future__ import annotations
@@ -47,17 +50,11 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 
 import models.common as common
 import models.mamba as mamba_mod
-from models.common import Attention
-from models.data import num_observed
+from models.common import Attention, ConfigError
+from models.data import token_split
+from models.variants import get_variant
 
-OBSERVED_FRAC = 0.2  # Nin = round(0.2·N) observed pixels, Nq = N − Nin queries (the task's split)
 AGREE_TOL = 0.10  # the three counts must agree within 10 %
-
-
-def token_split(n_tokens: int) -> tuple[int, int]:
-    """N tokens → (Nin, Nq): 20 % observed input pixels, the rest queries (the data pipeline's split)."""
-    n_in = num_observed(n_tokens, OBSERVED_FRAC)
-    return n_in, n_tokens - n_in
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,16 +183,66 @@ def _scaled(parts: dict[str, int], k: int) -> dict[str, int]:
     return {name: k * v for name, v in parts.items()}
 
 
-def encoder_parts(model: str, cfg, B: int, N: int) -> dict[str, int]:
-    """The encoder stack on (B, N, D): num_layers × (Mamba mixer) or num_layers × (self-attention + FFN)."""
-    if model == "v1":
-        return _scaled(mamba_mixer_parts(cfg, B, N), cfg.num_layers)
-    layer = {**attention_parts(cfg, B, N, N, "self_attn"), "ffn": ffn_flops(B, N, cfg.d_model, cfg.dim_feedforward)}
-    return _scaled(layer, cfg.num_layers)
+def _add(total: dict[str, int], parts: dict[str, int]) -> dict[str, int]:
+    """Merge `parts` into `total`, summing components of the same name (two mixers in one layer: twice the FLOPs)."""
+    for name, v in parts.items():
+        total[name] = total.get(name, 0) + v
+    return total
 
 
-def model_parts(model: str, cfg, B: int, N: int) -> dict[str, int]:
-    """The whole model: N = Nin + Nq tokens (Nin = round(0.2·N))."""
+def _query_cross_attn(cfg, B: int, N: int) -> dict[str, int]:
+    # the shared readout: the Nq query tokens cross-attend to the Nin encoded input tokens
+    n_in, n_q = token_split(N)
+    return attention_parts(cfg, B, n_q, n_in, "cross_attn")
+
+
+# The kinds of operation a variant's formula is made of (models.variants.FlopParts names them): (cfg, B, N) →
+# {component: FLOPs} on B sequences of N tokens. A new kind of operation is one entry here.
+COMPONENTS = {
+    "mamba": mamba_mixer_parts,  # one Mamba mixer on (B, N, D)
+    "self_attn": lambda cfg, B, N: attention_parts(cfg, B, N, N, "self_attn"),  # N tokens attend to N tokens
+    "ffn": lambda cfg, B, N: {"ffn": ffn_flops(B, N, cfg.d_model, cfg.dim_feedforward)},
+    "query_cross_attn": _query_cross_attn,
+    # a bidirectional block (V2): two "mamba" entries, then the directions combined, ½ (forward + flipped backward):
+    # one add and one scale per element (the flips move data, no FLOPs)
+    "bidir_combine": lambda cfg, B, N: {"bidir.combine": 2 * B * N * cfg.d_model},
+    # a Perceiver IO bottleneck (V2): M = cfg.num_latents latents cross-attend to the N encoded tokens, then an MLP
+    # on the latents; the queries then read the field from the latents instead of the encoded inputs
+    "latent_cross_attn": lambda cfg, B, N: attention_parts(cfg, B, cfg.num_latents, N, "latent.cross_attn"),
+    "latent_mlp": lambda cfg, B, N: {
+        "latent.mlp": ffn_flops(B, cfg.num_latents, cfg.d_model, cfg.latent_mlp_ratio * cfg.d_model)
+    },
+    "latent_query_attn": lambda cfg, B, N: attention_parts(cfg, B, token_split(N)[1], cfg.num_latents, "cross_attn"),
+}
+
+
+def _components(names, cfg, B: int, N: int, what: str) -> dict[str, int]:
+    parts: dict[str, int] = {}
+    for name in names:
+        if name not in COMPONENTS:
+            have = ", ".join(COMPONENTS)
+            raise ConfigError(f"{what}: unknown FLOP component {name!r}; bench.flops.COMPONENTS has {have}")
+        _add(parts, COMPONENTS[name](cfg, B, N))
+    return parts
+
+
+def mixer_parts(model, cfg, B: int, N: int) -> dict[str, int]:
+    """layer0_mixer() of `model` (a variant name or record) on (B, N, D)."""
+    v = get_variant(model)
+    return _components(v.flops.mixer, cfg, B, N, v.key)
+
+
+def encoder_parts(model, cfg, B: int, N: int) -> dict[str, int]:
+    """The encoder stack on (B, N, D): num_layers × the record's layer components, then its encoder extras."""
+    v = get_variant(model)
+    parts = _scaled(_components(v.flops.layer, cfg, B, N, v.key), cfg.num_layers)
+    return _add(parts, _components(v.flops.encoder_extra, cfg, B, N, v.key))
+
+
+def model_parts(model, cfg, B: int, N: int) -> dict[str, int]:
+    """The whole model: N = Nin + Nq tokens (Nin = round(0.2·N)): the shared embedding, the encoder, the record's
+    readout and the shared decoder."""
+    v = get_variant(model)
     n_in, n_q = token_split(N)
     D, F, C = cfg.d_model, cfg.num_fourier, cfg.value_channels
     parts = {
@@ -203,24 +250,25 @@ def model_parts(model: str, cfg, B: int, N: int) -> dict[str, int]:
         "token_proj": token_proj_flops(B, n_in, F, C, D) + token_proj_flops(B, n_q, F, C, D),
         "time_mlp": time_mlp_flops(B, D),
     }
-    parts.update(encoder_parts(model, cfg, B, N))
-    parts.update(attention_parts(cfg, B, n_q, n_in, "cross_attn"))
+    _add(parts, encoder_parts(v, cfg, B, N))
+    _add(parts, _components(v.flops.readout, cfg, B, N, v.key))
     parts["decoder"] = decoder_flops(B, n_q, D, C)
     return parts
 
 
-def analytic_parts(model: str, cfg, level: str, B: int, N: int) -> dict[str, int]:
-    """Component → FLOPs of one forward pass at `level` (mixer | encoder | model)."""
+def analytic_parts(model, cfg, level: str, B: int, N: int) -> dict[str, int]:
+    """Component → FLOPs of one forward pass of `model` (a variant name or record) at `level`: mixer | encoder |
+    model."""
     if level == "mixer":
-        return mamba_mixer_parts(cfg, B, N) if model == "v1" else attention_parts(cfg, B, N, N, "self_attn")
+        return mixer_parts(model, cfg, B, N)
     if level == "encoder":
         return encoder_parts(model, cfg, B, N)
     if level == "model":
         return model_parts(model, cfg, B, N)
-    raise ValueError(f"unknown level {level!r}")
+    raise ConfigError(f"unknown level {level!r}; choose one of mixer, encoder, model")
 
 
-def analytic_flops(model: str, cfg, level: str, B: int, N: int) -> int:
+def analytic_flops(model, cfg, level: str, B: int, N: int) -> int:
     return sum(analytic_parts(model, cfg, level, B, N).values())
 
 
@@ -233,7 +281,7 @@ _REAL_SCAN = mamba_mod.selective_scan_ref
 
 def counting_device(backend: str, run_device: torch.device) -> torch.device:
     """Where a backend is counted: meta when possible (no compute), else the run's device."""
-    return torch.device("meta") if backend in ("seed", "sdpa") else run_device
+    return torch.device("meta") if backend in ("seed", "sdpa", "flex") else run_device
 
 
 @torch.library.custom_op("sparse_bench::selective_scan", mutates_args=())
@@ -329,13 +377,16 @@ PAUSED_TRACE_TARGETS = [
 @contextmanager
 def counting_mode():
     """Patches in effect while counting: MHA's fused fast path off, the reference scan → one custom op, the
-    Triton attention and mamba_ssm's fused functions → untraced calls seen by fvcore as one op each."""
+    Triton attention and mamba_ssm's fused functions → untraced calls seen by fvcore as one op each, FlexAttention
+    → SDPA (the same QKᵀ and PV; neither tool can trace a compiled flex kernel)."""
     import importlib
 
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    restore = [(mamba_mod, "selective_scan_ref", _REAL_SCAN), (common, "_triton_attention", common._triton_attention)]
+    restore = [(mamba_mod, "selective_scan_ref", _REAL_SCAN), (common, "_triton_attention", common._triton_attention),
+               (common, "_flex_attention", common._flex_attention)]  # fmt: skip
     mamba_mod.selective_scan_ref = _counted_scan
+    common._flex_attention = lambda: torch.nn.functional.scaled_dot_product_attention  # same QKᵀ and PV
     triton_getter = common._triton_attention
     common._triton_attention = lambda: paused_trace(triton_getter(), "TracedTritonAttention")
     for module_name, attr, name in PAUSED_TRACE_TARGETS:
@@ -584,7 +635,7 @@ class FlopCount:
         return "; ".join(notes)
 
 
-def count_flops(model: str, cfg, level: str, module: nn.Module, args: tuple, N: int) -> FlopCount:
+def count_flops(model, cfg, level: str, module: nn.Module, args: tuple, N: int) -> FlopCount:
     """Count one forward pass of `module(*args)` three ways. Batch = args' batch (use B = 1)."""
     B = args[0].shape[0]
     parts = analytic_parts(model, cfg, level, B, N)
@@ -602,6 +653,8 @@ def count_flops(model: str, cfg, level: str, module: nn.Module, args: tuple, N: 
             result.notes.extend(notes)
         except Exception as e:
             result.notes.append(f"flopcounter failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-    if model == "v1" and any(isinstance(m, mamba_mod.MambaRef) for m in module.modules()):
+    if str(getattr(cfg, "mixer_backend", "")).startswith("mamba2"):  # TODO: a Mamba-2 (SSD) component
+        result.notes.append("analytic: Mamba-1's formula (bench.flops has no Mamba-2 component yet)")
+    if any(isinstance(m, mamba_mod.MambaRef) for m in module.modules()):
         result.notes.append("reference scan counted as one op (9·B·L·d_inner·d_state)")
     return result

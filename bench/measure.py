@@ -1,8 +1,10 @@
 """What one benchmark point runs, and how it is timed and weighed.
 
 workloads    the three levels at which the models are compared, each a module + random inputs:
-               mixer    one sequence mixer on (B, N, D): V1 one Mamba mixer, V4 one layer's self-attention
-               encoder  the encoder stack, `model.encode(seq)` on (B, N, D)
+               mixer    one sequence mixer on (B, N, D): `model.layer0_mixer()` (V1 one Mamba mixer, V4 one layer's
+                        self-attention)
+               encoder  the encoder stack, `model.encode(seq)` on (B, N, D), `model.encoder_named_parameters()`
+                        trained
                model    the whole model: N = Nin + Nq tokens, Nin = round(0.2·N)
 steps        forward (eval, no_grad, bf16 autocast on CUDA) and training step (train mode, forward +
              backward + AdamW step); an optional CUDA-graph replay of the forward.
@@ -30,17 +32,36 @@ import torch.nn as nn
 
 import models.mamba as mamba_mod
 from bench.env import nvml_handle, try_call
-from bench.flops import token_split
-from models import build_model, count_parameters
+from models import count_parameters
 from models.common import ConfigError
+from models.data import token_split
 from models.train import autocast_for, flow_matching_loss
+from models.variants import LEVELS, VARIANTS, get_variant
 
-MODELS = ("v1", "v4")
-BACKENDS = {"v1": ("mamba_ssm", "reference"), "v4": ("seed", "sdpa", "triton")}
-ALL_BACKENDS = tuple(b for bs in BACKENDS.values() for b in bs)
-PRIMARY = {"cuda": {"v1": "mamba_ssm", "v4": "sdpa"}, "cpu": {"v1": "reference", "v4": "sdpa"}}
-LEVELS = ("mixer", "encoder", "model")
 MiB = 2**20
+# Backends that run on one device type only; any other runs wherever its config builds.
+DEVICE_ONLY = {"mamba_ssm": "cuda", "mamba2": "cuda", "triton": "cuda", "flex": "cuda", "cpu_fused": "cpu"}
+WHY_DEVICE = {  # why, where it is not obvious
+    "triton": "the CPU interpreter is for tests",
+    "flex": "torch runs FlexAttention uncompiled and forward-only on CPU: a check, not a benchmark",
+}
+# Pure-PyTorch mixers: launch-bound on a GPU, so the sweep measures them up to --ref-max-res only.
+REFERENCE_BACKENDS = ("reference", "mamba2_ref")
+# Config fields a backend forces in the benchmark, and why (said in every row's note).
+BACKEND_FORCES = {
+    "flex": ({"dropout": 0.0}, "flex runs at dropout 0: FlexAttention has no attention-probability dropout"),
+}
+
+
+def all_backends() -> tuple[str, ...]:
+    """Every backend of every variant in the table, in table order (each once)."""
+    return tuple(dict.fromkeys(b for v in VARIANTS.values() for b in v.backends))
+
+
+def primary_backends(device_type: str) -> dict[str, str]:
+    """Variant → the backend its headline and ratios use on `device_type` (cuda | cpu)."""
+    return {k: v.primary["cuda" if device_type == "cuda" else "cpu"] for k, v in VARIANTS.items()}
+
 
 # ----------------------------------------------------------------------------------------------
 # Backends and OOM
@@ -49,20 +70,24 @@ MiB = 2**20
 
 def backend_problem(model: str, backend: str, device: torch.device) -> str | None:
     """None when `backend` can run `model` on `device`, else the reason (the row is marked unavailable)."""
-    if backend not in BACKENDS[model]:
+    v = get_variant(model)
+    if backend not in v.backends:
         return f"{backend} is not a {model} backend"
-    if backend == "mamba_ssm":
-        if device.type != "cuda":
-            return "mamba_ssm needs CUDA"
-        if mamba_mod.MambaCUDA is None:
-            return "mamba_ssm not importable (" + mamba_mod.INSTALL_HINT + ")"
+    need = DEVICE_ONLY.get(backend)
+    if need is not None and device.type != need:
+        why = WHY_DEVICE.get(backend)
+        return f"{backend} needs {'CUDA' if need == 'cuda' else 'the CPU'}" + (f" ({why})" if why else "")
+    if backend == "mamba_ssm" and mamba_mod.MambaCUDA is None:
+        return "mamba_ssm not importable (" + mamba_mod.INSTALL_HINT + ")"
     if backend == "triton":
-        if device.type != "cuda":
-            return "triton attention needs CUDA (the CPU interpreter is for tests)"
         try:
             from kernels.flash_attention import attention  # noqa: F401
         except Exception as e:
             return f"kernels.flash_attention not importable: {type(e).__name__}: {e}"
+    try:  # the model's own checks: a backend whose package is missing is refused by its config
+        v.config("tiny", v.backend_overrides(backend), env={})
+    except ConfigError as e:
+        return str(e)
     return None
 
 
@@ -92,18 +117,16 @@ def sync(device: torch.device) -> None:
 # Workloads: the three levels
 # ----------------------------------------------------------------------------------------------
 
-ENCODER_PREFIXES = {"v1": ("layers.", "norm_f."), "v4": ("transformer_encoder.", "pos_encoder.")}
-
 
 class MixerLevel(nn.Module):
-    """One sequence mixer on (B, N, D): a Mamba mixer (x) or a self-attention (x, x, x)."""
+    """One sequence mixer on (B, N, D): `model.layer0_mixer()` (its own module, so the FLOP counters trace one root)."""
 
-    def __init__(self, mixer: nn.Module, self_attention: bool):
+    def __init__(self, mixer: nn.Module):
         super().__init__()
-        self.mixer, self.self_attention = mixer, self_attention
+        self.mixer = mixer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
-        return self.mixer(x, x, x) if self.self_attention else self.mixer(x)
+        return self.mixer(x)
 
 
 class EncoderLevel(nn.Module):
@@ -118,17 +141,19 @@ class EncoderLevel(nn.Module):
 
 
 def backend_overrides(model: str, backend: str) -> dict:
-    return {"mixer_backend": backend} if model == "v1" else {"attn_backend": backend}
+    """The config overrides that put `model` on `backend` (ConfigError if it is not one of its backends)."""
+    return get_variant(model).backend_overrides(backend)
 
 
 @dataclass
 class Workload:
-    model: str  # v1 | v4
-    backend: str  # mamba_ssm | reference | seed | sdpa | triton
+    model: str  # a variant name (models/variants.py)
+    backend: str  # one of its backends: mamba_ssm | reference | seed | sdpa | triton | flex | ...
     level: str  # mixer | encoder | model
     cfg: object
     module: nn.Module
     params: int  # parameters of this level
+    note: str = ""  # what the benchmark changed for this backend (e.g. flex: dropout 0)
 
     def inputs(self, B: int, N: int, device, dtype=torch.float32) -> dict:
         """Random inputs (benchmarking does not need real data). Coordinates in [0, 1]."""
@@ -165,23 +190,30 @@ def build_workload(
     """Build `level` of `model` on `backend`. ConfigError when the backend cannot be built."""
     if level not in LEVELS:
         raise ConfigError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    v = get_variant(model)
+    forced, note = BACKEND_FORCES.get(backend, ({}, ""))
     # env={}: the spec's D_MODEL / NUM_HEADS ... environment variables do not resize the benchmark models
-    full = build_model(model, preset, {**(overrides or {}), **backend_overrides(model, backend)}, env={})
+    full = v.build(preset, {**(overrides or {}), **v.backend_overrides(backend)}, env={})
+    if forced and any(getattr(full.cfg, k, None) not in (None, val) for k, val in forced.items()):
+        full = v.build(preset, {**(overrides or {}), **forced, **v.backend_overrides(backend)}, env={})
+    else:
+        note = ""
     cfg = full.cfg
     if level == "model":
         module, params = full, count_parameters(full)
     elif level == "encoder":
-        prefixes = ENCODER_PREFIXES[model]
+        for p in full.parameters():
+            p.requires_grad_(False)  # the shell stays frozen (and out of AdamW)
         params = 0
-        for name, p in full.named_parameters():
-            p.requires_grad_(name.startswith(prefixes))  # the shell stays frozen (and out of AdamW)
-            params += p.numel() if p.requires_grad else 0
+        for _name, p in full.encoder_named_parameters():
+            p.requires_grad_(True)
+            params += p.numel()
         module = EncoderLevel(full)
     else:
-        mixer = full.layers[0].mixer if model == "v1" else full.transformer_encoder.layers[0].self_attn
-        module, params = MixerLevel(mixer, self_attention=(model == "v4")), count_parameters(mixer)
+        module = MixerLevel(full.layer0_mixer())
+        params = count_parameters(module)
         del full
-    return Workload(model, backend, level, cfg, module.to(device), params)
+    return Workload(v.key, backend, level, cfg, module.to(device), params, note)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Reads <out>/raw/sweep_<tag>.json (tag = B<batch>_<dtype>, written by bench.sweep
     crossover_<tag>.csv            where V4 starts to cost more than V1, per metric
     spec_vs_measured_<tag>.csv     the spec's expectations next to the measurements
     max_batch_<tag>.csv            the largest batch whose training step fits
-    tables/<metric>_<level>_<tag>.md   the scaling tables (rows: r and N; columns: model × backend; V4/V1)
+    tables/<metric>_<level>_<tag>.md   the scaling tables (rows: r and N; columns: model × backend; Vk/V1)
     scaling_latency_<tag>.png, scaling_memory_<tag>.png, scaling_flops_per_sample.png,
     throughput_<tag>.png, max_batch_<dtype>.png (the largest batch does not depend on the timed batch)
     README.md                      all of the above on one page
@@ -26,23 +26,46 @@ import numpy as np
 import pandas as pd
 
 from bench.env import summary_line
-from bench.measure import PRIMARY
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
+from models.variants import BASELINE, VARIANTS, get_variant, series_name
 
 REPO = Path(__file__).resolve().parents[1]
-SERIES_ORDER = ["V1 mamba_ssm", "V1 reference", "V4 seed", "V4 sdpa", "V4 triton"]
 LEVEL_TITLES = {
     "model": "Whole model",
     "encoder": "Encoder stack (model.encode)",
-    "mixer": "Sequence mixer alone (one Mamba mixer vs one self-attention on (B, N, d_model))",
+    "mixer": "Sequence mixer alone ({mixers} on (B, N, d_model))",
 }
-SPEC = {  # the spec's numbers (shared/spec/v4-transformer-baseline.md)
-    "ratio": {32: 1024, 64: 4096, 128: 16384},
-    "slowdown": (5, 10),
-    "epoch_min": {"v1": (2, 2), "v4": (10, 20)},
-    "mem_gb": {"v1": (8, 8), "v4": (12, 16)},
-    "params_m": 4.0,
-}
+# Series colours no record names (a backend added to a variant without a colour) are taken from here, in order.
+SPARE_COLORS = ("tab:gray", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#9edae5",
+                "tab:pink", "tab:olive", "tab:cyan", "#f7b6d2", "#dbdb8d", "#7f7f7f")  # fmt: skip
+
+
+def series_order() -> list[str]:
+    """Every variant × backend series, in table order: the column order of the tables and the legend order."""
+    return [series_name(k, b) for k, v in VARIANTS.items() for b in v.backends]
+
+
+def series_colors() -> dict[str, str]:
+    """One fixed colour per series in every plot: the record's, else the next spare one."""
+    named = {series_name(k, b): c for k, v in VARIANTS.items() for b, c in v.backend_colors.items()}
+    spare = iter(c for c in SPARE_COLORS if c not in set(named.values()))
+    return {s: named.get(s) or next(spare, "0.5") for s in series_order()}
+
+
+def _present(df: pd.DataFrame) -> list[str]:
+    """Variants of the table that have rows in df, baseline first, then table order."""
+    have = set(df["model"]) if len(df) else set()
+    return [k for k in VARIANTS if k in have]
+
+
+def _compared(df: pd.DataFrame) -> list[str]:
+    """The variants compared with the baseline: those with rows, other than the baseline."""
+    return [k for k in _present(df) if k != BASELINE]
+
+
+def _short(model: str) -> str:
+    return get_variant(model).short
+
 
 # ----------------------------------------------------------------------------------------------
 # Loading
@@ -67,7 +90,7 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    df["series"] = df["model"].str.upper() + " " + df["backend"]
+    df["series"] = [series_name(m, b) for m, b in zip(df["model"], df["backend"])]
     for c in ("median_ms", "iqr_ms", "mem_alloc_peak_mb", "mem_alloc_before_mb", "rss_peak_mb", "rss_before_mb",
               "gflop_analytic", "gflop_fvcore", "gflop_flopcounter", "tflops", "samples_per_s", "tokens_per_s",
               "epoch_min", "max_batch", "params", "nvml_used_peak_mb", "mem_reserved_peak_mb"):  # fmt: skip
@@ -81,27 +104,28 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def primary_of(runs: list, df: pd.DataFrame | None = None) -> dict:
-    """The backends V4/V1 compares: mamba_ssm and sdpa on GPU, reference and sdpa on CPU; when the preferred
-    one has no successful row (e.g. mamba_ssm not installed), the next one that has."""
+    """Variant → the backend its ratios use: the record's primary for the run's device (V1 mamba_ssm and V4 sdpa on
+    GPU, reference and sdpa on CPU); when that one has no successful row (e.g. mamba_ssm not installed), the first of
+    the record's fallbacks that has."""
     gpu = any(r.get("gpu") for r in runs)
-    prefer = {"v1": ["mamba_ssm", "reference"], "v4": ["sdpa", "triton", "seed"]}
-    out = dict(PRIMARY["cuda" if gpu else "cpu"])
+    out = {k: v.primary["cuda" if gpu else "cpu"] for k, v in VARIANTS.items()}
     if df is not None and len(df):
         ok = df[(df["status"] == "ok") & (df["kind"].isin(["fwd", "train"]))]
-        for m, order in prefer.items():
-            order = [out[m]] + [b for b in order if b != out[m]]
+        for m, v in VARIANTS.items():
+            order = [out[m]] + [b for b in v.fallback if b != out[m]]
             have = set(ok[ok["model"] == m]["backend"])
             out[m] = next((b for b in order if b in have), out[m])
     return out
 
 
-def primary_series(runs: list, df: pd.DataFrame | None = None) -> tuple[str, str]:
-    p = primary_of(runs, df)
-    return f"V1 {p['v1']}", f"V4 {p['v4']}"
+def primary_series(runs: list, df: pd.DataFrame | None = None) -> dict[str, str]:
+    """Variant → its primary series name ('v1' → 'V1 mamba_ssm')."""
+    return {m: series_name(m, b) for m, b in primary_of(runs, df).items()}
 
 
 def _ordered(series) -> list[str]:
-    known = [s for s in SERIES_ORDER if s in set(series)]
+    order = series_order()
+    known = [s for s in order if s in set(series)]
     return known + sorted(set(series) - set(known))
 
 
@@ -164,11 +188,12 @@ METRICS = {  # name → (kind, value column, title, unit)
 
 
 def scaling_table(df: pd.DataFrame, runs: list, level: str, kind: str, col: str, batch: int) -> pd.DataFrame:
-    """Rows: r and N; columns: series; plus V4/V1 (primary backends) where both were measured."""
+    """Rows: r and N; columns: series; plus Vk/V1 (primary backends, each variant vs the baseline) where measured."""
     sub = df[(df["level"] == level) & (df["kind"] == kind) & (df["batch"] == batch)]
     if sub.empty:
         return pd.DataFrame()
-    s1, s4 = primary_series(runs, df)
+    prim = primary_series(runs, df)
+    base = prim[BASELINE]
     out = []
     for r in sorted(sub["res"].unique()):
         at = sub[sub["res"] == r]
@@ -188,15 +213,17 @@ def scaling_table(df: pd.DataFrame, runs: list, level: str, kind: str, col: str,
                 line[series] = cell
             else:
                 line[series] = _status_cell(row)
-        line[f"{s4.split()[0]}/{s1.split()[0]}"] = (
-            fmt_num(vals[s4] / vals[s1]) + "×" if s1 in vals and s4 in vals and vals[s1] > 0 else "—"
-        )
+        for m in _compared(sub):
+            sk = prim[m]
+            line[f"{_short(m)}/{_short(BASELINE)}"] = (
+                fmt_num(vals[sk] / vals[base]) + "×" if base in vals and sk in vals and vals[base] > 0 else "—"
+            )
         out.append(line)
     return pd.DataFrame(out)
 
 
 def flops_per_sample_table(df: pd.DataFrame, runs: list, level: str) -> pd.DataFrame:
-    """Analytic GFLOP per sample (one forward pass) by resolution, per model, with V4/V1."""
+    """Analytic GFLOP per sample (one forward pass) by resolution, per variant, with Vk/V1."""
     sub = df[(df["kind"] == "flops") & (df["level"] == level) & (df["status"] == "ok")]
     if sub.empty:
         return pd.DataFrame()
@@ -205,12 +232,14 @@ def flops_per_sample_table(df: pd.DataFrame, runs: list, level: str) -> pd.DataF
         at = sub[sub["res"] == r]
         line = {"r": int(r), "N": int(r) ** 2}
         vals = {}
-        for m in ("v1", "v4"):
+        for m in _present(sub):
             v = at[at["model"] == m]["gflop_analytic"]
             if not v.empty:
                 vals[m] = float(v.iloc[0])
-                line[f"{m.upper()} GFLOP"] = fmt_num(vals[m])
-        line["V4/V1"] = fmt_num(vals["v4"] / vals["v1"]) + "×" if len(vals) == 2 else "—"
+                line[f"{_short(m)} GFLOP"] = fmt_num(vals[m])
+        for m in _compared(sub):
+            ratio = fmt_num(vals[m] / vals[BASELINE]) + "×" if m in vals and BASELINE in vals else "—"
+            line[f"{_short(m)}/{_short(BASELINE)}"] = ratio
         out.append(line)
     return pd.DataFrame(out)
 
@@ -286,43 +315,47 @@ def fits_table(df: pd.DataFrame, batch: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _crossover(ratios: dict) -> str:
+    """The smallest r from which the variant costs more than the baseline at every larger r measured."""
+    rs = sorted(ratios)
+    first = next((r for i, r in enumerate(rs) if all(ratios[x] > 1 for x in rs[i:])), None)
+    if first is None:
+        return "never in range"
+    if first == rs[0]:
+        return f"always (from r={rs[0]})"
+    where = f"r={first}"
+    if any(ratios[x] > 1 for x in rs if x < first):
+        where += " (also above 1 at some smaller r)"
+    return where
+
+
 def crossover_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
-    """Per metric and level: V4/V1 (primary backends) at each r, and the first r where it exceeds 1."""
-    s1, s4 = primary_series(runs, df)
+    """Per metric and level: Vk/V1 (primary backends) at each r, and the first r where it exceeds 1 (two columns
+    per compared variant)."""
+    prim = primary_series(runs, df)
+    base, b0 = prim[BASELINE], _short(BASELINE)
     out = []
     for kind, col, label in FIT_METRICS.values():
         for level in ("mixer", "encoder", "model"):
             sub = df[(df["kind"] == kind) & (df["level"] == level) & (df["status"] == "ok")]
             if kind != "flops":
                 sub = sub[sub["batch"] == batch]
-            if kind == "flops":  # backend-independent: take either model's first counted row per r
-                a = sub[sub["model"] == "v1"].groupby("res")[col].first()
-                b = sub[sub["model"] == "v4"].groupby("res")[col].first()
-            else:
-                a = sub[sub["series"] == s1].set_index("res")[col]
-                b = sub[sub["series"] == s4].set_index("res")[col]
-            common = sorted(set(a.index) & set(b.index))
-            if not common:
-                continue
-            ratios = {r: float(b[r] / a[r]) for r in common if a[r] > 0}
-            if not ratios:
-                continue
-            rs = sorted(ratios)
-            # the smallest r from which V4 costs more at every larger r measured
-            first = next((r for i, r in enumerate(rs) if all(ratios[x] > 1 for x in rs[i:])), None)
-            if first is None:
-                where = "never in range"
-            elif first == rs[0]:
-                where = f"always (from r={rs[0]})"
-            else:
-                where = f"r={first}"
-                if any(ratios[x] > 1 for x in rs if x < first):
-                    where += " (also above 1 at some smaller r)"
-            out.append({
-                "metric": label, "level": level, "V4 starts to cost more than V1": where,
-                "ratios V4/V1": ", ".join(f"r{r}: {fmt_num(ratios[r])}" for r in rs),
-            })  # fmt: skip
-    return pd.DataFrame(out)
+            line = {"metric": label, "level": level}
+            for m in _compared(df):
+                if kind == "flops":  # backend-independent: take either model's first counted row per r
+                    a = sub[sub["model"] == BASELINE].groupby("res")[col].first()
+                    b = sub[sub["model"] == m].groupby("res")[col].first()
+                else:
+                    a = sub[sub["series"] == base].set_index("res")[col]
+                    b = sub[sub["series"] == prim[m]].set_index("res")[col]
+                common = sorted(set(a.index) & set(b.index))
+                ratios = {r: float(b[r] / a[r]) for r in common if a[r] > 0}
+                if ratios:
+                    line[f"{_short(m)} starts to cost more than {b0}"] = _crossover(ratios)
+                    line[f"ratios {_short(m)}/{b0}"] = ", ".join(f"r{r}: {fmt_num(ratios[r])}" for r in sorted(ratios))
+            if len(line) > 2:
+                out.append(line)
+    return pd.DataFrame(out).fillna("")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,16 +363,15 @@ def crossover_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 
 
-def analytic_ratio(preset: str, level: str, r: int) -> float | None:
+def analytic_ratio(model: str, preset: str, level: str, r: int) -> float | None:
+    """Analytic FLOPs of `model` / the baseline's at resolution r (one forward pass), from the formulas alone."""
     from bench.flops import analytic_flops
-    from models.v1_mamba import v1_config
-    from models.v4_transformer import v4_config
 
     try:
-        c1, c4 = v1_config(preset, env={}), v4_config(preset, env={})
+        ck, cb = get_variant(model).config(preset, env={}), get_variant(BASELINE).config(preset, env={})
     except Exception:
         return None
-    return analytic_flops("v4", c4, level, 1, r * r) / analytic_flops("v1", c1, level, 1, r * r)
+    return analytic_flops(model, ck, level, 1, r * r) / analytic_flops(BASELINE, cb, level, 1, r * r)
 
 
 def _get(df, **kw) -> pd.Series | None:
@@ -360,77 +392,142 @@ def _verdict(measured: float | None, lo: float, hi: float) -> str:
     return f"spec understates by {fmt_num(measured / hi)}×"
 
 
+def _range(lo: float, hi: float, unit: str) -> str:
+    """The spec's value as it writes it: "~2 min" (one value) or "~10–20 min"."""
+    return f"~{lo}–{hi} {unit}".replace(f"~{lo}–{lo} ", f"~{lo} ")
+
+
+def architectures_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
+    """The spec's "All Architectures" table (layers, parameters, compute vs V1) next to this sweep's values, for a
+    sweep of three or more variants (with two, the headline table is the comparison)."""
+    present = _present(df)
+    if len(present) < 3:
+        return pd.DataFrame()
+    p = primary_of(runs, df)
+    preset = ((runs[-1].get("settings") if runs else None) or {}).get("preset") or "default"
+    r0 = 32 if (df["res"] == 32).any() else int(df["res"].min())
+    base_t = _get(df, kind="train", level="model", res=r0, batch=batch, model=BASELINE, backend=p[BASELINE])
+    b0, out = _short(BASELINE), []
+    for m in present:
+        v = get_variant(m)
+        pr = _get(df, kind="flops", level="model", model=m)
+        if pr is None:
+            pr = _get(df, level="model", model=m)
+        a = _get(df, kind="flops", level="model", res=r0, model=BASELINE)
+        b = _get(df, kind="flops", level="model", res=r0, model=m)
+        flops = b["gflop_analytic"] / a["gflop_analytic"] if a is not None and b is not None else None
+        t = _get(df, kind="train", level="model", res=r0, batch=batch, model=m, backend=p[m])
+        step = t["median_ms"] / base_t["median_ms"] if t is not None and base_t is not None else None
+        out.append({
+            "variant": v.label, "layers (spec)": v.expect.layers or "—",
+            "layers": getattr(v.config(preset, env={}), "num_layers", "—"),
+            "parameters (spec)": f"{v.expect.params_m:g}M" if v.expect.params_m else "—",
+            "parameters": f"{fmt_num(pr['params'] / 1e6)}M" if pr is not None and pd.notna(pr.get("params")) else "—",
+            f"compute vs {b0} (spec)": v.expect.cost or "—",
+            f"FLOPs vs {b0} ({r0}², model, analytic)": fmt_num(flops) + "×" if flops else "—",
+            f"training step vs {b0} ({r0}², batch {batch})": f"{fmt_num(step)}× ({p[m]} / {p[BASELINE]})"
+            if step
+            else "—",
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _times(lo: float, hi: float) -> str:
+    """A ratio as the spec writes it: "5–10×", or "1×" for one value."""
+    return f"{lo:g}×" if lo == hi else f"{lo:g}–{hi:g}×"
+
+
 def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> pd.DataFrame:
-    """The spec's claims against the measurements; `fits` is fits_table(df, batch), already computed."""
+    """The spec's claims (each record's Expect) against the measurements; `fits` is fits_table(df, batch)."""
     p = primary_of(runs, df)
     settings = runs[-1].get("settings", {}) if runs else {}
     preset = settings.get("preset") or "default"
     epoch_samples = int(settings.get("epoch_samples") or 50000)
+    base, B0 = BASELINE, _short(BASELINE)
+    compared = _compared(df)
+    everyone = [base, *compared]
+    exp = {m: get_variant(m).expect for m in everyone}
     rows = []
-    for r, spec_ratio in SPEC["ratio"].items():
-        for level in ("mixer", "encoder", "model"):
-            a = _get(df, kind="flops", level=level, res=r, model="v1")
-            b = _get(df, kind="flops", level=level, res=r, model="v4")
-            if a is not None and b is not None:
-                m = b["gflop_analytic"] / a["gflop_analytic"]
-                agree = "counted three ways" if a.get("agree") and b.get("agree") else "counts disagree: see FLOP table"
-                how = f"analytic FLOPs of one forward pass ({agree})"
-            else:  # resolution not in this sweep: the formula alone
-                m = analytic_ratio(preset, level, r)
-                how = f"analytic formula only (r={r} not counted in this run; preset {preset})"
-            rows.append({
-                "claim": f"compute V4/V1 at {r}×{r} ({level})", "spec": f"{spec_ratio}×",
-                "measured": fmt_num(m) + "×" if m else "—", "verdict": _verdict(m, spec_ratio, spec_ratio), "how": how,
-            })  # fmt: skip
+    for k in compared:
+        for r, spec_ratio in (exp[k].compute or {}).items():
+            for level in ("mixer", "encoder", "model"):
+                a = _get(df, kind="flops", level=level, res=r, model=base)
+                b = _get(df, kind="flops", level=level, res=r, model=k)
+                if a is not None and b is not None:
+                    m = b["gflop_analytic"] / a["gflop_analytic"]
+                    agree = (
+                        "counted three ways" if a.get("agree") and b.get("agree") else "counts disagree: see FLOP table"
+                    )
+                    how = f"analytic FLOPs of one forward pass ({agree})"
+                else:  # resolution not in this sweep: the formula alone
+                    m = analytic_ratio(k, preset, level, r)
+                    how = f"analytic formula only (r={r} not counted in this run; preset {preset})"
+                rows.append({
+                    "claim": f"compute {_short(k)}/{B0} at {r}×{r} ({level})", "spec": f"{spec_ratio:g}×",
+                    "measured": fmt_num(m) + "×" if m else "—", "verdict": _verdict(m, spec_ratio, spec_ratio),
+                    "how": how,
+                })  # fmt: skip
     spec_b = [b for b in sorted(df["batch"].unique()) if b != batch and b > 1]
     r0 = 32 if (df["res"] == 32).any() else int(df["res"].min())
     for b in [batch, *spec_b]:
-        t1 = _get(df, kind="train", level="model", res=r0, batch=b, model="v1", backend=p["v1"])
-        t4 = _get(df, kind="train", level="model", res=r0, batch=b, model="v4", backend=p["v4"])
-        ratio = t4["median_ms"] / t1["median_ms"] if t1 is not None and t4 is not None else None
-        lo, hi = SPEC["slowdown"]
-        rows.append({
-            "claim": f"training slowdown V4/V1 ({r0}×{r0}, batch {b})", "spec": f"{lo}–{hi}×",
-            "measured": fmt_num(ratio) + "×" if ratio else "—", "verdict": _verdict(ratio, lo, hi),
-            "how": f"median training-step time, {p['v4']} vs {p['v1']}",
-        })  # fmt: skip
-        for m, t in (("v1", t1), ("v4", t4)):
-            lo_e, hi_e = SPEC["epoch_min"][m]
-            e = t["epoch_min"] if t is not None else None
+        t = {m: _get(df, kind="train", level="model", res=r0, batch=b, model=m, backend=p[m]) for m in everyone}
+        for k in compared:
+            if exp[k].slowdown is None:
+                continue
+            ratio = t[k]["median_ms"] / t[base]["median_ms"] if t[base] is not None and t[k] is not None else None
+            lo, hi = exp[k].slowdown
             rows.append({
-                "claim": f"{m.upper()} time per epoch ({r0}×{r0}, batch {b})", "spec": f"~{lo_e}–{hi_e} min".replace(
-                    f"~{lo_e}–{lo_e} ", f"~{lo_e} "),
-                "measured": f"{fmt_num(e)} min" if e is not None else "—", "verdict": _verdict(e, lo_e, hi_e),
-                "how": f"step time × ceil({epoch_samples:,}/batch): the spec gives no dataset size or GPU, an epoch of"
-                       f" {epoch_samples:,} samples is assumed" + (" (CIFAR-10)" if epoch_samples == 50000 else ""),
+                "claim": f"training slowdown {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": _times(lo, hi),
+                "measured": fmt_num(ratio) + "×" if ratio else "—", "verdict": _verdict(ratio, lo, hi),
+                "how": f"median training-step time, {p[k]} vs {p[base]}",
             })  # fmt: skip
-            lo_m, hi_m = SPEC["mem_gb"][m]
-            mem = t["peak_mem_gb"] if t is not None else None
-            rows.append({
-                "claim": f"{m.upper()} training memory ({r0}×{r0}, batch {b})",
-                "spec": f"~{lo_m}–{hi_m} GB".replace(f"~{lo_m}–{lo_m} ", f"~{lo_m} "),
-                "measured": f"{fmt_num(mem)} GiB" if mem is not None else "—", "verdict": _verdict(mem, lo_m, hi_m),
-                "how": "torch.cuda.max_memory_allocated over one training step" if any(x.get("gpu") for x in runs)
-                       else "process RSS peak (CPU run)",
-            })  # fmt: skip
-        if t1 is not None and t4 is not None:
-            mr = t4["peak_mem_gb"] / t1["peak_mem_gb"]
-            rows.append({
-                "claim": f"training memory V4/V1 ({r0}×{r0}, batch {b})", "spec": "1.5–2×",
-                "measured": f"{fmt_num(mr)}×", "verdict": _verdict(mr, 1.5, 2.0), "how": "ratio of the two rows above",
-            })  # fmt: skip
-    for m in ("v1", "v4"):
+        for m in everyone:
+            if exp[m].epoch_min is not None:
+                lo_e, hi_e = exp[m].epoch_min
+                e = t[m]["epoch_min"] if t[m] is not None else None
+                rows.append({
+                    "claim": f"{_short(m)} time per epoch ({r0}×{r0}, batch {b})", "spec": _range(lo_e, hi_e, "min"),
+                    "measured": f"{fmt_num(e)} min" if e is not None else "—", "verdict": _verdict(e, lo_e, hi_e),
+                    "how": f"step time × ceil({epoch_samples:,}/batch): the spec gives no dataset size or GPU, an epoch"
+                           f" of {epoch_samples:,} samples is assumed"
+                           + (" (CIFAR-10)" if epoch_samples == 50000 else ""),
+                })  # fmt: skip
+            if exp[m].mem_gb is not None:
+                lo_m, hi_m = exp[m].mem_gb
+                mem = t[m]["peak_mem_gb"] if t[m] is not None else None
+                rows.append({
+                    "claim": f"{_short(m)} training memory ({r0}×{r0}, batch {b})", "spec": _range(lo_m, hi_m, "GB"),
+                    "measured": f"{fmt_num(mem)} GiB" if mem is not None else "—", "verdict": _verdict(mem, lo_m, hi_m),
+                    "how": "torch.cuda.max_memory_allocated over one training step" if any(x.get("gpu") for x in runs)
+                           else "process RSS peak (CPU run)",
+                })  # fmt: skip
+        for k in compared:
+            if exp[k].mem_ratio is not None and t[base] is not None and t[k] is not None:
+                lo, hi = exp[k].mem_ratio
+                mr = t[k]["peak_mem_gb"] / t[base]["peak_mem_gb"]
+                rows.append({
+                    "claim": f"training memory {_short(k)}/{B0} ({r0}×{r0}, batch {b})", "spec": _times(lo, hi),
+                    "measured": f"{fmt_num(mr)}×", "verdict": _verdict(mr, lo, hi),
+                    "how": "ratio of the two rows above",
+                })  # fmt: skip
+    for m in everyone:
+        if exp[m].params_m is None:
+            continue
         pr = _get(df, kind="flops", level="model", model=m)
         if pr is None:
             pr = _get(df, level="model", model=m)
         n = pr["params"] / 1e6 if pr is not None and pd.notna(pr.get("params")) else None
+        want = exp[m].params_m
         rows.append({
-            "claim": f"{m.upper()} parameters", "spec": "~4M", "measured": f"{fmt_num(n)}M" if n else "—",
-            "verdict": _verdict(n, 3.2, 4.8), "how": "models.count_parameters",
+            "claim": f"{_short(m)} parameters", "spec": f"~{want:g}M", "measured": f"{fmt_num(n)}M" if n else "—",
+            "verdict": _verdict(n, 0.8 * want, 1.2 * want), "how": "models.count_parameters",
         })  # fmt: skip
     for metric in ("FLOPs (analytic, forward)", "training-step latency"):
-        for m, want in (("v1", 1), ("v4", 2)):
-            s = f"V1 {p['v1']}" if m == "v1" else f"V4 {p['v4']}"
+        for m in everyone:
+            want = exp[m].exponent
+            if want is None:
+                continue
+            s = series_name(m, p[m])
             f = (
                 fits[(fits["metric"] == metric) & (fits["level"] == "encoder") & (fits["series"] == s)]
                 if len(fits)
@@ -438,7 +535,7 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
             )
             e = float(f["exponent (last two r)"].iloc[0]) if len(f) else None
             rows.append({
-                "claim": f"{m.upper()} encoder {metric} ∝ N^k", "spec": f"k = {want} (O(N{'²' if want == 2 else ''}))",
+                "claim": f"{_short(m)} encoder {metric} ∝ N^k", "spec": f"k = {want} (O(N{'²' if want == 2 else ''}))",
                 "measured": f"k = {e:.2f} (last two r)" if e is not None else "—",
                 "verdict": "not measured" if e is None else ("consistent" if abs(e - want) <= 0.25 else
                                                              f"k differs from {want}"),
@@ -477,9 +574,11 @@ def _guides(ax, xs, ys) -> None:
     ax.plot(grid, y0 * (grid / x0) ** 2, ls=":", lw=1.3, color="0.2", label="O(N²)")
 
 
-def _palette(sns) -> dict:
-    """One fixed colour per series in every plot."""
-    return dict(zip(SERIES_ORDER, sns.color_palette("tab10", len(SERIES_ORDER))))
+def _palette(sns, series=()) -> dict:
+    """One fixed colour per series in every plot (series_colors); a series outside the table gets a spare one."""
+    colors = series_colors()
+    extra = [x for x in series if x not in colors]
+    return {**colors, **dict(zip(extra, sns.color_palette("tab20", max(len(extra), 1))))}
 
 
 def _facet_plot(df, rows, cols, ycol, ylabel, title, path, row_key, col_key):
@@ -512,14 +611,14 @@ def _facet_plot(df, rows, cols, ycol, ylabel, title, path, row_key, col_key):
     return path
 
 
-def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
+def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int, dtype: str) -> list[Path]:
     written = []
     levels = [lv for lv in ("mixer", "encoder", "model") if (df["level"] == lv).any()]
     timed = df[(df["kind"].isin(["fwd", "train"])) & (df["batch"] == batch)]
     if not timed.empty and levels:
         written.append(_facet_plot(
             timed, ["fwd", "train"], levels, "median_ms", "ms (median)",
-            f"Latency vs N (batch {batch}, {tag.split('_')[-1]}) — forward / training step",
+            f"Latency vs N (batch {batch}, {dtype}) — forward / training step",
             out / f"scaling_latency_{tag}.png", "kind", "level",
         ))  # fmt: skip
         written.append(_facet_plot(
@@ -545,7 +644,7 @@ def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
             sub = model_rows[model_rows["kind"] == kind]
             if not sub.empty:
                 sns.barplot(data=sub, x="res", y="samples_per_s", hue="series", hue_order=_ordered(sub["series"]),
-                            palette=_palette(sns), ax=ax)  # fmt: skip
+                            palette=_palette(sns, sub["series"]), ax=ax)  # fmt: skip
                 ax.set_yscale("log")
             ax.set_title(f"{'inference' if kind == 'fwd' else 'training'} throughput, whole model, batch {batch}")
             ax.set_xlabel("resolution r (N = r²)")
@@ -558,12 +657,12 @@ def plot_all(df: pd.DataFrame, out: Path, tag: str, batch: int) -> list[Path]:
         mb["max_batch"] = mb["max_batch"].fillna(0)
         fig, ax = plt.subplots(figsize=(6.5, 4))
         sns.barplot(data=mb, x="res", y="max_batch", hue="series", hue_order=_ordered(mb["series"]),
-                    palette=_palette(sns), ax=ax)  # fmt: skip
+                    palette=_palette(sns, mb["series"]), ax=ax)  # fmt: skip
         ax.set_yscale("log")
         ax.set(xlabel="resolution r (N = r²)", ylabel="largest batch (training step)",
                title="Largest batch that fits (0 = OOM at batch 1)")  # fmt: skip
         fig.tight_layout()
-        written.append(atomic_savefig(fig, out / f"max_batch_{tag.split('_', 1)[-1]}.png", dpi=110))
+        written.append(atomic_savefig(fig, out / f"max_batch_{dtype}.png", dpi=110))
         plt.close(fig)
     return written
 
@@ -597,17 +696,40 @@ NOTES = """\
 """
 
 
+BACKEND_NOTES = {  # said only when the sweep has rows of the backend (NOTES above covers the original five)
+    "flex": "- **flex.** torch FlexAttention (torch.nn.attention.flex_attention), torch.compile'd once per process (a "
+    "static, then a dynamic-shape graph; its compile time falls on the first flex row of each kind). FlexAttention "
+    "has no attention-probability dropout, so its rows run the model at dropout 0 (every row's note says so); the "
+    "other backends run the spec's dropout.",
+}
+
+
 def _img(path: Path, out: Path) -> str:
     return f"![{path.stem}]({path.relative_to(out).as_posix()})\n"
 
 
+def env_settings(runs: list, raw: pd.DataFrame) -> dict:
+    """The sweep's saved settings (batch, dtype, ...) of its last run; rows fill in what an old record lacks."""
+    st = dict((runs[-1] if runs else {}).get("settings") or {})
+    timed = raw[raw["kind"] != "flops"] if "kind" in raw else raw
+    for key in ("batch", "dtype"):
+        if st.get(key) is None and key in timed and len(timed):
+            st[key] = timed[key].mode().iloc[0]
+    if st.get("batch") is None or st.get("dtype") is None:
+        raise ValueError("the sweep file holds neither settings nor timed rows with batch and dtype")
+    return st
+
+
 def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list[Path], str]:
     df = prepare(raw)
-    batch = int(tag.split("_")[0].removeprefix("B"))
+    settings = env_settings(runs, raw)
+    batch, dtype = int(settings["batch"]), str(settings["dtype"])
     env = runs[-1] if runs else {}
     reduced = any(r.get("reduced") for r in runs) or not any(r.get("gpu") for r in runs)
     written: list[Path] = []
-    s1, s4 = primary_series(runs, df)
+    prim = primary_series(runs, df)
+    present, compared = _present(df), _compared(df)
+    b0 = _short(BASELINE)
 
     cols = ["model", "backend", "level", "res", "N", "batch", "dtype", "kind", "status", "median_ms", "iqr_ms",
             "n_reps", "samples_per_s", "tokens_per_s", "gflop_analytic", "tflops", "epoch_min", "peak_mem_gb",
@@ -631,8 +753,10 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     fits = safe(fits_table, df, batch)
     cross = safe(crossover_table, df, runs, batch)
     spec = safe(spec_table, df, runs, batch, fits)
+    arch = safe(architectures_table, df, runs, batch)
     mbt = safe(max_batch_table, df)
-    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt)):
+    for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt),
+                    ("architectures", arch)):  # fmt: skip
         if not t.empty:
             written.append(atomic_to_csv(t, out / f"{name}_{tag}.csv"))
 
@@ -659,11 +783,11 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         if parts:
             sections[level] = parts
     try:
-        written += plot_all(df, out, tag, batch)
+        written += plot_all(df, out, tag, batch, dtype)
     except Exception as e:
         failures.append(f"plots: {type(e).__name__}: {e}")
 
-    title = "# Benchmark: V1 (Mamba, O(N)) vs V4 (Transformer, O(N²))"
+    title = "# Benchmark: " + " vs ".join(f"{v.short} ({v.family}, {v.complexity})" for v in map(get_variant, present))
     lines = [title, ""]
     lines.append(f"> Generated by `python -m bench.report` from `raw/sweep_{tag}.json`; do not edit by hand.\n")
     if reduced:
@@ -677,14 +801,19 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         f"a first (compile/allocate) call, then warm-up {st.get('warmup_ms')} ms and {st.get('rep_ms')} ms of timed "
         f"repetitions per point ({st.get('min_reps')}–{st.get('max_reps')}), timer {timers}, "
         f"{st.get('threads') or 'default'} CPU thread(s), epoch = {st.get('epoch_samples')} samples. "
-        f"V4/V1 = {s4} / {s1}.\n"
+        + "".join(f"{'; ' if i else ''}{_short(m)}/{b0} = {prim[m]} / {prim[BASELINE]}" for i, m in enumerate(compared))
+        + (".\n" if compared else "\n")
     )
     lines += ["## Headline: the spec's expectation vs what was measured", "", md_table(spec)]
+    if not arch.empty:
+        lines += ["## All architectures: the spec's table vs this sweep", "", md_table(arch)]
     lines += ["## Scaling exponents (least-squares slope of log metric vs log N, non-OOM points)", "",
               md_table(fits)]  # fmt: skip
-    lines += ["## Where V4 starts to cost more than V1", "", md_table(cross)]
+    who = ", ".join(_short(m) for m in compared) or "—"
+    lines += [f"## Where {who} start{'s' if len(compared) == 1 else ''} to cost more than {b0}", "", md_table(cross)]
     for level, parts in sections.items():
-        lines += [f"## {LEVEL_TITLES[level]}", ""]
+        mixers = " vs ".join(dict.fromkeys(get_variant(m).mixer_desc for m in present))
+        lines += [f"## {LEVEL_TITLES[level].format(mixers=mixers)}", ""]
         for p in parts:
             lines += [p]
         if level == "model" and not mbt.empty:
@@ -696,6 +825,9 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         if p.suffix == ".png":
             lines.append(_img(p, out))
     lines += ["## Notes", "", NOTES]
+    extra = [text for b, text in BACKEND_NOTES.items() if (df["backend"] == b).any()]
+    if extra:
+        lines += ["\n".join(extra), ""]
     if failures:
         lines += ["## Rendering problems", ""] + [f"- {f}" for f in failures]
         print("report: " + "; ".join(failures))

@@ -1,10 +1,11 @@
-"""The V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)) benchmark sweep.
+"""The benchmark sweep over the table of variants (models/variants.py): V1 (Mamba, O(N)) vs V4 (Transformer, O(N²)), ...
 
-    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 4–5 min on one H200, ≤ ~7)
+    python -m bench.sweep                 # = make bench: the full sweep on a GPU (≈ 8 min on one H200: rows
+                                          # capped by --time-budget 450 s; a rerun resumes what was skipped)
     python -m bench.sweep --quick         # tiny smoke run (CI), into runs/bench_quick/
     python -m bench.sweep --res 32 64 --models v4 --backends sdpa triton --levels mixer
 
-For each model × backend × level (mixer | encoder | model) × resolution r (N = r² tokens) it measures
+For each variant × backend × level (mixer | encoder | model) × resolution r (N = r² tokens) it measures
     flops      FLOPs of one forward pass, three ways (analytic, fvcore, FlopCounterMode), at B = 1
     fwd        forward latency (no grad, bf16 autocast) + peak memory
     train      training-step latency (forward + backward + AdamW) + peak memory, epoch time
@@ -39,17 +40,18 @@ from tqdm.auto import tqdm
 from bench import measure
 from bench.env import environment, nvml_info, summary_line
 from bench.flops import analytic_flops, count_flops, counting_device
-from bench.measure import ALL_BACKENDS, BACKENDS, LEVELS, MODELS, PRIMARY
+from bench.measure import LEVELS, REFERENCE_BACKENDS, all_backends, primary_backends
 from models.common import ConfigError
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
-from models.v1_mamba import v1_config
-from models.v4_transformer import v4_config
 from models.validate import check_memory, nonneg_float, nonneg_int, positive_int, run_bytes, writable_dir
+from models.variants import BASELINE, get_variant, variant_names
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_RES = (32, 48, 64, 96, 128)
 EXTENDED_RES = (160, 192, 256)
 KEY = ("model", "backend", "level", "res", "batch", "dtype", "kind")
+LAST = ("triton", "flex")  # backends planned last: our kernel and torch.compile'd code (if either broke the CUDA
+# context, everything else is already on disk)
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +89,7 @@ class Settings:
     triton_autotune: bool
     threads: int | None  # torch.set_num_threads for the run (None: leave as is)
     notes: list[str] = field(default_factory=list)
+    model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
     @property
     def amp(self) -> bool:
@@ -102,9 +105,10 @@ def build_parser() -> ArgParser:
     p.add_argument("--res", nargs="+", default=None, help="resolutions r (N = r²), e.g. 32 48 64 or 32,64")
     p.add_argument("--extended", action="store_true", help=f"add r = {EXTENDED_RES} (find where each OOMs)")
     p.add_argument("--batch", type=positive_int, default=None, help="benchmark batch (GPU 8, CPU 2)")
-    p.add_argument("--models", nargs="+", default=None, help="v1 v4")
+    p.add_argument("--models", nargs="+", default=None,
+                   help=f"subset of {' '.join(variant_names())} (models/variants.py)")  # fmt: skip
     p.add_argument("--levels", nargs="+", default=None, help="mixer encoder model")
-    p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(ALL_BACKENDS)}")
+    p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(all_backends())}")
     p.add_argument("--out", type=writable_dir, default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
     p.add_argument("--reps", type=positive_int, default=None, help="fixed number of timed repetitions per point")
     p.add_argument("--time-per-point", type=nonneg_float, default=None, help="ms of timed repetitions per point")
@@ -154,7 +158,7 @@ def settings_from_args(args) -> Settings:
     """CLI → Settings, with per-mode defaults. Every value is checked here (ConfigError → exit 2)."""
     device = pick_device(args.device)
     mode = "quick" if args.quick else ("full" if device.type == "cuda" else "reduced")
-    models = _choices(args.models or MODELS, MODELS, "--models")
+    models = _choices(args.models or variant_names(), variant_names(), "--models")
     levels = _choices(args.levels or LEVELS, LEVELS, "--levels")
     res = _int_list(args.res, "--res") if args.res else None
     for r in res or []:
@@ -179,7 +183,7 @@ def settings_from_args(args) -> Settings:
     cuda = device.type == "cuda"
     if mode == "full":
         d = dict(res=list(FULL_RES), batch=8, preset="default", warmup=25.0, rep=100.0, min_reps=3,
-                 max_reps=100, max_batch=True, spec=64, ref_max=64, budget=400.0, out=REPO / "results",
+                 max_reps=100, max_batch=True, spec=64, ref_max=64, budget=450.0, out=REPO / "results",
                  all_backends=True)  # fmt: skip
     elif mode == "reduced":
         d = dict(res=[32, 48], batch=1, preset="small", warmup=0.0, rep=200.0, min_reps=1, max_reps=3,
@@ -195,15 +199,24 @@ def settings_from_args(args) -> Settings:
     res = sorted(set(res))
 
     if args.backends:
-        wanted = _choices(args.backends, ALL_BACKENDS, "--backends")
-    elif d["all_backends"]:
-        wanted = list(ALL_BACKENDS)
-    else:  # the CPU-runnable reference backends
-        wanted = ["reference", "seed", "sdpa"]
-    backends = {m: [b for b in BACKENDS[m] if b in wanted] for m in models}
+        wanted = _choices(args.backends, all_backends(), "--backends")
+        backends = {m: [b for b in get_variant(m).backends if b in wanted] for m in models}
+    elif d["all_backends"]:  # every backend, but of the pure-PyTorch mixers (launch-bound on a GPU) only the
+        # baseline's CPU one: what the fused kernels buy
+        keep = {m: [b for b in get_variant(m).backends if b not in REFERENCE_BACKENDS] for m in models}
+        if BASELINE in keep:
+            keep[BASELINE] = [b for b in get_variant(BASELINE).backends
+                              if b in keep[BASELINE] or b == get_variant(BASELINE).primary["cpu"]]  # fmt: skip
+        backends = keep
+    else:  # the backends that run here (on CPU: the pure-PyTorch ones)
+        problem = measure.backend_problem
+        backends = {m: [b for b in get_variant(m).backends if not problem(m, b, device)] for m in models}
     for m in models:
         if not backends[m]:
-            raise ConfigError(f"--backends: none of {', '.join(wanted)} is a {m} backend ({', '.join(BACKENDS[m])})")
+            have = ", ".join(get_variant(m).backends)
+            raise ConfigError(f"--backends: none of {', '.join(args.backends or ['those'])} is a {m} backend ({have})")
+    # a record's sweep_levels trims the default plan (levels it would measure twice); --levels overrides it
+    model_levels = {m: [lv for lv in levels if args.levels or lv in get_variant(m).sweep_levels] for m in models}
     reps = args.reps
     s = Settings(
         device=str(device), mode=mode, res=res, batch=args.batch or d["batch"], models=models, levels=levels,
@@ -219,6 +232,7 @@ def settings_from_args(args) -> Settings:
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
+        model_levels=model_levels,
     )  # fmt: skip
     if args.cuda_graph and not cuda:
         s.notes.append("--cuda-graph ignored: no CUDA")
@@ -231,17 +245,14 @@ def settings_from_args(args) -> Settings:
 
 
 def cpu_step_bytes(s: Settings, batch: int, res: int) -> int:
-    """The hungriest training step of the sweep's models and backends at (batch, res), as models.validate
+    """The hungriest training step of the sweep's variants and backends at (batch, res), as models.validate
     estimates it (the seed backend materialises V4's attention weights)."""
-    from models import MODELS as TABLE
-
     need = 0
-    for m in (m for m in s.models if m in TABLE):
-        cls, make_cfg = TABLE[m]
+    for m in s.models:
+        v = get_variant(m)
         for backend in s.backends.get(m, []):
-            over = {"attn_backend": backend} if backend in ("seed", "sdpa", "triton") else {}
-            cfg = make_cfg(s.preset, over, {})
-            need = max(need, run_bytes(cls, cfg, res, batch, True, "cpu", 6_000_000))
+            cfg = v.config(s.preset, v.backend_overrides(backend), {})
+            need = max(need, run_bytes(v.cls, cfg, res, batch, True, "cpu", 6_000_000))
     return need
 
 
@@ -312,9 +323,9 @@ class Combo:
 
 def make_plan(s: Settings, device: torch.device) -> list[tuple[Combo, list[str]]]:
     """(combo, kinds) in priority order, so that a time-budget cut keeps the headline: the primary backends,
-    the spec point, seed and reference, the largest-batch searches, and last the Triton kernel (new code: if it
-    ever broke the CUDA context, everything else is already on disk)."""
-    primary = PRIMARY[device.type]
+    the spec point, seed and reference, the largest-batch searches, and last the Triton kernel and FlexAttention
+    (LAST: new or compiled code; if it ever broke the CUDA context, everything else is already on disk)."""
+    primary = primary_backends(device.type)
     kinds = (["flops"] if s.flops else []) + ["fwd"] + (["fwd_graph"] if s.cuda_graph else []) + ["train"]
     level_order = [lv for lv in ("model", "mixer", "encoder") if lv in s.levels]
 
@@ -322,6 +333,8 @@ def make_plan(s: Settings, device: torch.device) -> list[tuple[Combo, list[str]]
         out = []
         for level in level_order:
             for m in s.models:
+                if level not in s.model_levels.get(m, s.levels):
+                    continue
                 for b in s.backends[m]:
                     if which(m, b):
                         out += [(Combo(m, b, level, r, s.batch), kinds) for r in s.res]
@@ -333,37 +346,44 @@ def make_plan(s: Settings, device: torch.device) -> list[tuple[Combo, list[str]]
         for m in s.models:
             if primary[m] in s.backends[m] and s.spec_batch != s.batch:
                 plan.append((Combo(m, primary[m], "model", r0, s.spec_batch), ["fwd", "train"]))
-    plan += combos(lambda m, b: b != primary[m] and b != "triton")
+    plan += combos(lambda m, b: b != primary[m] and b not in LAST)
     if s.max_batch and "model" in s.levels:
         for m in s.models:
-            if primary[m] in s.backends[m]:
+            if primary[m] in s.backends[m] and "model" in s.model_levels.get(m, s.levels) and get_variant(m).max_batch:
                 plan += [(Combo(m, primary[m], "model", r, s.batch), ["max_batch"]) for r in s.res]
-    plan += combos(lambda m, b: b != primary[m] and b == "triton")
+    plan += combos(lambda m, b: b != primary[m] and b in LAST)
     return plan
 
 
 def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device) -> float:
-    """A rough cost model for the progress bar and the up-front estimate (not a measurement)."""
-    if kind != "flops" and combo.backend == "reference" and combo.res > s.ref_max_res:
+    """A rough cost model for the progress bar and the up-front estimate (not a measurement). Its constants are
+    fitted to the rows' elapsed_s of the committed H200 run (results/raw/sweep_B8_bf16.json: V1 and V4, 244 s of
+    rows): a max-batch probe ~1.5 s, the reference Mamba's training step ~16× its forward GEMM time."""
+    if kind != "flops" and combo.backend in REFERENCE_BACKENDS and combo.res > s.ref_max_res:
         return 0.0  # skipped
-    cfg = (v1_config if combo.model == "v1" else v4_config)(s.preset, env={})
+    cfg = get_variant(combo.model).config(s.preset, env={})
     fl = analytic_flops(combo.model, cfg, combo.level, combo.batch, combo.N)
     layers = 1 if combo.level == "mixer" else cfg.num_layers
     if device.type == "cuda":
         t = fl / 150e12 + 2e-4 * layers
         if combo.backend == "seed":  # materialised (B·H·N²) weights, ~8 passes over them per layer
-            t += combo.batch * cfg.num_heads * combo.N**2 * 2 * 8 * layers / 2.5e12
-        if combo.backend == "reference":  # ~50 small kernels per 64-step chunk
+            t += combo.batch * cfg.num_heads * combo.N**2 * 2 * 8 * layers / 15e12
+        if combo.backend in REFERENCE_BACKENDS:  # ~50 small kernels per 64-step chunk
             t += combo.N / 64 * 50 * layers * 8e-6
         overhead = 0.3
+        first_level = next(lv for lv in ("model", "mixer", "encoder") if lv in s.levels)
+        if combo.backend == "flex" and combo.level == first_level and combo.res == s.res[0] and kind != "flops":
+            # torch.compile, once per process: a static then a dynamic-shape graph (self- and cross-attention shapes
+            # differ), forward-only for fwd and forward + backward for train; later shapes reuse the dynamic graph
+            overhead += 40.0 if kind == "train" else 20.0
     else:
         t, overhead = fl / 20e9, 0.05
     if kind == "flops":
         return 0.3 if device.type == "cuda" and combo.backend in ("mamba_ssm", "triton") else 0.15
     if kind == "max_batch":
-        return s.max_batch_probes * (overhead + 3.5 * t * 8)  # probes near the limit are large
+        return s.max_batch_probes * (1.2 + 3.5 * t * 8) if device.type == "cuda" else s.max_batch_probes * t * 8
     if kind == "train":
-        t *= 5 if combo.backend == "reference" else 3.5
+        t *= 16 if combo.backend in REFERENCE_BACKENDS else 3.5
     calls = 2 + max(s.min_reps, min(s.max_reps, s.rep_ms / 1e3 / max(t, 1e-6))) if device.type == "cuda" else 1
     calls += s.min_reps if device.type != "cuda" else 0
     return overhead + calls * t
@@ -422,7 +442,7 @@ class Sweep:
         problem = measure.backend_problem(c.model, c.backend, self.device)
         if problem:
             return "unavailable", problem
-        if kind != "flops" and c.backend == "reference" and c.res > self.s.ref_max_res:
+        if kind != "flops" and c.backend in REFERENCE_BACKENDS and c.res > self.s.ref_max_res:
             return "skipped", f"reference Mamba is launch-bound: measured up to r={self.s.ref_max_res} (--ref-max-res)"
         if kind == "flops":
             return None
@@ -553,6 +573,8 @@ class Sweep:
                         if wl is None:
                             wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev)
                         self.run_timed(c, kind, wl, row)
+                        if wl.note:
+                            row["note"] = wl.note
                 except Exception as e:
                     # ConfigError / ImportError: backend missing; ValueError / NotImplementedError: the backend
                     # refuses this configuration (e.g. the Triton kernel's head dims) — the note says which

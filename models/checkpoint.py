@@ -68,21 +68,27 @@ def _same_family_backend(path, ckpt_backend: str | None, backend: str | None) ->
 def model_from_checkpoint(path, model: str | None = None, device="cpu", **backend_overrides):
     """Rebuild the model a checkpoint was trained with and load its weights.
 
-    model: a key of models.MODELS to insist on one (its class's `loads_checkpoints_of` names the checkpoints it
-    accepts: V3 loads V1's); backend_overrides: mixer_backend / attn_backend (weights are the same, within a
-    mixer family: Mamba-1 and Mamba-2 checkpoints do not cross).
+    model: a variant name (models/variants.py) to insist on one (its class's `loads_checkpoints_of` names the
+    checkpoints it accepts: V3 loads V1's); backend_overrides: mixer_backend / attn_backend (weights are the same,
+    within a mixer family: Mamba-1 and Mamba-2 checkpoints do not cross).
     """
-    from models import MODELS
+    from models.variants import VARIANTS, get_variant, variant_of_checkpoint
 
-    names = {cls.name: key for key, (cls, _) in MODELS.items()}
-    if model is not None and model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    # class checkpoint name → the FIRST record of that class (v4, not its ablation v4_nopos: the config comes from
+    # the checkpoint, the record's own overrides do not apply to a checkpoint found by its name)
+    names = {}
+    for key, v in VARIANTS.items():
+        names.setdefault(v.cls.name, key)
+    if model is not None:
+        get_variant(model)  # unknown → one-line ConfigError
     ckpt = read_checkpoint(path)
     if model is None:
-        model = names.get(ckpt["model_name"])
-        if model is None:
+        found = variant_of_checkpoint(ckpt["model_name"])
+        if found is None:
             raise ConfigError(f"checkpoint {path} holds an unknown model {ckpt['model_name']!r}")
-    cls, make_cfg = MODELS[model]
+        model = found.key
+    variant = get_variant(model)
+    cls, make_cfg = variant.cls, variant.config
     accepted = getattr(cls, "loads_checkpoints_of", (cls.name,))
     if ckpt["model_name"] not in accepted:
         fits = " or ".join(names.get(n, n) for n in accepted)

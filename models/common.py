@@ -15,15 +15,17 @@ is the encoder's.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import warnings
 from dataclasses import fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTN_BACKENDS = ("seed", "sdpa", "triton")
+ATTN_BACKENDS = ("seed", "sdpa", "triton", "flex")
 PREDICTIONS = ("x1", "velocity")
 T_GAP_MIN = 1e-3  # x1-prediction: v = (x̂1 − x_t) / max(1 − t, T_GAP_MIN); samplers never evaluate t = 1
 
@@ -111,6 +113,41 @@ def check_attn_backend(backend: str) -> str:
     return backend
 
 
+@functools.cache
+def _flex_compiled():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)  # compiled once per process; torch recompiles per new shape
+
+
+def _flex_attention():
+    """torch FlexAttention (torch.nn.attention.flex_attention): torch.compile'd on CUDA (its fused Triton kernels),
+    eager elsewhere (torch's dense reference, which it allows forward-only on CPU: a check, not a fast path)."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError as e:  # torch < 2.5
+        raise ConfigError(f"attention backend 'flex' is unavailable ({e}); it needs torch >= 2.5") from e
+
+    def flex(q, k, v):  # (B, H, Nq, Dh), (B, H, Nk, Dh), (B, H, Nk, Dh) -> (B, H, Nq, Dh)
+        if q.is_cuda:
+            return _flex_compiled()(q, k, v)
+        with warnings.catch_warnings():  # "called without torch.compile()": intended off CUDA
+            warnings.filterwarnings("ignore", message=".*torch.compile", category=UserWarning)
+            try:
+                return flex_attention(q, k, v)
+            except NotImplementedError as e:  # torch: "FlexAttention does not support backward on CPU"
+                raise ConfigError(f"attention backend 'flex': {str(e).splitlines()[0]}") from None
+
+    return flex
+
+
+def flex_dropout_message(dropout: float) -> str:
+    return (
+        f"attention backend 'flex' has no attention dropout: train with dropout=0 (got {dropout:g}) "
+        "or pick another attn_backend (sdpa, triton)"
+    )
+
+
 def _triton_attention():
     try:
         from kernels.flash_attention import attention
@@ -120,13 +157,16 @@ def _triton_attention():
 
 
 class Attention(nn.MultiheadAttention):
-    """nn.MultiheadAttention (batch_first) whose core can run on three backends.
+    """nn.MultiheadAttention (batch_first) whose core can run on four backends.
 
     Parameters and their names are nn.MultiheadAttention's, so one checkpoint loads under any backend.
       seed   — nn.MultiheadAttention called as the spec calls it (need_weights left on): the faithful baseline
                that materialises the (Nq × Nk) attention weights.
       sdpa   — torch scaled_dot_product_attention (flash / cuDNN / memory-efficient, chosen by torch).
       triton — our fused FlashAttention-2 kernel (kernels/flash_attention.py).
+      flex   — torch FlexAttention, compiled on CUDA. It has no attention-probability dropout (a score_mod acts
+               before the softmax, dropout after it), so training with dropout > 0 on flex is a ConfigError rather
+               than a silently different model: train it with dropout=0 (the sweep's flex rows do, and say so).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, backend: str = "sdpa"):
@@ -156,10 +196,33 @@ class Attention(nn.MultiheadAttention):
         p = self.dropout if self.training else 0.0
         if self.backend == "sdpa":
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        elif self.backend == "flex":
+            if p > 0:
+                raise ConfigError(flex_dropout_message(self.dropout))
+            o = _flex_attention()(q, k, v)
         else:
             o = _triton_attention()(q, k, v, dropout_p=p)
         o = o.transpose(1, 2).reshape(B, Nq, E)  # (B, Nq, E)
         return self.out_proj(o)
+
+
+class SelfAttention(nn.Module):
+    """An Attention used as a sequence mixer: (B, N, D) -> (B, N, D), called as attn(x, x, x). Holds no parameters
+    of its own (the wrapped module's are the model's), so it can be handed out as a view of a layer."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D)
+        return self.attn(x, x, x)
+
+
+def check_trainable(model: nn.Module) -> None:
+    """ConfigError (one line) when `model` cannot be trained as configured: flex attention with dropout > 0."""
+    for m in model.modules():
+        if isinstance(m, Attention) and m.backend == "flex" and m.dropout > 0:
+            raise ConfigError(flex_dropout_message(m.dropout))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,6 +263,15 @@ class SparseFieldModel(nn.Module):
         self.decoder = nn.Linear(d, cfg.value_channels)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        raise NotImplementedError
+
+    # Model-side facts the benchmark needs (bench.measure's mixer and encoder levels), defined by each model.
+    def layer0_mixer(self) -> nn.Module:
+        """Layer 0's sequence mixer as a (B, N, D) -> (B, N, D) module (a view: its parameters are the model's)."""
+        raise NotImplementedError
+
+    def encoder_named_parameters(self):
+        """(name, parameter) of the encoder stack, names as in self.named_parameters()."""
         raise NotImplementedError
 
     def head(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:

@@ -129,6 +129,15 @@ def num_observed(n_pixels: int, observed_frac: float) -> int:
     return min(max(1, round(observed_frac * n_pixels)), n_pixels - 1)
 
 
+OBSERVED_FRAC = 0.2  # the task's split: Nin = round(0.2·N) observed pixels, Nq = N − Nin queries
+
+
+def token_split(n_tokens: int, observed_frac: float = OBSERVED_FRAC) -> tuple[int, int]:
+    """N tokens → (Nin, Nq): the observed input pixels and the queries, as the data pipeline splits them."""
+    n_in = num_observed(n_tokens, observed_frac)
+    return n_in, n_tokens - n_in
+
+
 def split_pixels(n_pixels: int, observed_frac: float, generator: torch.Generator):
     """Random disjoint (input, query) pixel indices covering all n_pixels, each sorted (row-major)."""
     n_in = num_observed(n_pixels, observed_frac)

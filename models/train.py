@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from models import MODELS, build_model, count_parameters
 from models.checkpoint import model_from_checkpoint, save_checkpoint
-from models.common import ENV_TRAIN, ConfigError
+from models.common import ENV_TRAIN, ConfigError, check_trainable
 from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pick_device
 from models.validate import (
@@ -276,6 +276,7 @@ def train(args) -> dict:
             raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite")
         model = build_model(args.model, args.preset, {**overrides, **backends}).to(device)
         ckpt = None
+    check_trainable(model)  # e.g. flex attention with dropout > 0: one line, before any data or output
     args.lr = DEFAULTS["lr"] if args.lr is None else args.lr
     args.epochs = DEFAULTS["epochs"] if args.epochs is None else args.epochs
     choose_batch_size(args, cls, model, device)
@@ -446,7 +447,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
-    p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton")
+    p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton | flex (flex: --dropout 0)")
     for flag, cast in (("--d-model", positive_int), ("--num-layers", positive_int), ("--num-heads", positive_int),
                        ("--dim-feedforward", positive_int), ("--dropout", dropout_rate)):  # fmt: skip
         p.add_argument(flag, type=cast, default=None, help="override (also via the spec's env vars)")

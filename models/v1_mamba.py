@@ -34,7 +34,7 @@ class V1Config:
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
     mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch) | mamba2 | mamba2_ref
-    attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton
+    attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton | flex
     pad_multiple: str = "auto"  # pad tokens to a multiple of k: auto (2048 on mamba_ssm past 1024 tokens) | off | k
 
     def validate(self) -> None:

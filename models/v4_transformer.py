@@ -20,6 +20,7 @@ from models.common import (
     Attention,
     ConfigError,
     PositionalEncoding,
+    SelfAttention,
     SparseFieldModel,
     build_config,
     validate_common,
@@ -39,7 +40,7 @@ class V4Config:
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
-    attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton
+    attn_backend: str = "sdpa"  # seed (nn.MultiheadAttention, weights materialised) | sdpa | triton | flex
     pos_encoding: str = "index"  # index (sinusoid of the sequence position, the spec) | none (coordinates only)
 
     def validate(self) -> None:
@@ -92,17 +93,6 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
-
-
-class SelfAttention(nn.Module):
-    """attn(x, x, x) as a (B, N, D) -> (B, N, D) module (a view for benchmarks: holds attn, adds nothing)."""
-
-    def __init__(self, attn: Attention):
-        super().__init__()
-        self.attn = attn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(x, x, x)
 
 
 class TransformerDiffusion(SparseFieldModel):

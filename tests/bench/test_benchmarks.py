@@ -1,4 +1,5 @@
-"""pytest-benchmark benchmarks of the forward pass and the training step, per model, backend and resolution.
+"""pytest-benchmark benchmarks of the forward pass and the training step, per variant (models/variants.py),
+backend and resolution.
 
     pytest tests/bench --benchmark-only                      # (a plain `pytest` skips these)
     pytest tests/bench --benchmark-only --benchmark-group-by=group --benchmark-save=h200
@@ -13,6 +14,7 @@ import torch
 
 from bench import measure
 from bench.flops import analytic_flops
+from models.variants import VARIANTS
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -20,7 +22,7 @@ PRESET = "default" if CUDA else "tiny"
 BATCH = 8 if CUDA else 2
 RESOLUTIONS = (32, 64, 128) if CUDA else (8, 16)
 ROUNDS = 10 if CUDA else 3
-CASES = [("v1", "mamba_ssm"), ("v1", "reference"), ("v4", "seed"), ("v4", "sdpa"), ("v4", "triton")]
+CASES = [(k, b) for k, v in VARIANTS.items() for b in v.backends]  # every variant × backend of the table
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,7 +42,7 @@ def test_model(benchmark, model, backend, kind, res):
     problem = measure.backend_problem(model, backend, DEVICE)
     if problem:
         pytest.skip(problem)
-    if backend == "reference" and CUDA and res > 64:
+    if backend in measure.REFERENCE_BACKENDS and CUDA and res > 64:
         pytest.skip("reference Mamba is launch-bound on GPU: r <= 64 only")
     N = res * res
     wl = measure.build_workload(model, backend, "model", PRESET, DEVICE)
@@ -63,7 +65,7 @@ def test_model(benchmark, model, backend, kind, res):
     fwd = analytic_flops(model, wl.cfg, "model", BATCH, N)
     benchmark.group = f"res{res}"
     benchmark.extra_info.update(
-        model=model, backend=backend, kind=kind, res=res, N=N, batch=BATCH, preset=PRESET,
+        model=model, backend=backend, kind=kind, res=res, N=N, batch=BATCH, preset=PRESET, note=wl.note,
         dtype="bf16" if CUDA else "fp32", params=wl.params,
         gflop_analytic=(3 if kind == "train" else 1) * fwd / 1e9,
         **{k: v for k, v in mem.items() if v == v},  # drop NaN (not measured here)

@@ -158,7 +158,7 @@ def test_mamba_ssm_handles_on_a_cpu_stand_in(monkeypatch, fast_path, paused):
     cfg = measure.build_workload("v1", "reference", "mixer", "tiny", "cpu").cfg
     mixer = FakeMamba(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand)
     mixer.fast_path = fast_path
-    module = measure.MixerLevel(mixer, self_attention=False)
+    module = measure.MixerLevel(mixer)
     N = 40
     x = torch.randn(2, N, cfg.d_model)
     with torch.no_grad():
@@ -192,7 +192,7 @@ def test_fvcore_falls_back_to_whole_mixers_when_tracing_mamba_fails(monkeypatch)
             return super().forward(hidden)
 
     mixer = Untraceable(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand)
-    module, N = measure.MixerLevel(mixer, self_attention=False), 24
+    module, N = measure.MixerLevel(mixer), 24
     fc = count_flops("v1", cfg, "mixer", module, (torch.randn(1, N, cfg.d_model),), N)
     assert fc.fvcore == pytest.approx(fc.analytic) and fc.agree, fc.note
     assert "counted as one op each" in fc.note and "forward" not in mixer.__dict__
@@ -270,4 +270,16 @@ def test_triton_three_counts_agree_on_gpu():
 
 
 def test_module_type_is_kept():
-    assert isinstance(measure.MixerLevel(nn.Identity(), False), nn.Module)
+    assert isinstance(measure.MixerLevel(nn.Identity()), nn.Module)
+
+
+@pytest.mark.parametrize("level", ["mixer", "encoder", "model"])
+def test_v2_analytic_formula_agrees_with_both_counters(level):
+    """V2's record: two mixers + the combine per block, the latent bottleneck and the latent read-out."""
+    wl = measure.build_workload("v2", "reference", level, "tiny", "cpu")
+    N = 144
+    fc = count_flops("v2", wl.cfg, level, wl.module, wl.forward_args(wl.inputs(1, N, "cpu")), N)
+    assert fc.agree, (fc.analytic, fc.fvcore, fc.flopcounter, fc.note)
+    assert fc.flopcounter == pytest.approx(fc.analytic, rel=0.01) and fc.fvcore == pytest.approx(fc.analytic, rel=0.01)
+    if level == "model":
+        assert {"latent.cross_attn.core", "latent.mlp", "cross_attn.core", "bidir.combine"} <= set(fc.parts)

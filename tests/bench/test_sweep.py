@@ -9,8 +9,10 @@ import torch
 
 from bench import measure, report, sweep
 from bench.measure import MaxBatch, Timing, nice_mid, search_max_batch
+from models.common import ConfigError
+from models.variants import VARIANTS
 
-QUICK = ["--quick", "--backends", "reference", "sdpa", "--res", "8", "12"]
+QUICK = ["--quick", "--models", "v1", "v4", "--backends", "reference", "sdpa", "--res", "8", "12"]
 
 
 def rows(out):
@@ -285,13 +287,19 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     order = [(c.backend, tuple(k)) for c, k in plan]
     first_secondary = next(i for i, (b, _) in enumerate(order) if b not in ("mamba_ssm", "sdpa"))
     assert all(b in ("mamba_ssm", "sdpa") for b, _ in order[:first_secondary])
-    assert order[-1][0] == "triton" and all(b == "triton" for b, _ in order[-15:])
+    assert all(b in sweep.LAST for b, _ in order[-30:]) and {b for b, _ in order[-30:]} == {"triton", "flex"}
     spec = [c for c, _ in plan if c.batch == 64]
-    assert {c.model for c in spec} == {"v1", "v4"} and all(c.res == 32 for c in spec)
+    assert {c.model for c in spec} == set(VARIANTS) and all(c.res == 32 for c in spec)
     mb = [c for c, k in plan if k == ["max_batch"]]
-    assert len(mb) == 10 and {c.backend for c in mb} == {"mamba_ssm", "sdpa"}
+    assert {c.model for c in mb} == {k for k, v in VARIANTS.items() if v.max_batch} and len(mb) == 5 * len(
+        {c.model for c in mb}
+    )
+    assert {c.backend for c in mb} == {"mamba_ssm", "sdpa"}
+    # pure-PyTorch mixers run on the GPU for the baseline only (its CPU backend), every other backend for everyone
+    assert "reference" in s.backends["v1"] and all("reference" not in s.backends[m] for m in s.backends if m != "v1")
+    assert "flex" in s.backends["v4"] and all(b in s.backends["v1"] for b in ("mamba_ssm", "mamba2"))
     est = sum(sweep.estimate_seconds(c, k, s, torch.device("cuda")) for c, ks in plan for k in ks)
-    assert 60 < est < s.time_budget_s
+    assert 60 < est < s.time_budget_s + 30  # the plan is sized to the budget (a budget cut skips the LAST rows)
     ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--no-max-batch"]))
     assert ext.res[-3:] == [160, 192, 256] and not ext.max_batch
 
@@ -319,3 +327,69 @@ def test_git_commit_prefers_the_callers_commit(monkeypatch, tmp_path):
     assert git_commit() == "74973f0"  # a GPU machine's copy may carry a stale .git: the caller's word wins
     monkeypatch.delenv("GIT_COMMIT")
     assert git_commit(tmp_path) == "unknown"  # no repository, nothing passed
+
+
+def test_a_throwaway_variant_runs_through_the_table(tmp_path, monkeypatch):
+    """A variant that exists only as a record (V1's class, one layer) is swept, counted and reported on CPU."""
+    from models.variants import VARIANTS, FlopParts, Variant, get_variant
+
+    v1 = get_variant("v1")
+    vx = Variant(
+        key="vx", short="VX", family="Mamba-1L", complexity="O(N)", cls=v1.cls, make_config=v1.make_config,
+        backend_field="mixer_backend", backends=("reference",), primary={"cuda": "reference", "cpu": "reference"},
+        fallback=("reference",), encoder_prefixes=v1.encoder_prefixes, flops=FlopParts(("mamba",), ("mamba",)),
+        mixer_desc="one Mamba mixer", color="tab:green", overrides={"num_layers": 1},
+    )  # fmt: skip
+    monkeypatch.setitem(VARIANTS, "vx", vx)
+    args = ["--quick", "--models", "v1", "vx", "--backends", "reference", "--res", "8", "--out", str(tmp_path)]
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    mine = df[df["model"] == "vx"]
+    assert len(mine) == 9 and set(mine["status"]) == {"ok"}, mine[["kind", "level", "note"]]
+    assert mine[mine["kind"] == "flops"]["agree"].all()
+    enc = df[(df["kind"] == "flops") & (df["level"] == "encoder")].set_index("model")["gflop_analytic"]
+    assert enc["vx"] == pytest.approx(enc["v1"] / 2)  # tiny V1 has 2 layers, vx 1
+    text = (tmp_path / "README.md").read_text()
+    assert "VX reference" in text and "VX/V1" in text and "VX (Mamba-1L, O(N))" in text
+
+
+def test_unknown_variant_is_a_one_line_error(capsys):
+    assert sweep.main(["--quick", "--models", "v9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown value 'v9'" in err and "v1" in err
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        measure.build_workload("v9", "sdpa", "model", "tiny", "cpu")
+    with pytest.raises(ConfigError, match="unknown model 'v9'"):
+        measure.backend_problem("v9", "sdpa", torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_rows_on_gpu_run_compiled_at_dropout_zero(tmp_path):
+    args = ["--quick", "--models", "v4", "--backends", "flex", "sdpa", "--res", "16", "32", "--no-max-batch",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    df = rows(tmp_path)
+    flex = df[df["backend"] == "flex"]
+    assert len(flex) == 18 and set(flex["status"]) == {"ok"}, flex[["kind", "level", "note"]]
+    timed = flex[flex["kind"] != "flops"]
+    assert timed["note"].str.contains("dropout 0").all() and flex[flex["kind"] == "flops"]["agree"].all()
+    assert "flex" in (tmp_path / "README.md").read_text()
+
+
+def test_report_of_three_variants_has_ratio_columns_and_the_architectures_table(tmp_path):
+    """GPU-shaped rows for V1, V4 and a V2 that costs what V1 costs: a Vk/V1 column each, the spec's table."""
+    rows_ = _synthetic_gpu_rows()
+    rows_ += [{**r, "model": "v2"} for r in rows_ if r["model"] == "v1"]
+    env = {"gpu": "NVIDIA H200", "reduced": False, "settings": {"mode": "full", "preset": "default", "batch": 8,
+                                                                "dtype": "bf16", "threads": None}}  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "sweep_B8_bf16.json").write_text(json.dumps({"runs": [env], "rows": rows_}))
+    assert report.main(["--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "Rendering problems" not in text
+    assert "| V2/V1 | V4/V1 |" in text and "## Where V2, V4 start to cost more than V1" in text
+    arch = pd.read_csv(tmp_path / "architectures_B8_bf16.csv").set_index("variant")
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "compute vs V1 (spec)"] == "1.7x"
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "training step vs V1 (32², batch 8)"].startswith("1.00×")
+    assert arch.loc["V4 (Transformer)", "layers (spec)"] == 6
