@@ -251,7 +251,10 @@ def cpu_step_bytes(s: Settings, batch: int, res: int) -> int:
     for m in s.models:
         v = get_variant(m)
         for backend in s.backends.get(m, []):
-            cfg = v.config(s.preset, v.backend_overrides(backend), {})
+            try:
+                cfg = v.config(s.preset, v.backend_overrides(backend), {})
+            except ConfigError:  # a backend missing here: it becomes an "unavailable" row, it allocates nothing
+                continue
             need = max(need, run_bytes(v.cls, cfg, res, batch, True, "cpu", 6_000_000))
     return need
 
