@@ -1,28 +1,31 @@
-"""V1 (Mamba) vs V4 (Transformer) under equal budgets → results/quality.md, with a computed verdict.
+"""Models (default V1 Mamba vs V4 Transformer) under equal budgets → results/quality.md, with a computed verdict.
 
     python -m bench.compare                          # the committed run: one H200, ~13 min in all
     python -m bench.compare --quick --out /tmp/q     # CI smoke: tiny models on the CPU, < 1 min
+    python -m bench.compare --models v1 v2 v3 v4 --baseline v1     # any list of models, each paired with V1
     NUM_HEADS=4 python -m bench.compare --out results/heads4     # the spec's ablations pass through
     python -m bench.compare --phase time             # the same run in two processes (two GPU calls of
     python -m bench.compare --phase steps            #   < 10 min): the state goes via quality_state.pt
+    python -m bench.compare --report-only            # quality.md again, from the saved data in --out
 
-Both models see the same data (crops, masks, order), seed, batch and learning-rate schedule shape, under two
+Every model sees the same data (crops, masks, order), seed, batch and learning-rate schedule shape, under two
 budgets:
 
   equal time   T seconds of training each (--seconds, default 180). Each model's cosine schedule is sized to
                the steps it makes in T, from a short calibration (a few timed steps of each model); T is
                also a hard stop.
-  equal steps  S optimizer steps each. Default: S = the steps the SLOWER model made in T, so that model's
-               equal-time run IS its equal-steps run (reused) and only the faster model trains again, for S
-               steps. The whole training thus costs at most 3T, whatever the GPU's speed. --steps S: both fresh.
+  equal steps  S optimizer steps each. Default: S = the steps the SLOWEST model made in T, so that model's
+               equal-time run IS its equal-steps run (reused) and only the faster ones train again, for S
+               steps. Two models thus cost at most 3T, whatever the GPU's speed. --steps S: all fresh.
 
 Then both budgets are evaluated on held-out crops (bench/evaluate.py: the training resolution plus zero-shot
 64/96/128, posterior mean and one sampler draw, the interpolation floors), and the spec's three scenarios are
-decided from the numbers. Data first (CSV/JSON), then the report and figures from the saved data:
+decided from the numbers for every model against --baseline (bench/quality_report.py). Data first (CSV/JSON),
+then the report and figures from the saved data:
 
   quality.csv (summary rows), quality_per_image.csv, quality_runs.csv (training cost), quality_train.csv
-  (loss logs), quality_env.json, quality.md, quality_samples_res<r>.png / _sr<R>.png (equal steps;
-  quality_equal_time_samples_*.png: equal time), quality_loss.png
+  (loss logs), quality_env.json (bench.env's record), quality.md, quality_samples_res<r>.png / _sr<R>.png
+  (equal steps; quality_equal_time_samples_*.png: equal time), quality_loss.png
 """
 
 from __future__ import annotations
@@ -31,46 +34,36 @@ import functools
 import json
 import math
 import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bench.env import git_commit, package_version
+from bench.env import environment, git_commit
 from bench.evaluate import (
-    LABELS,
     EvalConfig,
     EvalResult,
-    floor_margin,
+    backend_overrides,
+    check_models,
     load_models,
-    paired_delta,
-    paired_differences,
+    order_panels,
     parse_resolutions,
-    quality_table,
     run_evaluation,
     summarize,
     write_grids,
 )
 from bench.measure import sync
-from models import MODELS, VARIANTS, build_model
+from bench.quality_report import BUDGET_LABELS, BUDGETS, write_report
+from models import build_model
 from models.common import ConfigError
-from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, image_paths, load_images
+from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.sample import METHODS
-from models.train import autocast_for, env_number, flow_matching_loss, train
-from models.train import parse_args as train_parse_args
-from models.utils import (
-    ArgParser,
-    atomic_savefig,
-    atomic_to_csv,
-    atomic_torch_save,
-    atomic_write_text,
-    cli_main,
-    pick_device,
-)
+from models.train import MODEL_FLAGS, TrainConfig, config_overrides, env_number, flow_matching_loss, train, train_step
+from models.utils import ArgParser, atomic_to_csv, atomic_torch_save, atomic_write_text, cli_main, pick_device
 from models.validate import (
     check_memory,
     dropout_rate,
@@ -78,6 +71,7 @@ from models.validate import (
     fit_batch,
     fraction,
     guard_committed_results,
+    model_name,
     nonneg_int,
     positive_float,
     positive_int,
@@ -86,14 +80,7 @@ from models.validate import (
     writable_dir,
 )
 
-MODEL_KEYS = ("v1", "v4")
-CKPT = {"v1": "checkpoints_mamba/mamba_best.pth", "v4": "checkpoints_transformer_v4/transformer_v4_best.pth"}
-BUDGETS = ("equal_steps", "equal_time")
-BUDGET_LABELS = {"equal_steps": "equal steps", "equal_time": "equal wall-clock"}
-WIN_DB = 2.0  # Scenario 1: "Transformer wins", the spec's +2–4 dB (its lower end)
-TIE_DB = 1.0  # Scenario 2: "similar PSNR", the spec's < ~1 dB (its example: +0.5 dB)
-EFF_RATIO = 1.2  # Scenario 2's "MAMBA wins on efficiency": V4 needs >= 1.2x V1's time per step (spec: 5-10x)
-MODEL_FLAGS = ("d_model", "num_layers", "num_heads", "dim_feedforward", "dropout")  # ablation overrides
+ENV_OVERRIDES = ("NUM_HEADS", "DIM_FEEDFORWARD", "NUM_LAYERS", "D_MODEL", "DROPOUT", "BATCH_SIZE", "LR")
 
 # --quick: the CI smoke (tiny models, 16², two held-out images); any flag given explicitly still wins.
 QUICK = dict(
@@ -109,33 +96,21 @@ SAFETY = 0.97  # equal-time schedules are sized to 97% of T / (calibrated s/step
 
 
 def model_overrides(a, key: str) -> dict:
-    """The ablation flags (None: preset / the spec's env vars) and backends, as models.build_model takes them."""
-    over = {f: getattr(a, f) for f in MODEL_FLAGS if not (key == "v1" and f == "dim_feedforward")}  # V1: no FFN
-    over["attn_backend"] = a.attn_backend
-    if key == "v1":
-        over["mixer_backend"] = a.mixer_backend
-    return over
+    """The ablation flags (None: preset / the spec's env vars) and backends a model's config has, as
+    models.build_model takes them (V1 has no FFN: no dim_feedforward)."""
+    over = config_overrides(key, {f: getattr(a, f) for f in MODEL_FLAGS})
+    return {**over, **backend_overrides(key, a.attn_backend, a.mixer_backend)}
 
 
-def train_argv(a, key: str, out_dir: Path, max_steps: int, time_budget: float | None) -> list[str]:
-    """models.train flags for one run; everything but the budget is the same for both models."""
-    argv = ["--model", key, "--preset", a.preset, "--resolution", str(a.resolution),
-            "--observed-frac", str(a.observed_frac), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
-            "--epochs", str(10**9), "--max-steps", str(max_steps), "--train-samples", str(a.train_samples),
-            "--val-samples", str(a.val_samples), "--seed", str(a.seed), "--device", a.device,
-            "--attn-backend", a.attn_backend, "--mixer-backend", a.mixer_backend, "--out-dir", str(out_dir),
-            "--save-every", "0", "--overwrite"]  # fmt: skip
-    if time_budget:
-        argv += ["--time-budget", f"{time_budget:.3f}"]
-    if a.data:
-        argv += ["--data", a.data]
-    if not a.verbose:
-        argv.append("--quiet")
-    for field in MODEL_FLAGS:
-        value = getattr(a, field)
-        if value is not None and not (key == "v1" and field == "dim_feedforward"):  # V1 has no FFN
-            argv += [f"--{field.replace('_', '-')}", str(value)]
-    return argv
+def train_config(a, key: str, out_dir: Path, max_steps: int, time_budget: float | None) -> TrainConfig:
+    """models.train's config for one run; everything but the budget is the same for every model."""
+    return TrainConfig(
+        model=key, preset=a.preset, resolution=a.resolution, observed_frac=a.observed_frac, data=a.data or None,
+        batch_size=a.batch_size, lr=a.lr, epochs=10**9, max_steps=max_steps, time_budget=time_budget or None,
+        train_samples=a.train_samples, val_samples=a.val_samples, seed=a.seed, device=a.device,
+        attn_backend=a.attn_backend, mixer_backend=a.mixer_backend, out_dir=str(out_dir), save_every=0,
+        overwrite=True, quiet=not a.verbose, **config_overrides(key, {f: getattr(a, f) for f in MODEL_FLAGS}),
+    )  # fmt: skip
 
 
 def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | None) -> dict:
@@ -143,7 +118,7 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
     out_dir = Path(a.work_dir) / budget
     print(f"[compare] {BUDGET_LABELS[budget]}: training {key.upper()} for {max_steps} steps"
           + (f" or {time_budget:.1f} s" if time_budget else ""), flush=True)  # fmt: skip
-    s = train(train_parse_args(train_argv(a, key, out_dir, max_steps, time_budget)))
+    s = train(train_config(a, key, out_dir, max_steps, time_budget))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     log = pd.DataFrame(s["log"])
@@ -154,8 +129,8 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
         "ms_per_step": 1e3 * float(per_step.median()), "mean_ms_per_step": 1e3 * s["train_time_s"] / max(s["steps"], 1),
         "epoch_time_s": float(log["epoch_time_s"].mean()), "steps_per_epoch": int(log["steps"].max()),
         "peak_mem_mb": float(log["peak_mem_mb"].max()), "best_val": s["best_val"],
-        "final_val": float(log["val_loss"].iloc[-1]), "checkpoint": str(out_dir / CKPT[key]), "reused": False,
-        "log": s["log"],
+        "final_val": float(log["val_loss"].iloc[-1]),
+        "checkpoint": str(Path(s["checkpoint_dir"]) / f"{s['name']}_best.pth"), "reused": False, "log": s["log"],
     }  # fmt: skip
     row["info"] = {"class": s["model_version"], "config": s["config"]}  # for the environment record
     print(f"[compare] {key.upper()} {BUDGET_LABELS[budget]}: {row['steps']} steps in {row['train_time_s']:.1f} s "
@@ -165,8 +140,8 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
 
 
 def calibrate(a, device) -> dict:
-    """Seconds per training step of each model: a few real steps (forward, backward, clip, AdamW, synced)
-    on a real batch, plus the data loading of one batch. Sizes the equal-time schedules."""
+    """Seconds per training step of each model: a few real steps (models.train's train_step: forward, backward,
+    clip, AdamW; synced) on a real batch, plus the data loading of one batch. Sizes the equal-time schedules."""
     images = load_images(a.data, "train")
     ds = SparseFieldDataset(images, a.resolution, 4 * a.batch_size, a.observed_frac, a.seed)
     loader = DeviceBatches(ds, a.batch_size, device)  # the training loop's data path
@@ -176,9 +151,8 @@ def calibrate(a, device) -> dict:
     batches = list(loader.epoch(1))
     sync(device)
     data_s = (time.perf_counter() - t0) / len(batches)
-    amp = device.type == "cuda"
     out = {}
-    for key in MODEL_KEYS:
+    for key in a.models:
         torch.manual_seed(a.seed)
         model = build_model(key, a.preset, model_overrides(a, key)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=a.lr)
@@ -186,12 +160,7 @@ def calibrate(a, device) -> dict:
             if i == 2:
                 sync(device)
                 t0 = time.perf_counter()
-            with autocast_for(device, amp):
-                loss = flow_matching_loss(model, batches[i % len(batches)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss, _ = train_step(partial(flow_matching_loss, model, batches[i % len(batches)]), opt, device)
             loss.item()
         sync(device)
         out[key] = (time.perf_counter() - t0) / a.calib_steps + data_s
@@ -208,43 +177,46 @@ def train_equal_time(a, sec_per_step: dict) -> list[dict]:
     (SAFETY · T / calibrated s/step), and T is also a hard stop."""
     T = float(a.seconds)
     runs = []
-    for key in MODEL_KEYS:
+    for key in a.models:
         planned = max(1, math.floor(SAFETY * T / sec_per_step[key]))
         runs.append(run_training(a, key, "equal_time", planned, T))
     return runs
 
 
 def train_equal_steps(a, time_runs: list[dict]) -> tuple[list[dict], int, str]:
-    """Equal steps after equal time. Returns all four run rows, S, and how S was chosen.
+    """Equal steps after equal time. Returns every run row (equal steps first), S, and how S was chosen.
 
-    Default: S = the steps the slower model made in T; that run is reused, and only the faster model is trained
-    again, for S steps. So the whole training costs at most 3T, whatever the hardware's speed.
+    Default: S = the steps the slowest model made in T; its run is reused (so are those of the models that made
+    exactly S steps), and only the faster models are trained again, for S steps.
     """
     runs = {(r["model"], "equal_time"): r for r in time_runs}
-    steps = {key: runs[key, "equal_time"]["steps"] for key in MODEL_KEYS}
+    steps = {key: runs[key, "equal_time"]["steps"] for key in a.models}
     if a.steps:
-        S, todo = a.steps, list(MODEL_KEYS)
+        S, todo = a.steps, list(a.models)
         rule = f"given: --steps {S}"
     else:
-        slower = min(MODEL_KEYS, key=lambda k: steps[k])
-        S = steps[slower]
-        todo = [k for k in MODEL_KEYS if steps[k] != S]
-        rule = (f"the steps the slower model ({slower.upper()}) made in the equal-time run, whose run is reused as "
+        slowest = min(a.models, key=lambda k: steps[k])
+        S = steps[slowest]
+        todo = [k for k in a.models if steps[k] != S]
+        which = "slower" if len(a.models) == 2 else "slowest"
+        rule = (f"the steps the {which} model ({slowest.upper()}) made in the equal-time run, whose run is reused as "
                 "its equal-steps run")  # fmt: skip
-    for key in MODEL_KEYS:
+    for key in a.models:
         if key in todo:
             runs[key, "equal_steps"] = run_training(a, key, "equal_steps", S, None)
         else:
             runs[key, "equal_steps"] = {**runs[key, "equal_time"], "budget": "equal_steps", "reused": True}
-    return [runs[k, b] for b in BUDGETS for k in MODEL_KEYS], S, rule
+    return [runs[k, b] for b in BUDGETS for k in a.models], S, rule
 
 
-def merge_results(result: EvalResult, earlier: EvalResult | None, keys: list[str]) -> EvalResult:
-    """Add the rows, timings and grid panels of models `keys` from an earlier evaluation (same checkpoint)."""
+def merge_results(result: EvalResult, earlier: EvalResult | None, keys: list[str], models) -> EvalResult:
+    """Add the rows, timings and grid panels of models `keys` from an earlier evaluation (same checkpoint);
+    the grid columns in `models` order."""
     if not keys:
         return result
     take = lambda df: df[df["method"].isin(keys)]
-    panels = {res: {**cols, **{t: v for t, v in earlier.panels[res].items() if t.split()[0].lower() in keys}}
+    panels = {res: order_panels({**cols, **{t: v for t, v in earlier.panels[res].items()
+                                             if t.split()[0].lower() in keys}}, models)
               for res, cols in result.panels.items()}  # fmt: skip
     return EvalResult(
         pd.concat([result.per_image, take(earlier.per_image)], ignore_index=True),
@@ -254,169 +226,12 @@ def merge_results(result: EvalResult, earlier: EvalResult | None, keys: list[str
 
 
 # ----------------------------------------------------------------------------------------------
-# The verdict (computed from the saved numbers)
-# ----------------------------------------------------------------------------------------------
-
-
-def _get(df, **where):
-    for k, v in where.items():
-        df = df[df[k] == v]
-    return df.iloc[0] if len(df) else None
-
-
-def verdict(
-    summary: pd.DataFrame,
-    per_image: pd.DataFrame,
-    runs: pd.DataFrame,
-    train_res: int,
-    photo_names: list[str] | None = None,
-) -> dict:
-    """Which of the spec's scenarios the numbers support. Quality: equal steps, posterior mean (see Method)."""
-    budget, est = "equal_steps", "mean"
-    delta = paired_delta(per_image[per_image["budget"] == budget], estimator=est).set_index("resolution")
-    if train_res not in delta.index:
-        return {"scenario": "n/a", "headline": "Needs both V1 and V4 results.", "lines": [], "caveats": []}
-    res = sorted(delta.index)
-    hi = res[-1]
-    d0, s0, n = float(delta.loc[train_res, "delta"]), float(delta.loc[train_res, "sem"]), int(delta.loc[train_res, "n"])
-    dh = float(delta.loc[hi, "delta"])
-    run = {k: _get(runs, budget=budget, model=k) for k in MODEL_KEYS}
-    step_ratio = run["v4"]["ms_per_step"] / run["v1"]["ms_per_step"]
-    mem_ratio = run["v4"]["peak_mem_mb"] / run["v1"]["peak_mem_mb"]
-    trend = f"{d0:+.2f} dB at {train_res}² → {dh:+.2f} dB at {hi}²"
-
-    if d0 >= WIN_DB and (hi == train_res or dh >= WIN_DB):
-        scenario, headline = "1", f"Scenario 1 — Transformer wins on quality (V4 − V1 = {trend})."
-    elif d0 >= WIN_DB:
-        scenario = "3"
-        headline = f"Scenario 3 — mixed: V4's quality lead shrinks at higher resolution ({trend})."
-    elif abs(d0) < TIE_DB:
-        scenario = "2"
-        if step_ratio >= EFF_RATIO:
-            headline = (f"Scenario 2 — MAMBA wins on efficiency: similar quality (V4 − V1 = {d0:+.2f} dB) while "
-                        f"V4 costs {step_ratio:.2f}× V1's time per training step.")  # fmt: skip
-        elif step_ratio > 1 / EFF_RATIO:
-            headline = (f"Scenario 2 on quality (V4 − V1 = {d0:+.2f} dB), but no efficiency win for MAMBA at this "
-                        f"scale: both cost about the same per training step (V4 {step_ratio:.2f}× V1).")  # fmt: skip
-        else:
-            headline = (f"Scenario 2 on quality only (V4 − V1 = {d0:+.2f} dB), but MAMBA does NOT win on efficiency "
-                        f"at this scale: V4 takes {step_ratio:.2f}× V1's time per training step.")  # fmt: skip
-    elif d0 >= TIE_DB:
-        scenario = "1/2"
-        headline = (f"Between Scenarios 1 and 2: V4 is ahead by {d0:+.2f} dB at {train_res}², more than the "
-                    f"~1 dB of 'similar quality' but short of the spec's 2–4 dB.")  # fmt: skip
-    else:
-        scenario = "none"
-        headline = (f"None of the three: V1 (Mamba) is better on quality (V4 − V1 = {d0:+.2f} dB at "
-                    f"{train_res}²); the spec's hypotheses all assume V4 ≥ V1.")  # fmt: skip
-
-    lines = [
-        f"Quality, equal steps ({int(run['v1']['steps'])} V1 / {int(run['v4']['steps'])} V4 steps), posterior mean, "
-        f"paired over {n} held-out crops: V4 − V1 PSNR = "
-        + ", ".join(f"{delta.loc[r, 'delta']:+.2f} ± {delta.loc[r, 'sem']:.2f} dB at {r}²" for r in res)
-        + ".",
-        f"Cost: V4 takes {step_ratio:.2f}× V1's time per training step ({run['v4']['ms_per_step']:.1f} vs "
-        f"{run['v1']['ms_per_step']:.1f} ms) and {mem_ratio:.2f}× its peak training memory "
-        f"({run['v4']['peak_mem_mb']:.0f} vs {run['v1']['peak_mem_mb']:.0f} MB).",
-    ]
-    floor = _get(summary, budget=budget, method="linear", estimator="interp", resolution=train_res)
-    margins, by_photo = {}, {}  # per crop (summary); per held-out photograph (its crops averaged, one per source)
-    at_budget = per_image[per_image["budget"] == budget]
-    for k in MODEL_KEYS:
-        fm = floor_margin(at_budget, k, est).set_index("resolution")
-        if train_res in fm.index:
-            margins[k] = fm.loc[train_res]
-        fp = paired_differences(at_budget, k, "linear", est, b_estimator="interp", unit="source", resolution=train_res)
-        if len(fp):
-            by_photo[k] = fp.droplevel("resolution")
-    if floor is not None and len(margins) == len(MODEL_KEYS):
-        lines.append(f"Against the floor (linear interpolation, {floor['psnr_mean']:.2f} dB at {train_res}²), paired "
-                     "over the same crops: " + ", ".join(
-                         f"{k.upper()} {m['delta']:+.2f} ± {m['sem']:.2f} dB (better on {int(m['wins'])} of "
-                         f"{int(m['n'])} crops" + (f"; ahead on {int((by_photo[k] > 0).sum())} of {len(by_photo[k])} "
-                                                   "held-out photographs" if k in by_photo else "") + ")"
-                         for k, m in margins.items()) + ".")  # fmt: skip
-    sample_delta = paired_delta(per_image[per_image["budget"] == budget], estimator="sample").set_index("resolution")
-    if train_res in sample_delta.index:
-        lines.append(f"With one sampler draw instead of the posterior mean: V4 − V1 = "
-                     f"{sample_delta.loc[train_res, 'delta']:+.2f} ± {sample_delta.loc[train_res, 'sem']:.2f} dB "
-                     f"at {train_res}².")  # fmt: skip
-    for r in (train_res, hi):
-        inf = {k: _get(summary, budget=budget, method=k, estimator="sample", resolution=r) for k in MODEL_KEYS}
-        if inf["v1"] is not None and inf["v4"] is not None:
-            ratio = inf["v4"]["sec_per_image"] / inf["v1"]["sec_per_image"]
-            lines.append(f"Inference at {r}² ({inf['v1']['sampler']}): V4 takes {ratio:.2f}× V1's time per image.")
-    time_delta = paired_delta(per_image[per_image["budget"] == "equal_time"], estimator=est).set_index("resolution")
-    if train_res in time_delta.index:
-        t_run = {k: _get(runs, budget="equal_time", model=k) for k in MODEL_KEYS}
-        lines.append(f"Equal wall-clock ({t_run['v1']['time_budget_s']:.0f} s each: {int(t_run['v1']['steps'])} V1 / "
-                     f"{int(t_run['v4']['steps'])} V4 steps): V4 − V1 = {time_delta.loc[train_res, 'delta']:+.2f} ± "
-                     f"{time_delta.loc[train_res, 'sem']:.2f} dB at {train_res}², "
-                     f"{time_delta.loc[hi, 'delta']:+.2f} dB at {hi}².")  # fmt: skip
-
-    caveats = []
-    if abs(d0) < 2 * s0:
-        caveats.append(f"The {train_res}² difference ({d0:+.2f} dB) is within 2 standard errors ({s0:.2f} dB) of zero "
-                       f"over {n} crops: not resolved at this sample size.")  # fmt: skip
-    below = []
-    for b in BUDGETS:
-        floor = _get(summary, budget=b, method="linear", estimator="interp", resolution=train_res)
-        for k in MODEL_KEYS:
-            m = _get(summary, budget=b, method=k, estimator=est, resolution=train_res)
-            if m is not None and floor is not None and m["psnr_mean"] <= floor["psnr_mean"]:
-                below.append((b, k, f"{k.upper()} {BUDGET_LABELS[b]} {m['psnr_mean']:.2f} dB"))
-    if below:
-        floor = _get(summary, budget=budget, method="linear", estimator="interp", resolution=train_res)
-        caveats.append(f"Below the linear-interpolation floor ({floor['psnr_mean']:.2f} dB) at {train_res}² with the "
-                       f"posterior mean: {', '.join(x[2] for x in below)}. Under-trained at this budget: the "
-                       "comparison then says which model learns faster, not which architecture is better.")  # fmt: skip
-        if any(b == budget for b, _, _ in below):
-            headline += " (Caveat: not both models beat the interpolation floor — see below.)"
-    # "Clearly" above the floor: a margin beyond 2 standard errors over the crops. Crops of one photograph are
-    # correlated, so the margin per held-out photograph is checked too and any photograph behind is named.
-    unclear = [k for k, m in margins.items() if 0 < m["delta"] < 2 * m["sem"]]
-    if unclear:
-        caveats.append("Above the linear-interpolation floor on average but not clearly: "
-                       + ", ".join(f"{k.upper()}'s margin ({margins[k]['delta']:+.2f} dB) is within 2 standard errors "
-                                   f"({margins[k]['sem']:.2f} dB)" for k in unclear)
-                       + f" over {n} crops. At this budget the learned models only match a non-learned "
-                       "interpolator; their ranking against each other is what the comparison can say.")  # fmt: skip
-        if not below:
-            headline += " (Caveat: not clearly above the interpolation floor — see below.)"
-    behind = {}  # model -> [(photograph, margin over its crops, crops)]
-    if by_photo:
-        crops = at_budget[at_budget["resolution"] == train_res].groupby("source")["image"].nunique()
-        for k in (k for k, m in margins.items() if m["delta"] > 0 and k in by_photo):
-            for src, d in by_photo[k][by_photo[k] <= 0].items():
-                name = photo_names[int(src)] if photo_names and int(src) < len(photo_names) else f"#{int(src)}"
-                behind.setdefault(k, []).append((name, d, int(crops[src])))
-    if behind:
-        n_photos = per_image["source"].nunique()
-        caveats.append(f"Not ahead of the linear-interpolation floor on every held-out photograph ({n_photos} of "
-                       "them; crops of one photograph are correlated, so the crop-level standard error overstates how "
-                       "general the margin is): " + "; ".join(
-                           f"{k.upper()} " + ", ".join(f"{d:+.2f} dB on {name} ({c} crops)" for name, d, c in v)
-                           for k, v in behind.items()) + ".")  # fmt: skip
-        if not below and not unclear:
-            worst = max(len(v) for v in behind.values())
-            headline += (
-                f" (Caveat: behind the interpolation floor on {worst} of {n_photos} held-out photographs — see below.)"
-            )
-    for k in MODEL_KEYS:
-        r = _get(runs, budget="equal_time", model=k)
-        if r is not None and r["steps"] < 0.9 * r["target_steps"]:
-            caveats.append(f"{LABELS[k]}'s equal-time run reached the time limit at step {int(r['steps'])} of the "
-                           f"{int(r['target_steps'])} its schedule was sized for (the calibration overestimated its "
-                           "speed), so its learning rate had not fully decayed.")  # fmt: skip
-    return {"scenario": scenario, "headline": headline, "lines": lines, "caveats": caveats}
-
-
-# ----------------------------------------------------------------------------------------------
 # Environment record
 # ----------------------------------------------------------------------------------------------
 
 
-def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wall_s: float, phases: list) -> dict:
+def environment_record(a, device, runs: list[dict], S: int, rule: str, calib: dict, wall_s: float, phases) -> dict:
+    """bench.env's record (hardware, software, commit, `date`) plus this run's budgets, settings and models."""
     models = {}
     for r in runs:
         models.setdefault(r["budget"], {})[r["model"]] = {
@@ -428,237 +243,22 @@ def environment(a, device, runs: list[dict], S: int, rule: str, calib: dict, wal
         mixer = resolve_mixer_backend(a.mixer_backend)
     except ConfigError as e:
         mixer = f"unavailable ({e})"
-    return {
-        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.compare", *sys.argv[1:]]),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(),
-        "mamba_ssm": package_version("mamba-ssm") or package_version("mamba_ssm"),
-        "causal_conv1d": package_version("causal-conv1d") or package_version("causal_conv1d"),
-        "triton": package_version("triton"),
-        "mixer_backend": mixer,
-        "git_commit": git_commit(),  # "+dirty" if tracked files were modified; $GIT_COMMIT in a copy without .git
-        "env_overrides": {
-            k: os.environ[k]
-            for k in ("NUM_HEADS", "DIM_FEEDFORWARD", "NUM_LAYERS", "D_MODEL", "DROPOUT", "BATCH_SIZE", "LR")
-            if os.environ.get(k)
-        },  # fmt: skip
-        "budgets": {
+    return environment(
+        device,
+        command=" ".join([Path(sys.executable).name, "-m", "bench.compare", *sys.argv[1:]]),
+        mixer_backend=mixer,
+        env_overrides={k: os.environ[k] for k in ENV_OVERRIDES if os.environ.get(k)},
+        budgets={
             "equal_time_s": a.seconds,
             "equal_steps": S,
             "equal_steps_rule": rule,
             "calibrated_ms_per_step": {k: 1e3 * v for k, v in calib.items()},
-        },  # fmt: skip
-        "settings": {k: v for k, v in vars(a).items()},
-        "models": models,
-        "wall_clock_s": wall_s,
-        "phases": phases,  # one entry per process: the whole run, or --phase time then --phase steps
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Figures and the report, from the saved data
-# ----------------------------------------------------------------------------------------------
-
-
-def plot_loss_curves(train_csv, out_png) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    df = pd.read_csv(train_csv)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors, styles = {k: v.color for k, v in VARIANTS.items()}, {"equal_steps": "-", "equal_time": "--"}
-    doubled = set(df.loc[df["reused"], "model"])  # models whose one run serves both budgets
-    for (budget, model), g in df.groupby(["budget", "model"], sort=False):
-        if g["reused"].any():  # the same run as the other budget's: drawn once
-            continue
-        label = f"{LABELS[model]}, " + ("both budgets" if model in doubled else BUDGET_LABELS[budget])
-        for ax, x in zip(axes, ("step", "train_time_s")):
-            ax.plot(g[x], g["val_loss"], linestyle=styles[budget], color=colors[model], marker=".", label=label)
-    axes[0].set(xlabel="optimizer step", ylabel="validation flow-matching MSE", yscale="log")
-    axes[1].set(xlabel="training time (s)", yscale="log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Validation loss (fixed noise and times, held-out photos)", fontsize=9)
-    fig.tight_layout()
-    atomic_savefig(fig, out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
-
-
-def delta_table(per_image: pd.DataFrame) -> str:
-    lines = []
-    for budget in BUDGETS:
-        for est in ("mean", "sample"):
-            d = paired_delta(per_image[per_image["budget"] == budget], estimator=est)
-            if not len(d):
-                continue
-            if not lines:
-                lines = ["| budget | estimator | " + " | ".join(f"{int(r)}²" for r in d["resolution"]) + " |",
-                         "|---|---|" + "---:|" * len(d)]  # fmt: skip
-            cells = " | ".join(f"{r.delta:+.2f} ± {r.sem:.2f}" for r in d.itertuples())
-            name = "posterior mean" if est == "mean" else "one sample"
-            lines.append(f"| {BUDGET_LABELS[budget]} | {name} | {cells} |")
-    return "\n".join(lines) if lines else "(needs both models)"
-
-
-def cost_table(runs: pd.DataFrame) -> str:
-    lines = ["| budget | model | params | steps | training time (s) | ms / step (median) | s / epoch (steps) "
-             "| peak memory (MB) | best val loss |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in runs.itertuples():
-        note = " (= equal-time run)" if r.reused else ""
-        lines.append(f"| {BUDGET_LABELS[r.budget]}{note} | {LABELS[r.model]} | {r.params / 1e6:.2f}M | {r.steps} "
-                     f"| {r.train_time_s:.1f} | {r.ms_per_step:.1f} | {r.epoch_time_s:.2f} ({r.steps_per_epoch}) "
-                     f"| {r.peak_mem_mb:.0f} | {r.best_val:.4f} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def inference_table(summary: pd.DataFrame) -> str:
-    df = summary[(summary["budget"] == "equal_steps") & (summary["estimator"] != "interp")]
-    lines = ["| resolution | model | sampler | s / image | peak memory (MB) |", "|---|---|---|---:|---:|"]
-    for r in df.sort_values(["resolution", "method", "estimator"]).itertuples():
-        mem = "–" if pd.isna(r.infer_peak_mem_mb) else f"{r.infer_peak_mem_mb:.0f}"
-        lines.append(f"| {r.resolution}² | {LABELS[r.method]} | {r.sampler} (batch {r.batch}) | {r.sec_per_image:.4f} "
-                     f"| {mem} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def _sampler(summary: pd.DataFrame, estimator: str) -> str:
-    rows = summary.loc[summary["estimator"] == estimator, "sampler"]
-    return str(rows.iloc[0]) if len(rows) else "–"
-
-
-def _prediction(cfg: dict) -> str:
-    if cfg.get("prediction", "velocity") == "x1":
-        return "the clean values x1 (velocity = (x̂1 − x_t)/(1 − t))"
-    return "the velocity x1 − x0"
-
-
-def _photo_names(env: dict) -> list[str] | None:
-    """The held-out photographs' file names, in the order of per_image's `source` column."""
-    try:
-        return [p.name for p in image_paths(env.get("settings", {}).get("data"), "val")]
-    except (ConfigError, OSError):  # the --data folder is not on this machine
-        return None
-
-
-def write_report(out_dir) -> Path:
-    """quality.md (and quality_loss.png) from the saved CSV / JSON files in out_dir."""
-    out = Path(out_dir)
-    for f in ("quality_env.json", "quality.csv", "quality_per_image.csv", "quality_runs.csv", "quality_train.csv"):
-        if not (out / f).is_file():
-            raise ConfigError(f"{out / f} is missing: run python -m bench.compare --out {out} first")
-    env = json.loads((out / "quality_env.json").read_text())
-    summary = pd.read_csv(out / "quality.csv")
-    per_image = pd.read_csv(out / "quality_per_image.csv")
-    runs = pd.read_csv(out / "quality_runs.csv")
-    loss_png = plot_loss_curves(out / "quality_train.csv", out / "quality_loss.png")
-    st = env["settings"]
-    train_res, bud = int(st["resolution"]), env["budgets"]
-    v = verdict(summary, per_image, runs, train_res, _photo_names(env))
-    grids = sorted(out.glob("quality_samples_*.png"))
-    params = {r.model: f"{r.params / 1e6:.2f}M" for r in runs.itertuples()}
-    cfg = {k: env["models"]["equal_steps"][k]["config"] for k in MODEL_KEYS}
-    where = env["gpu"] or env["cpu"] or env["device"]
-    source = (
-        f"the images in `{st['data']}`" if st["data"] else "scikit-image's bundled photographs: 16 train, 3 held out"
+        },
+        settings=dict(vars(a)),
+        models=models,
+        wall_clock_s=wall_s,
+        phases=phases,  # one entry per process: the whole run, or --phase time then --phase steps
     )
-    mamba = f"mamba_ssm {env['mamba_ssm']}" if env["mamba_ssm"] else "no mamba_ssm"
-    lines = [
-        "# V1 (Mamba) vs V4 (Transformer): quality under equal budgets",
-        "",
-        f"Run on {where} ({env['device']}), torch {env['torch']}, {mamba} (V1 mixer: {env['mixer_backend']}), "
-        f"commit `{env['git_commit']}`, {env['date_utc']}, "
-        f"{env['wall_clock_s'] / 60:.1f} min in all. Command: `{env['command']}`"
-        + (f"; overrides from the environment: {env['env_overrides']}" if env["env_overrides"] else "")
-        + ".",
-        "",
-        f"**Setup.** {train_res}×{train_res} crops of {source} (evaluation on {int(summary['n'].max())} crops of the "
-        f"held-out images), {st['observed_frac']:.0%} of the "
-        f"pixels observed, batch {st['batch_size']}, AdamW lr {st['lr']:g} (warm-up, cosine), bf16 autocast on CUDA, "
-        f"seed {st['seed']}; the decoder predicts {_prediction(cfg['v1'])} (both models), dropout V1 "
-        f"{cfg['v1']['dropout']:g} / V4 {cfg['v4']['dropout']:g}. Models ({st['preset']} preset): "
-        f"V1 d_model {cfg['v1']['d_model']} × "
-        f"{cfg['v1']['num_layers']} Mamba blocks (d_state {cfg['v1']['d_state']}), {params['v1']} parameters; "
-        f"V4 d_model {cfg['v4']['d_model']} × {cfg['v4']['num_layers']} Transformer layers, "
-        f"{cfg['v4']['num_heads']} heads, FFN {cfg['v4']['dim_feedforward']}, {params['v4']} parameters.",
-        "",
-        f"**Budgets.** Equal wall-clock: {bud['equal_time_s']:g} s of training each (validation and checkpoints "
-        "not counted); each model's cosine schedule was sized to the steps a short calibration said it makes in that "
-        "time ("
-        + ", ".join(f"{k.upper()} {v:.1f} ms/step" for k, v in bud["calibrated_ms_per_step"].items())
-        + f"), and the time was also a hard stop. Equal steps: {bud['equal_steps']} optimizer steps each — "
-        f"{bud['equal_steps_rule']}.",
-        "",
-        "## Verdict",
-        "",
-        f"**{v['headline']}**",
-        "",
-        *[f"- {line}" for line in v["lines"]],
-        "",
-        "The verdict is computed, not written: it uses the **equal-steps** budget (the architectures at the same "
-        f"training) and the **posterior-mean** estimate ({_sampler(summary, 'mean')}), the "
-        "MMSE-optimal reconstruction, which is what PSNR/MSE reward; a single sampler draw carries the posterior's "
-        f"spread (~2× its MSE) and is reported alongside. Rules: V4 − V1 ≥ {WIN_DB:g} dB at the training "
-        f"resolution and at the highest zero-shot resolution → Scenario 1; ≥ {WIN_DB:g} dB at the training "
-        f"resolution but < {WIN_DB:g} dB at the highest → Scenario 3; |V4 − V1| < {TIE_DB:g} dB → Scenario 2, "
-        f"whose efficiency half needs V4 ≥ {EFF_RATIO:g}× V1's measured time per training step; in between or V1 "
-        "ahead → said so.",
-        "",
-        "**Caveats.**",
-        "",
-        *[f"- {c}" for c in v["caveats"]],
-        f"- This is a tiny budget (minutes, not the spec's 1,000 epochs) on a small data set ({source}): the "
-        "numbers say which model learns faster at this scale, not which one is better when trained to "
-        "convergence. One seed, one learning rate for both models (no per-model tuning). Zero-shot "
-        "super-resolution is scored against the crop rendered at the higher resolution, which holds detail the "
-        f"{train_res}² context never saw, so every method (the floors included) loses PSNR there.",
-        "",
-    ]
-    for budget in BUDGETS:
-        lines += [f"## Quality — {BUDGET_LABELS[budget]}", "",
-                  quality_table(summary[summary["budget"] == budget], train_res), ""]  # fmt: skip
-    lines += [
-        "PSNR (dB, data range 2 for values in [-1, 1]), SSIM (RGB, 7×7 window) and MSE over the whole image, mean ± "
-        f"std over the crops. At {train_res}² the observed pixels are kept and the others are predicted; at the "
-        "zero-shot resolutions every pixel centre of the denser grid is queried, from the same "
-        f"{train_res}² context.",
-        "",
-        "## V4 − V1 PSNR (dB), paired over the same crops, ± standard error",
-        "",
-        delta_table(per_image),
-        "",
-        "## Cost",
-        "",
-        cost_table(runs),
-        "",
-        "Time per step is the median over epochs (the first, warm-up epoch excluded); peak memory is "
-        + (
-            "torch.cuda.max_memory_allocated."
-            if env["device"].startswith("cuda")
-            else "the process's peak RSS on the CPU (cumulative over the whole run, not per model)."
-        )  # fmt: skip
-        + "",
-        "",
-        "Inference (equal-steps checkpoints, synchronized wall-clock per image):",
-        "",
-        inference_table(summary),
-        "",
-        "## Figures",
-        "",
-        f"![validation loss]({loss_png.name})",
-        "",
-        *[f"![{p.stem}]({p.name})" for p in grids],
-        "",
-        "Files: quality.csv (summary), quality_per_image.csv, quality_runs.csv, quality_train.csv, quality_env.json.",
-        "",
-    ]
-    return atomic_write_text(out / "quality.md", "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -691,18 +291,31 @@ def check_args(a) -> None:
     res = parse_resolutions(a.resolutions)
     if res and min(res) < a.resolution:
         raise ConfigError(f"resolutions must be >= the training resolution {a.resolution}, got {min(res)}")
-    for key in MODEL_KEYS:  # the training flags, and the model configs (flags + the spec's env vars)
-        train_parse_args(train_argv(a, key, Path(a.work_dir), 1, None))
-        MODELS[key][1](a.preset, model_overrides(a, key))  # ConfigError on a bad combination (d_model % heads)
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if not a.lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {a.lr}")
+    check_model_list(a)
+    for key in a.models:  # the model configs (flags + the spec's env vars): ConfigError on a bad combination
+        build_model(key, a.preset, model_overrides(a, key))
     device = pick_device(a.device)
     for key, estimate in memory_estimates(a, device).items():
         check_memory(estimate, a.batch_size, a.resolution, device, f"a {key} training step on {device.type}")
 
 
+def check_model_list(a) -> None:
+    """--models (known, each once, at least two) and --baseline (one of them; default: v1 if listed, else the
+    first), filled in on `a`."""
+    a.models, a.baseline = check_models(a.models, a.baseline)
+    if len(a.models) < 2:
+        raise ConfigError(f"--models needs a baseline and at least one model to compare with it, got {a.models}")
+
+
 def memory_estimates(a, device) -> dict:
-    """{model: estimate(batch, resolution) → bytes} of one training step, as models.train checks it."""
+    """{model: estimate(batch, resolution) → bytes} of one training step of each of --models, as models.train
+    checks it."""
     out = {}
-    for key in MODEL_KEYS:
+    for key in a.models:
         model = build_model(key, a.preset, model_overrides(a, key))
         params, samples = sum(p.numel() for p in model.parameters()), a.train_samples + a.val_samples
         out[key] = functools.partial(_step_bytes, type(model), model.cfg, device.type, params, samples)
@@ -715,7 +328,7 @@ def _step_bytes(cls, cfg, device_type, params, samples, batch, res) -> int:
 
 def default_batch_size(a, device) -> int:
     """$BATCH_SIZE, else 64 on a GPU; on a CPU the largest power of two <= models.train's CPU_BATCH that fits
-    both models (announced)."""
+    every one of --models (announced)."""
     from models.train import CPU_BATCH
 
     env = env_number("BATCH_SIZE", int, None)
@@ -728,13 +341,14 @@ def default_batch_size(a, device) -> int:
 
 
 STATE = "quality_state.pt"  # --phase time → --phase steps: everything the second process needs (no checkpoints)
-SAME_SETTINGS = ("seconds", "steps", "calib_steps", "preset", "resolution", "observed_frac", "batch_size", "lr",
-                 "train_samples", "val_samples", "seed", "data", "attn_backend", "mixer_backend", *MODEL_FLAGS,
+SAME_SETTINGS = ("models", "baseline", "seconds", "steps", "calib_steps", "preset", "resolution", "observed_frac",
+                 "batch_size", "lr", "train_samples", "val_samples", "seed", "data", "attn_backend", "mixer_backend",
+                 *MODEL_FLAGS,
                  "num_samples", "eval_steps", "method", "mean_draws", "eval_batch", "resolutions", "show")  # fmt: skip
 
 
 def phase_record(t0: float) -> dict:
-    return {"date_utc": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
             "wall_clock_s": time.perf_counter() - t0}  # fmt: skip
 
 
@@ -746,8 +360,8 @@ def evaluate_budget(a, device, ecfg, runs, budget, earlier, out, S, t0) -> EvalR
           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)  # fmt: skip
     if todo:
         result = run_evaluation(load_models(todo, device, a.attn_backend, a.mixer_backend), ecfg, device)
-        result = merge_results(result, earlier, reused)
-    else:  # both equal-time runs made the same number of steps: they are the equal-steps runs too
+        result = merge_results(result, earlier, reused, a.models)
+    else:  # every equal-time run made the same number of steps: they are the equal-steps runs too
         result = earlier
     note = f"; {BUDGET_LABELS[budget]}" + (f" ({S} steps)" if budget == "equal_steps" else f" ({a.seconds:g} s)")
     write_grids(result, out, "quality" if budget == "equal_steps" else "quality_equal_time", note)
@@ -786,6 +400,7 @@ def main_compare(argv=None) -> None:
     a = p.parse_args(argv)
     a.device = str(pick_device(a.device)) if a.device == "auto" else a.device
     guard_committed_results(out, pick_device(a.device), ["quality.md", "quality.csv"])
+    check_model_list(a)  # before the CPU batch is fitted to each model
     if a.dropout is None and not os.environ.get("DROPOUT"):
         a.dropout = 0.0  # minutes of training: no dropout for either model (the spec's V4 uses 0.1 for 1,000 epochs)
     a.lr = env_number("LR", float, 1e-3) if a.lr is None else a.lr
@@ -835,7 +450,7 @@ def main_compare(argv=None) -> None:
     atomic_to_csv(pd.DataFrame([{k: v for k, v in r.items() if k not in skip} for r in runs]), out / "quality_runs.csv")
     atomic_to_csv(pd.DataFrame(train_rows), out / "quality_train.csv")
     wall = sum(ph["wall_clock_s"] for ph in phases)
-    env = environment(a, device, runs, S, rule, calib, wall, phases)
+    env = environment_record(a, device, runs, S, rule, calib, wall, phases)
     atomic_write_text(out / "quality_env.json", json.dumps(env, indent=2, default=str) + "\n")
     report = write_report(out)
     (out / STATE).unlink(missing_ok=True)  # consumed
@@ -865,10 +480,15 @@ def build_parser() -> ArgParser:
         "--steps",
         type=nonneg_int,
         default=0,
-        help="equal-steps budget (0: the steps the slower model made in --seconds; its run is reused)",
+        help="equal-steps budget (0: the steps the slowest model made in --seconds; its run is reused)",
     )
     g.add_argument("--calib-steps", type=positive_int, default=10, help="timed steps per model that size the schedules")
-    g = p.add_argument_group("training (the same for both models)")
+    g = p.add_argument_group("models")
+    g.add_argument("--models", nargs="+", type=model_name, default=["v1", "v4"], metavar="MODEL",
+                   help="the models to train and compare, in this order (default: v1 v4)")  # fmt: skip
+    g.add_argument("--baseline", type=model_name, default=None, help="the model every other one is paired with "
+                   "(default: v1 if listed, else the first)")  # fmt: skip
+    g = p.add_argument_group("training (the same for every model)")
     g.add_argument("--preset", default="default", help="model sizes: default (the spec) | small | tiny")
     g.add_argument("--resolution", type=resolution, default=32)
     g.add_argument("--observed-frac", type=fraction, default=0.2)

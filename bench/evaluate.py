@@ -1,15 +1,18 @@
-"""Quality of V1 (Mamba) and V4 (Transformer) on held-out images, against a non-learned interpolation floor.
+"""Quality of any list of models (V1 Mamba, V4 Transformer, ...) on held-out images, against a non-learned
+interpolation floor, each model paired with a baseline.
 
     python -m bench.evaluate --v1_checkpoint checkpoints_mamba/mamba_best.pth \
-        --v4_checkpoint checkpoints_transformer_v4/transformer_v4_best.pth --num_samples 20
+        --v4_checkpoint checkpoints_transformer_v4/transformer_v4_best.pth --num_samples 20   # the spec's flags
+    python -m bench.evaluate --checkpoint v1=checkpoints_mamba/mamba_best.pth \
+        --checkpoint v4=checkpoints_transformer_v4/transformer_v4_best.pth --models v1 v4 --baseline v1
 
 Held-out crops (the validation photographs, never trained on) are observed at the checkpoints' training
 resolution r and fraction (20%); every method fills in the rest:
 
   nearest / linear  the interpolation floor (bench/interp.py), no learning at all
-  V1 / V4  sample   the configured ODE sampler (default Heun, 20 steps): ONE draw from the posterior. A draw
+  model    sample   the configured ODE sampler (default Heun, 20 steps): ONE draw from the posterior. A draw
                     carries the posterior's spread, so its MSE is ~2x the posterior mean's (~3 dB PSNR lower)
-  V1 / V4  mean     the posterior-mean (MMSE) estimate: one Euler step from t = 0, x0 + v(x0, 0) ≈ E[x1 | ctx],
+  model    mean     the posterior-mean (MMSE) estimate: one Euler step from t = 0, x0 + v(x0, 0) ≈ E[x1 | ctx],
                     averaged over --mean-draws noise draws x0 (cancels what the net leaves of x0)
 
 At r the observed pixels are kept and only the others are queried (the training task). At every other
@@ -18,7 +21,7 @@ frame [0, 1]² and ALL pixel centres of the R×R grid are queried; the truth is 
 PSNR / SSIM / MSE are over the whole image, values in [-1, 1] (data range 2), mean ± std over the images.
 
 Writes <out>/<prefix>.csv (summary), <prefix>_per_image.csv, <prefix>.md and sample grids
-<prefix>_samples_res<r>.png / <prefix>_samples_sr<R>.png (observed / floor / V1 / V4 / truth).
+<prefix>_samples_res<r>.png / <prefix>_samples_sr<R>.png (observed / floor / each model / truth).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from models.checkpoint import model_from_checkpoint
 from models.common import ConfigError
 from models.data import SparseFieldDataset, check_resolution, load_images, pixel_coords, split_pixels
 from models.sample import METHODS, sample, sparse_display, to_display
+from models.train import config_overrides
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.validate import (
     check_memory,
@@ -47,15 +51,17 @@ from models.validate import (
     existing_file,
     fit_batch,
     guard_committed_results,
+    model_checkpoint,
+    model_name,
     nonneg_int,
     positive_int,
     run_bytes,
     writable_dir,
 )
-from models.variants import VARIANTS
+from models.variants import get_variant, variant_names
 
-MODEL_KEYS = ("v1", "v4")
-LABELS = {**{k: v.label for k, v in VARIANTS.items()}, "nearest": "nearest interp", "linear": "linear interp"}
+FLOOR_LABELS = {"nearest": "nearest interp", "linear": "linear interp"}
+SPEC_NAMES = {"v1": "MAMBA", "v4": "Transformer"}  # what the spec's scenarios call V1 and V4; the others: "V2"
 DATA_RANGE = 2.0  # values in [-1, 1]
 PSNR_CAP = 100.0  # dB, for a perfect reconstruction (MSE = 0)
 
@@ -73,6 +79,56 @@ class EvalConfig:
     amp: bool = True  # bf16 autocast on CUDA
     show: int = 4  # images in the sample grids
     progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------
+# The models: names, labels, colours, backends (from models.variants' table)
+# ----------------------------------------------------------------------------------------------
+
+
+def model_names() -> tuple[str, ...]:
+    """Every model key that models.build_model knows, in table order."""
+    return variant_names()
+
+
+def label(method: str) -> str:
+    """Display label of a model ('V1 (Mamba)'; a model without one: 'V2 (ClassName)') or a floor ('linear interp')."""
+    if method in FLOOR_LABELS:
+        return FLOOR_LABELS[method]
+    return get_variant(method).label
+
+
+def spec_name(key: str) -> str:
+    """The name the spec's scenarios give a model ("Transformer wins", "MAMBA wins on efficiency")."""
+    return SPEC_NAMES.get(key, key.upper())
+
+
+def color(key: str) -> str:
+    """A model's plot colour (the table's)."""
+    return get_variant(key).color
+
+
+def check_models(models, baseline: str | None, flag: str = "--models") -> tuple[list[str], str]:
+    """The models to compare, and the baseline every other one is paired with (default: v1 if listed, else the
+    first). Each must be a model build_model knows; the baseline one of them."""
+    known = model_names()
+    models = list(models)
+    for key in models:
+        if key not in known:
+            raise ConfigError(f"{flag}: unknown model {key!r}; choose from {', '.join(known)}")
+    twice = sorted({k for k in models if models.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{flag}: {', '.join(twice)} listed twice")
+    if baseline is None:
+        baseline = "v1" if "v1" in models else models[0]
+    if baseline not in models:
+        raise ConfigError(f"--baseline {baseline!r} is not one of {flag} {' '.join(models)}")
+    return models, baseline
+
+
+def backend_overrides(key: str, attn_backend: str | None = None, mixer_backend: str | None = None) -> dict:
+    """The backends a model exposes (attn_backend, mixer_backend: whichever its config has)."""
+    return config_overrides(key, {"attn_backend": attn_backend, "mixer_backend": mixer_backend})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,17 +182,14 @@ def parse_resolutions(values) -> tuple[int, ...]:
 
 
 def load_models(paths: dict, device, attn_backend="sdpa", mixer_backend="auto") -> dict:
-    """{'v1': path | None, 'v4': path | None} → {'v1': (model, ckpt), ...} for the paths given."""
+    """{'v1': path, 'v4': path, ...} → {'v1': (model, ckpt), ...} in the order given (None paths skipped)."""
     models = {}
-    for key in MODEL_KEYS:
-        if paths.get(key) is None:
-            continue
-        backends = {"attn_backend": attn_backend}
-        if key == "v1":
-            backends["mixer_backend"] = mixer_backend
-        models[key] = model_from_checkpoint(paths[key], key, device, **backends)
+    for key, path in paths.items():
+        if path is not None:
+            backends = backend_overrides(key, attn_backend, mixer_backend)
+            models[key] = model_from_checkpoint(path, key, device, **backends)
     if not models:
-        raise ConfigError("give --v1_checkpoint and/or --v4_checkpoint")
+        raise ConfigError(NO_CHECKPOINT)
     setups = {k: (ckpt.get("resolution", 32), ckpt.get("observed_frac", 0.2)) for k, (_, ckpt) in models.items()}
     if len(set(setups.values())) > 1:
         raise ConfigError(
@@ -238,6 +291,20 @@ def predict_interp(ds, observed, out_res, method):
     return torch.stack(preds), time.perf_counter() - t0
 
 
+def order_panels(cols: dict, models) -> dict:
+    """One resolution's grid columns in order: observed, the floors, each model (in `models` order), truth."""
+
+    def rank(title: str):
+        key = title.split()[0].lower()
+        if title.startswith("observed"):
+            return (0, 0)
+        if title.startswith("truth"):
+            return (3, 0)
+        return (2, list(models).index(key)) if key in models else (1, 0)
+
+    return {t: cols[t] for t in sorted(cols, key=rank)}  # stable: floors and a model's estimators keep their order
+
+
 def _warm_up(model, ds, observed, out_res, cfg, device) -> None:
     """One untimed forward of one batch at this size: CUDA context, cuBLAS / kernel selection, allocator."""
     one = EvalConfig(**{**cfg.__dict__, "steps": 1, "method": "euler"})
@@ -304,7 +371,7 @@ def run_evaluation(models: dict, cfg: EvalConfig, device) -> EvalResult:
                 "sampler": estimator_name(estimator, cfg), "sec_per_image": secs / len(ds),
                 "infer_peak_mem_mb": peak, "batch": 1 if estimator == "interp" else cfg.batch,
             })  # fmt: skip
-            title = LABELS[method] if estimator == "interp" else f"{method.upper()} {estimator}"
+            title = label(method) if estimator == "interp" else f"{method.upper()} {estimator}"
             panels[res][title] = [to_display(preds[i]) for i in range(show)]
             bar.update()
         panels[res][f"truth ({res}²)"] = [to_display(truth[i]) for i in range(show)]
@@ -325,7 +392,7 @@ def summarize(per_image: pd.DataFrame, timing: pd.DataFrame, keys=("method", "es
 
 
 def paired_differences(
-    per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
+    per_image: pd.DataFrame, a: str, b: str, estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
 ) -> pd.Series:
     """metric(a) − metric(b) for each (resolution, unit) both were scored on. b_estimator: b's estimator when it
     differs from a's (the floors' is "interp"). unit="source" first averages the metric over each held-out
@@ -345,7 +412,7 @@ def paired_differences(
 
 
 def paired_delta(
-    per_image: pd.DataFrame, a="v4", b="v1", estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
+    per_image: pd.DataFrame, a: str, b: str, estimator="mean", metric="psnr", b_estimator=None, unit="image", **filters
 ):
     """paired_differences summarised per resolution: mean, standard error, n, and on how many units a is better."""
     d = paired_differences(per_image, a, b, estimator, metric, b_estimator, unit, **filters)
@@ -376,17 +443,21 @@ def _pm(mean, std, fmt) -> str:
 
 def method_label(method: str, estimator: str) -> str:
     if estimator == "interp":
-        return LABELS[method]
-    return f"{LABELS[method]}, {'posterior mean' if estimator == 'mean' else 'sample'}"
+        return label(method)
+    return f"{label(method)}, {'posterior mean' if estimator == 'mean' else 'sample'}"
 
 
-def quality_table(summary: pd.DataFrame, train_res: int) -> str:
-    """Markdown: one row per resolution × method."""
-    order = {("nearest", "interp"): 0, ("linear", "interp"): 1, ("v1", "mean"): 2, ("v4", "mean"): 3,
-             ("v1", "sample"): 4, ("v4", "sample"): 5}  # fmt: skip
+def quality_table(summary: pd.DataFrame, train_res: int, models=None) -> str:
+    """Markdown: one row per resolution × method: the floors, every model's posterior mean, every model's sample
+    (models: their order; default: as they first appear in summary)."""
+    if models is None:
+        models = list(dict.fromkeys(summary.loc[summary["estimator"] != "interp", "method"]))
+    order = {("nearest", "interp"): 0, ("linear", "interp"): 1}
+    for i, est in enumerate(("mean", "sample")):
+        order.update({(k, est): 2 + i * len(models) + j for j, k in enumerate(models)})
     lines = ["| resolution | method | sampler | PSNR (dB) | SSIM | MSE | s / image |",
              "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
-    df = summary.assign(_o=[order.get((m, e), 9) for m, e in zip(summary["method"], summary["estimator"])])
+    df = summary.assign(_o=[order.get((m, e), len(order)) for m, e in zip(summary["method"], summary["estimator"])])
     for _, r in df.sort_values(["resolution", "_o"]).iterrows():
         res = int(r["resolution"])
         where = f"{res}² (train)" if res == train_res else f"{res}² (zero-shot SR)"
@@ -398,20 +469,14 @@ def quality_table(summary: pd.DataFrame, train_res: int) -> str:
     return "\n".join(lines)
 
 
-def _column_rank(title: str) -> int:
-    """Grid columns: observed, floors, V1, V4, truth."""
-    starts = ("observed", "nearest", "linear", "V1 mean", "V1 sample", "V4 mean", "V4 sample")
-    return next((rank for rank, s in enumerate(starts) if title.startswith(s)), len(starts))
-
-
 def save_grid(panels: dict, path, title: str = "") -> Path:
-    """Rows: images; columns: observed, floors, models, truth."""
+    """Rows: images; columns: the panels in their order (order_panels: observed, floors, models, truth)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = sorted(panels, key=_column_rank)
+    cols = list(panels)
     n = len(panels[cols[0]])
     fig, axes = plt.subplots(n, len(cols), figsize=(1.45 * len(cols), 1.55 * n + 0.4), squeeze=False)
     for j, name in enumerate(cols):
@@ -490,15 +555,51 @@ def fit_eval_batch(a, models: dict, device, resolutions) -> int:
     return batch
 
 
+NO_CHECKPOINT = "give a checkpoint per model: --checkpoint MODEL=PATH (or the spec's --v1_checkpoint / --v4_checkpoint)"
+
+
+def checkpoint_paths(a) -> tuple[dict, str]:
+    """--checkpoint MODEL=PATH (one per model), the spec's --v1_checkpoint / --v4_checkpoint, --models and
+    --baseline → ({model: path} in --models order, baseline). Every mistake is a one-line ConfigError."""
+    paths = {}
+    for item in a.checkpoint or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise ConfigError(
+                f"--checkpoint must be MODEL=PATH (e.g. v1=checkpoints_mamba/mamba_best.pth), got {item!r}"
+            )
+        if key in paths:
+            raise ConfigError(f"--checkpoint {key}=... given twice")
+        paths[key] = path
+    for key, flag in (("v1", "--v1_checkpoint"), ("v4", "--v4_checkpoint")):
+        path = getattr(a, f"{key}_checkpoint")
+        if path is not None and key in paths:
+            raise ConfigError(f"{key.upper()}'s checkpoint given twice: {flag} and --checkpoint {key}=...")
+        if path is not None:
+            paths[key] = path
+    if not paths:
+        raise ConfigError(NO_CHECKPOINT)
+    check_models(paths, None, "--checkpoint")  # known model names
+    listed = a.models if a.models is not None else [k for k in model_names() if k in paths]
+    models, baseline = check_models(listed, a.baseline)
+    missing = [k for k in models if k not in paths]
+    if missing:
+        raise ConfigError(f"--models {' '.join(missing)}: no checkpoint; give --checkpoint {missing[0]}=PATH")
+    extra = [k for k in paths if k not in models]
+    if extra:
+        raise ConfigError(f"a checkpoint for {', '.join(extra)}, which is not in --models {' '.join(models)}")
+    return {k: paths[k] for k in models}, baseline
+
+
 def main_evaluate(argv=None) -> None:
     a = build_parser().parse_args(argv)
+    extra = parse_resolutions(a.resolutions)  # checked before any checkpoint is read
+    paths, baseline = checkpoint_paths(a)
     device = pick_device(a.device)
     a.out = a.out or default_out(device)
     guard_committed_results(a.out, device, [f"{a.prefix}.md", f"{a.prefix}.csv"])
-    models = load_models({"v1": a.v1_checkpoint, "v4": a.v4_checkpoint}, device, a.attn_backend, a.mixer_backend)
-    a.batch = fit_eval_batch(
-        a, models, device, eval_resolutions(train_setup(models)[0], parse_resolutions(a.resolutions))
-    )
+    models = load_models(paths, device, a.attn_backend, a.mixer_backend)
+    a.batch = fit_eval_batch(a, models, device, eval_resolutions(train_setup(models)[0], extra))
     cfg = config_from_args(a)
     result = run_evaluation(models, cfg, device)
     summary = summarize(result.per_image, result.timing)
@@ -506,17 +607,12 @@ def main_evaluate(argv=None) -> None:
     atomic_to_csv(result.per_image, out / f"{a.prefix}_per_image.csv")
     atomic_to_csv(summary, out / f"{a.prefix}.csv")
     grids = write_grids(result, out, a.prefix)
-    delta = paired_delta(result.per_image)
     lines = [
-        f"# Evaluation: {', '.join(LABELS[k] for k in models)}",
+        f"# Evaluation: {', '.join(label(k) for k in models)}",
         "",
         f"{cfg.num_samples} held-out crops, context: {result.observed_frac:.0%} of the {result.train_res}² pixels; "
         f"device {device}. Checkpoints: "
-        + ", ".join(
-            f"{k.upper()} `{p}` (step {models[k][1].get('step', '?')})"
-            for k, p in (("v1", a.v1_checkpoint), ("v4", a.v4_checkpoint))
-            if k in models
-        )  # fmt: skip
+        + ", ".join(f"{k.upper()} `{p}` (step {models[k][1].get('step', '?')})" for k, p in paths.items())
         + ".",
         "",
         "Posterior mean = "
@@ -525,10 +621,12 @@ def main_evaluate(argv=None) -> None:
         + estimator_name("sample", cfg)
         + ", one posterior draw (MSE ≈ 2× the mean's).",
         "",
-        quality_table(summary, result.train_res),
+        quality_table(summary, result.train_res, list(models)),
     ]
-    if len(delta):
-        lines += ["", "V4 − V1 PSNR (posterior mean, paired over the same images, ± standard error):", ""]
+    for k in (k for k in models if k != baseline):
+        delta = paired_delta(result.per_image, k, baseline)
+        lines += ["", f"{k.upper()} − {baseline.upper()} PSNR (posterior mean, paired over the same images, ± "
+                  "standard error):", ""]  # fmt: skip
         lines += [f"- {int(r.resolution)}²: {r.delta:+.2f} ± {r.sem:.2f} dB" for r in delta.itertuples()]
     lines += ["", *[f"![{p.stem}]({p.name})" for p in grids], ""]
     atomic_write_text(out / f"{a.prefix}.md", "\n".join(lines))
@@ -537,10 +635,16 @@ def main_evaluate(argv=None) -> None:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="bench.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", action="append", type=model_checkpoint, metavar="MODEL=PATH",
+                   help="a model's *.pth, once per model (e.g. --checkpoint v4=transformer_v4_best.pth)")  # fmt: skip
     p.add_argument("--v1_checkpoint", "--v1-checkpoint", dest="v1_checkpoint", type=existing_file, default=None,
                    help="V1 *.pth")  # fmt: skip
     p.add_argument("--v4_checkpoint", "--v4-checkpoint", dest="v4_checkpoint", type=existing_file, default=None,
                    help="V4 *.pth")  # fmt: skip
+    p.add_argument("--models", nargs="+", type=model_name, default=None, metavar="MODEL",
+                   help="the models to evaluate, in this order (default: those given a checkpoint)")  # fmt: skip
+    p.add_argument("--baseline", type=model_name, default=None, help="the model every other one is paired with "
+                   "(default: v1 if evaluated, else the first)")  # fmt: skip
     p.add_argument("--num_samples", "--num-samples", dest="num_samples", type=positive_int,
                    default=EvalConfig.num_samples, help="held-out images")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=EvalConfig.steps, help="ODE steps of the sampler")

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,7 @@ from bench.env import nvml_handle, try_call
 from models import count_parameters
 from models.common import ConfigError
 from models.data import token_split
-from models.train import autocast_for, flow_matching_loss
+from models.train import autocast_for, flow_matching_loss, train_step
 from models.variants import LEVELS, VARIANTS, get_variant
 
 MiB = 2**20
@@ -234,19 +235,17 @@ def make_forward(wl: Workload, inputs: dict, device: torch.device, amp: bool = T
 
 
 def make_train_step(wl: Workload, inputs: dict, device: torch.device, amp: bool = True) -> Callable:
-    """One training step: train mode, forward + backward (bf16 autocast on CUDA) + AdamW step."""
+    """One training step, models.train's own (train_step: forward under bf16 autocast on CUDA, backward,
+    gradient clipping, AdamW step), in train mode on the workload's trainable parameters."""
     wl.module.train()
     opt = torch.optim.AdamW(wl.trainable(), lr=1e-4, weight_decay=0.01)
+    loss_fn = partial(wl.loss, inputs)
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast_for(device, amp):
-            loss = wl.loss(inputs)
-        loss.backward()
-        opt.step()
+    def step():
+        train_step(loss_fn, opt, device, amp)
 
-    train_step.optimizer = opt  # so callers can drop its state
-    return train_step
+    step.optimizer = opt  # so callers can drop its state
+    return step
 
 
 def make_graph_forward(wl: Workload, inputs: dict, device: torch.device, amp: bool = True) -> Callable:

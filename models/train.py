@@ -19,8 +19,10 @@ import math
 import random
 import resource
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,37 @@ def autocast_for(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+GRAD_CLIP = 1.0  # max global gradient norm of every training step (models.train, compare's calibration, bench)
+
+
+def train_step(
+    loss_fn: Callable[[], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    amp: bool = True,
+    grad_clip: float = GRAD_CLIP,
+    skip_nonfinite: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """THE training step, shared by models.train, bench.compare's calibration and the benchmark (bench.measure):
+    zero the grads, loss_fn() under bf16 autocast on CUDA, backward, clip the global gradient norm of the
+    optimizer's parameters to grad_clip (inf: measured, not clipped), optimizer step. A learning-rate scheduler,
+    if any, is stepped by the caller.
+
+    Returns (loss, grad_norm before clipping), tensors, not synced. skip_nonfinite: check both (one sync) and, when
+    either is not finite, drop the grads and leave the weights and the optimizer's state alone."""
+    opt.zero_grad(set_to_none=True)
+    with autocast_for(device, amp):
+        loss = loss_fn()
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if skip_nonfinite and not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+        opt.zero_grad(set_to_none=True)
+        return loss, grad_norm
+    opt.step()
+    return loss, grad_norm
 
 
 @torch.no_grad()
@@ -241,7 +274,63 @@ def divergence_message(args, step, epoch, loss, grad_norm, latest: Path, skips, 
             f"lower --lr (now {args.lr:g}){skip}")  # fmt: skip
 
 
-def train(args) -> dict:
+MODEL_FLAGS = ("d_model", "num_layers", "num_heads", "dim_feedforward", "dropout")  # flags that override the config
+BACKEND_FLAGS = ("attn_backend", "mixer_backend")  # flags that pick a backend (the weights stay the same)
+
+
+def config_fields(model: str) -> set[str]:
+    """The fields of a model's config."""
+    return {f.name for f in fields(MODELS[model][1]("default", env={}))}
+
+
+def config_overrides(model: str, values: dict) -> dict:
+    """The entries of `values` that are fields of `model`'s config: a flag a model does not have (V1: no
+    dim_feedforward; V4: no mixer_backend) is not passed to it. None values are left to the preset / env vars."""
+    names = config_fields(model)
+    return {k: v for k, v in values.items() if k in names}
+
+
+@dataclass
+class TrainConfig:
+    """One training run: what models.train's flags set (parse_args builds one) and bench.compare passes in."""
+
+    model: str  # a key of models.MODELS: v1 (Mamba), v2, v3, v4 (Transformer), ...
+    preset: str = "default"  # model size preset: default | small | tiny
+    resolution: int = 32  # image side in pixels (N = side²)
+    observed_frac: float = 0.2  # fraction of pixels observed, in (0, 1)
+    data: str | None = None  # folder of PNG/JPEG images (None: scikit-image's photographs)
+    # batch_size / lr / epochs: the CLI's flag, else the spec's $BATCH_SIZE / $LR / $EPOCHS; None: train() fills
+    # them in (a resumed run's own values, else DEFAULTS; a CPU run's batch: the largest that fits, <= CPU_BATCH)
+    batch_size: int | None = None  # crops per optimizer step
+    lr: float | None = None  # AdamW peak learning rate
+    epochs: int | None = None  # passes over --train-samples crops
+    steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (None: all batches)
+    max_steps: int | None = None  # total optimizer steps = the cosine schedule's length (None: epochs × steps/epoch)
+    time_budget: float | None = None  # stop after this many seconds of training (None: no limit)
+    train_samples: int = 4096  # crops per training epoch
+    val_samples: int = 256  # crops in the validation set
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 200  # linear warm-up steps (at most a tenth of the schedule)
+    grad_clip: float = GRAD_CLIP  # max global gradient norm
+    nan_policy: str = "stop"  # a non-finite loss / gradient norm: stop (one line, exit 1) | skip the step
+    seed: int = 0  # weights, data order, masks and noise
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    no_amp: bool = False  # disable bf16 autocast on CUDA
+    mixer_backend: str = "auto"  # Mamba models: auto | mamba_ssm | reference | ...
+    attn_backend: str = "sdpa"  # seed | sdpa | triton | flex
+    d_model: int | None = None  # model overrides (None: the preset, or the spec's env vars) ...
+    num_layers: int | None = None
+    num_heads: int | None = None
+    dim_feedforward: int | None = None  # ... (each passed to the models whose config has the field)
+    dropout: float | None = None
+    out_dir: str = "."  # where checkpoints_<name>/ goes
+    save_every: int = 50  # keep an _epoch_XXXX.pth every N epochs (0: never)
+    resume: str | None = None  # continue a run: latest | best | epoch_XXXX | a .pth path (None: a fresh run)
+    overwrite: bool = False  # start fresh even if checkpoints exist
+    quiet: bool = False  # no progress bar
+
+
+def train(args: TrainConfig) -> dict:
     """Train one model; returns a summary dict. Every input is checked before anything is written."""
     device = pick_device(args.device)
     check_resolution(args.resolution)
@@ -251,22 +340,20 @@ def train(args) -> dict:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {args.nan_policy!r}")
     cls = MODELS[args.model][0] if args.model in MODELS else None
     if cls is None:
         raise ConfigError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
     ckpt_dir = Path(args.out_dir) / f"checkpoints_{cls.name}"
     latest = ckpt_dir / f"{cls.name}_latest.pth"
-    backends = {"attn_backend": args.attn_backend}
-    if args.model == "v1":
-        backends["mixer_backend"] = args.mixer_backend
+    backends = config_overrides(args.model, {k: getattr(args, k) for k in BACKEND_FLAGS})
 
     # Model, resumed or fresh (seeded first, so the initial weights are reproducible too).
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    overrides = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "dropout")}
-    if args.model == "v4":
-        overrides["dim_feedforward"] = args.dim_feedforward
+    overrides = config_overrides(args.model, {k: getattr(args, k) for k in MODEL_FLAGS})
     if args.resume:
         resume_from = resume_path(ckpt_dir, cls.name, args.resume)
         model, ckpt = model_from_checkpoint(resume_from, args.model, device, **backends)
@@ -347,19 +434,14 @@ def train(args) -> dict:
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch or step >= total_steps:
                 break
-            with autocast_for(device, not args.no_amp):
-                loss = flow_matching_loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            step_loss = partial(flow_matching_loss, model, batch)
+            loss, grad_norm = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip, skip_nonfinite=True)
             if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):  # diverged: never applied
                 skips += 1
                 if args.nan_policy == "stop" or skips > MAX_SKIPS:
                     raise Diverged(divergence_message(args, step + 1, epoch, loss, grad_norm, latest, skips))
-                opt.zero_grad(set_to_none=True)  # --nan-policy skip: the batch is dropped, no optimizer step
-                continue
+                continue  # --nan-policy skip: the batch is dropped (train_step left weights and optimizer alone)
             skips = 0
-            opt.step()
             sched.step()
             step += 1
             losses.append(loss.item())
@@ -388,7 +470,7 @@ def train(args) -> dict:
         state = {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
             "best_val": min(best, val), "rng": _rng_state(), "log": log_rows, "train_time_s": train_time,
-            "args": vars(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
+            "args": asdict(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
         }  # fmt: skip
         if val < best:
             best = val
@@ -461,14 +543,14 @@ def build_parser() -> ArgParser:
     return p
 
 
-def parse_args(argv=None):
-    """Flags, then the spec's environment variables; unset lr / epochs / batch size stay None (train() fills them:
-    a resumed run's own values, else the defaults)."""
+def parse_args(argv=None) -> TrainConfig:
+    """The CLI's flags → TrainConfig; --batch-size / --lr / --epochs not given: the spec's env vars, else None
+    (train() fills them in: a resumed run's own values, else the defaults)."""
     args = build_parser().parse_args(argv)
     for env_name, field in ENV_TRAIN.items():
         if getattr(args, field) is None:
             setattr(args, field, env_number(env_name, int if field != "lr" else float, None))
-    return args
+    return TrainConfig(**vars(args))
 
 
 def main(argv=None) -> int:

@@ -106,6 +106,31 @@ def env_value(name: str, type_fn, default=None, environ=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Models (the keys of models.variants' table)
+# ----------------------------------------------------------------------------------------------
+
+
+def model_name(text) -> str:
+    """An argparse type: a model key of the table of variants (v1, v2, v3, v4, ...)."""
+    from models.variants import variant_names  # here, not at the top: the table imports every model
+
+    names = variant_names()
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {', '.join(names)}")
+    return text
+
+
+def model_checkpoint(text) -> str:
+    """An argparse type: MODEL=PATH, a model key of the table and a readable file (returned as given)."""
+    key, sep, path = str(text).partition("=")
+    if not sep or not key or not path:
+        raise argparse.ArgumentTypeError(f"must be MODEL=PATH (e.g. v1=checkpoints_mamba/mamba_best.pth), got {text!r}")
+    model_name(key)
+    existing_file(path)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
 # Paths
 # ----------------------------------------------------------------------------------------------
 

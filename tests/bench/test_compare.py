@@ -1,5 +1,6 @@
-"""bench.compare on the CPU: the --quick smoke end to end, the verdict rules on synthetic numbers, the
-ablation pass-through, and bad inputs (exit 2, one line, nothing trained)."""
+"""bench.compare on the CPU: the --quick smoke end to end (two models, and three with a throwaway variant),
+the budgets' bookkeeping for any list of models, the ablation pass-through into the TrainConfig, and bad inputs
+(exit 2, one line, nothing trained). The verdict and the report: test_quality_report.py."""
 
 import json
 from types import SimpleNamespace
@@ -7,7 +8,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from bench.compare import build_parser, main, train_argv, verdict
+from bench.compare import build_parser, main, train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bench/conftest.py
 
@@ -41,12 +42,14 @@ def test_quick_writes_everything(quick):
     assert steps["v1"] == steps["v4"] >= 1  # equal steps really are equal
     assert runs["reused"].sum() >= 1  # the slower model's equal-time run doubles as its equal-steps run
     env = json.loads((quick / "quality_env.json").read_text())
-    for key in ("torch", "git_commit", "budgets", "settings", "models", "mixer_backend", "gpu"):
-        assert key in env, key
+    for key in ("date", "hostname", "torch", "git_commit", "budgets", "settings", "models", "mixer_backend"):
+        assert key in env, key  # bench.env's record, plus the run's own fields
+    assert "date_utc" not in env and all("date" in ph for ph in env["phases"])  # one schema
     assert env["budgets"]["equal_steps"] == steps["v1"]
+    assert env["settings"]["models"] == ["v1", "v4"] and env["settings"]["baseline"] == "v1"
     md = (quick / "quality.md").read_text()
     for needle in ("## Verdict\n\n**", "linear interp", "posterior mean", "## Cost", "quality_samples_res16.png",
-                   "quality_loss.png"):  # fmt: skip
+                   "quality_loss.png", "## V4 − V1 PSNR", env["date"]):  # fmt: skip
         assert needle in md, needle
     assert len(list((quick / "runs").rglob("*_best.pth"))) == 3  # 4 runs, one of them reused
 
@@ -83,91 +86,6 @@ def test_report_only_rebuilds_the_markdown_from_the_data(quick):
 
 
 # ----------------------------------------------------------------------------------------------
-# The verdict, from synthetic numbers
-# ----------------------------------------------------------------------------------------------
-
-
-def _frames(delta_by_res: dict, v1_psnr=28.0, floor=24.0, ms=(10.0, 20.0), n=8, noise=0.0):
-    """Synthetic per-image / summary / runs frames: V4 − V1 = delta_by_res[res] dB (± noise) on every image."""
-    rows = []
-    for budget in ("equal_steps", "equal_time"):
-        for res, delta in delta_by_res.items():
-            for i in range(n):
-                wiggle, d = 0.1 * ((i % 3) - 1), delta + noise * (2 * (i % 2) - 1)
-                for method, est, psnr in (("v1", "mean", v1_psnr), ("v4", "mean", v1_psnr + d),
-                                          ("v1", "sample", v1_psnr - 3), ("v4", "sample", v1_psnr - 3 + d),
-                                          ("linear", "interp", floor), ("nearest", "interp", floor - 1)):  # fmt: skip
-                    rows.append({"budget": budget, "method": method, "estimator": est, "resolution": res,
-                                 "image": i, "source": i % 2, "psnr": psnr + wiggle, "ssim": 0.8,
-                                 "mse": 0.01})  # fmt: skip
-    per_image = pd.DataFrame(rows)
-    g = per_image.groupby(["budget", "method", "estimator", "resolution"])
-    summary = g["psnr"].agg(psnr_mean="mean", psnr_std="std").reset_index()
-    summary["n"] = n
-    summary["sampler"] = summary["estimator"].map({"mean": "euler 1 step, mean of 4", "sample": "heun 20 steps",
-                                                   "interp": "griddata"})  # fmt: skip
-    summary["sec_per_image"] = summary["method"].map({"v1": 0.01, "v4": 0.03, "linear": 0.001, "nearest": 0.001})
-    runs = pd.DataFrame([
-        {"budget": b, "model": k, "steps": 100, "target_steps": 100, "ms_per_step": m, "peak_mem_mb": 1000.0 * (j + 1),
-         "time_budget_s": 60.0}
-        for b in ("equal_steps", "equal_time") for j, (k, m) in enumerate(zip(("v1", "v4"), ms))
-    ])  # fmt: skip
-    return summary, per_image, runs
-
-
-@pytest.mark.parametrize(
-    "deltas,ms,scenario,needle",
-    [
-        ({32: 3.0, 64: 2.8, 128: 2.5}, (10, 20), "1", "Scenario 1"),
-        ({32: 3.0, 64: 1.5, 128: 0.8}, (10, 20), "3", "Scenario 3"),
-        ({32: 0.4, 64: 0.2, 128: 0.1}, (10, 20), "2", "MAMBA wins on efficiency"),
-        ({32: 0.4, 64: 0.2, 128: 0.1}, (20, 10), "2", "does NOT win on efficiency"),
-        ({32: -0.4, 128: 0.1}, (10, 11), "2", "both cost about the same"),
-        ({32: 1.5, 128: 1.0}, (10, 20), "1/2", "Between Scenarios 1 and 2"),
-        ({32: -2.0, 128: -1.0}, (10, 20), "none", "V1 (Mamba) is better"),
-    ],
-)
-def test_verdict_rules(deltas, ms, scenario, needle):
-    summary, per_image, runs = _frames(deltas, ms=ms)
-    v = verdict(summary, per_image, runs, train_res=32)
-    assert v["scenario"] == scenario and needle in v["headline"], v["headline"]
-    assert not any("floor" in c for c in v["caveats"])  # both models beat the floor here
-
-
-def test_verdict_flags_models_below_the_floor_and_unresolved_differences():
-    summary, per_image, runs = _frames({32: 0.01, 128: 0.0}, v1_psnr=20.0, floor=24.0, noise=0.5)
-    v = verdict(summary, per_image, runs, train_res=32)
-    assert "interpolation floor" in v["headline"]
-    assert any("Below the linear-interpolation floor" in c for c in v["caveats"])
-    assert any("within 2 standard errors" in c for c in v["caveats"])
-
-
-def test_verdict_says_when_a_model_is_above_the_floor_but_not_clearly():
-    summary, per_image, runs = _frames({32: 0.0, 128: 0.0}, v1_psnr=24.05, floor=24.0, noise=0.5)
-    v = verdict(summary, per_image, runs, train_res=32)
-    floor_line = next(line for line in v["lines"] if line.startswith("Against the floor"))
-    assert "V1 +0.05 ± 0.00 dB (better on 8 of 8 crops; ahead on 2 of 2 held-out photographs)" in floor_line
-    unclear = [c for c in v["caveats"] if c.startswith("Above the linear-interpolation floor on average")]
-    assert len(unclear) == 1 and "V4's margin" in unclear[0] and "V1's margin" not in unclear[0], unclear
-    assert "not clearly above the interpolation floor" in v["headline"]
-
-
-def test_verdict_names_a_held_out_photograph_the_models_are_behind_on():
-    summary, per_image, runs = _frames({32: 0.0, 128: 0.0}, v1_psnr=25.0, floor=24.0, n=40)
-    # V1 (and V4, equal to it) falls below the floor on photograph 0's crops only: +1 dB on 20 crops, −0.1 on 20
-    # is a clear margin over 40 crops, but not on every photograph.
-    low = (per_image["source"] == 0) & per_image["method"].isin(["v1", "v4"]) & (per_image["estimator"] == "mean")
-    per_image.loc[low, "psnr"] = 23.9
-    v = verdict(summary, per_image, runs, train_res=32, photo_names=["coffee.png", "chelsea.png"])
-    floor_line = next(line for line in v["lines"] if line.startswith("Against the floor"))
-    assert "better on 20 of 40 crops; ahead on 1 of 2 held-out photographs" in floor_line, floor_line
-    assert not any(c.startswith("Above the linear-interpolation floor on average") for c in v["caveats"])
-    behind = next(c for c in v["caveats"] if c.startswith("Not ahead of the linear-interpolation floor on every"))
-    assert "V1 -0.10 dB on coffee.png (20 crops)" in behind and "chelsea" not in behind, behind
-    assert "behind the interpolation floor on 1 of 2 held-out photographs" in v["headline"]
-
-
-# ----------------------------------------------------------------------------------------------
 # Flags
 # ----------------------------------------------------------------------------------------------
 
@@ -175,11 +93,12 @@ def test_verdict_names_a_held_out_photograph_the_models_are_behind_on():
 def test_ablation_flags_pass_through_to_v4_and_where_meaningful_v1(tmp_path):
     a = build_parser().parse_args(["--num-heads", "4", "--dim-feedforward", "512", "--num-layers", "3"])
     a = SimpleNamespace(**{**vars(a), "batch_size": 64, "lr": 3e-4, "device": "cpu"})
-    v4 = train_argv(a, "v4", tmp_path, 10, 5.0)
-    v1 = train_argv(a, "v1", tmp_path, 10, None)
-    assert v4[v4.index("--num-heads") + 1] == "4" and v4[v4.index("--dim-feedforward") + 1] == "512"
-    assert v1[v1.index("--num-layers") + 1] == "3" and "--dim-feedforward" not in v1  # V1 has no FFN
-    assert v4[v4.index("--time-budget") + 1] == "5.000" and "--time-budget" not in v1
+    v4 = train_config(a, "v4", tmp_path, 10, 5.0)
+    v1 = train_config(a, "v1", tmp_path, 10, None)
+    assert (v4.model, v4.num_heads, v4.dim_feedforward, v4.batch_size, v4.lr) == ("v4", 4, 512, 64, 3e-4)
+    assert v1.num_layers == 3 and v1.dim_feedforward is None  # V1 has no FFN
+    assert v4.time_budget == 5.0 and v1.time_budget is None and v1.max_steps == v4.max_steps == 10
+    assert v1.out_dir == str(tmp_path) and v1.overwrite and v1.save_every == 0
 
 
 @pytest.mark.parametrize(
@@ -195,6 +114,12 @@ def test_ablation_flags_pass_through_to_v4_and_where_meaningful_v1(tmp_path):
         ([], {"NUM_LAYERS": "two"}, "NUM_LAYERS"),
         (["--preset", "huge"], {}, "unknown preset"),
         ([], {"BATCH_SIZE": "many"}, "BATCH_SIZE"),
+        (["--batch-size", "0"], {}, "--batch-size: must be an integer >= 1, got 0"),  # never replaced by the default
+        (["--lr", "0"], {}, "--lr: must be a finite number > 0, got 0"),
+        (["--models", "v1", "v9"], {}, "--models: unknown model 'v9'"),
+        (["--models", "v4"], {}, "--models needs a baseline and at least one model"),
+        (["--models", "v1", "v4", "v1"], {}, "v1 listed twice"),
+        (["--baseline", "v3"], {}, "--baseline 'v3' is not one of --models v1 v4"),
     ],
 )
 def test_bad_inputs_exit_2_before_training(tmp_path, capsys, monkeypatch, args, env, needle):
@@ -220,6 +145,8 @@ def test_report_only_on_an_empty_folder_is_a_clean_error(tmp_path, capsys):
         ({"v1": 0.020, "v4": 0.010}, 0, ["v4"], 48),
         ({"v1": 0.010, "v4": 0.010}, 0, [], 97),  # as fast as each other: both equal-time runs are reused
         ({"v1": 0.010, "v4": 0.020}, 30, ["v1", "v4"], 30),  # --steps: both trained afresh
+        ({"v1": 0.010, "v2": 0.030, "v4": 0.020}, 0, ["v1", "v4"], 32),  # the slowest (V2) sets S; the rest retrain
+        ({"v4": 0.020, "v1": 0.010, "v3": 0.020}, 0, ["v1"], 48),  # two as slow as each other: both reused
     ],
 )
 def test_budget_bookkeeping(monkeypatch, ms, steps_flag, retrained, S):
@@ -232,11 +159,57 @@ def test_budget_bookkeeping(monkeypatch, ms, steps_flag, retrained, S):
     monkeypatch.setattr("bench.compare.run_training", fake_run)
     from bench.compare import train_equal_steps, train_equal_time
 
-    a = SimpleNamespace(seconds=1.0, steps=steps_flag)
+    a = SimpleNamespace(seconds=1.0, steps=steps_flag, models=list(ms))
     runs, s, _ = train_equal_steps(a, train_equal_time(a, ms))
     assert s == S
-    assert [c[0] for c in calls if c[1] == "equal_steps"] == retrained
-    assert all(c[3] == 1.0 for c in calls if c[1] == "equal_time")  # T is a hard stop for both
+    assert sorted(c[0] for c in calls if c[1] == "equal_steps") == sorted(retrained)
+    assert all(c[3] == 1.0 for c in calls if c[1] == "equal_time")  # T is a hard stop for every model
     by = {(r["model"], r["budget"]): r for r in runs}
-    assert by["v1", "equal_steps"]["steps"] == by["v4", "equal_steps"]["steps"] == S
-    assert sum(r["reused"] for r in runs) == 2 - len(retrained)
+    assert {by[k, "equal_steps"]["steps"] for k in ms} == {S}
+    assert sum(r["reused"] for r in runs) == len(ms) - len(retrained)
+    assert [(r["budget"], r["model"]) for r in runs] == [(b, k) for b in ("equal_steps", "equal_time") for k in ms]
+
+
+# ----------------------------------------------------------------------------------------------
+# Any list of models: a throwaway variant that only build_model knows
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def throwaway(monkeypatch):
+    """'w1': a V4 under another name, one record in the table of variants (no branch for it anywhere)."""
+    import dataclasses
+
+    from models.v4_transformer import TransformerDiffusion
+    from models.variants import VARIANTS
+
+    class Throwaway(TransformerDiffusion):
+        name, version = "throwaway", "w1"
+
+    record = dataclasses.replace(VARIANTS["v4"], key="w1", short="W1", family="Throwaway", cls=Throwaway)
+    monkeypatch.setitem(VARIANTS, "w1", record)
+    return "w1"
+
+
+def test_three_models_with_a_throwaway_variant_and_another_baseline(throwaway, tmp_path):
+    out = tmp_path / "q"
+    args = ["--quick", "--seconds", "1", "--calib-steps", "1", "--models", "v4", throwaway, "v1", "--baseline", "v4"]
+    assert main([*args, "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "quality_runs.csv")
+    assert list(runs["model"]) == ["v4", "w1", "v1"] * 2
+    steps = runs[runs["budget"] == "equal_steps"]["steps"]
+    assert steps.nunique() == 1 and steps.iloc[0] == runs[runs["budget"] == "equal_time"]["steps"].min()
+    summary = pd.read_csv(out / "quality.csv")
+    assert set(summary["method"]) == {"nearest", "linear", "v4", "w1", "v1"}
+    md = (out / "quality.md").read_text()
+    assert md.startswith("# V4 (Transformer) vs W1 (Throwaway) vs V1 (Mamba): quality under equal budgets")
+    assert "## W1 − V4 PSNR" in md and "## V1 − V4 PSNR" in md and "## V4 − V4" not in md  # each vs the baseline
+    verdict = md.split("## Verdict")[1].split("The verdict is computed")[0]
+    assert verdict.count("\n**") == 2 and "W1 − V4" in verdict and "V1 − V4" in verdict  # one headline per model
+    assert "Rules: Vk − V4" in md
+    env = json.loads((out / "quality_env.json").read_text())
+    assert env["settings"]["models"] == ["v4", "w1", "v1"] and env["settings"]["baseline"] == "v4"
+    assert set(env["models"]["equal_steps"]) == {"v4", "w1", "v1"}
+    before = md
+    (out / "quality.md").unlink()
+    assert main(["--report-only", "--out", str(out)]) == 0 and (out / "quality.md").read_text() == before

@@ -103,7 +103,7 @@ def test_parse_resolutions():
 def test_paired_delta_pairs_by_image():
     rows = [{"method": m, "estimator": "mean", "resolution": 16, "image": i, "psnr": base + i}
             for m, base in (("v1", 20.0), ("v4", 21.5)) for i in range(4)]  # fmt: skip
-    d = paired_delta(pd.DataFrame(rows))
+    d = paired_delta(pd.DataFrame(rows), "v4", "v1")
     assert d["delta"].iloc[0] == pytest.approx(1.5) and d["sem"].iloc[0] == pytest.approx(0.0)
 
 
@@ -113,13 +113,13 @@ def test_paired_delta_by_source_averages_each_photographs_crops_first():
     rows = [{"method": m, "estimator": "mean", "resolution": 16, "image": 2 * s + j, "source": s,
              "psnr": 20.0 + (d[j] if m == "v4" else 0.0)}
             for m in ("v1", "v4") for s, d in deltas.items() for j in range(2)]  # fmt: skip
-    per_crop = paired_delta(pd.DataFrame(rows)).iloc[0]
-    per_photo = paired_delta(pd.DataFrame(rows), unit="source").iloc[0]
+    per_crop = paired_delta(pd.DataFrame(rows), "v4", "v1").iloc[0]
+    per_photo = paired_delta(pd.DataFrame(rows), "v4", "v1", unit="source").iloc[0]
     assert (per_crop["n"], per_crop["wins"]) == (4, 2) and per_crop["delta"] == pytest.approx(0.5)
     assert (per_photo["n"], per_photo["wins"]) == (2, 1) and per_photo["delta"] == pytest.approx(0.5)
     assert per_photo["sem"] == pytest.approx(1.5)  # std of (2.0, -1.0) / √2
     old = pd.DataFrame(rows).drop(columns="source")  # data saved before the column existed
-    assert paired_delta(old, unit="source").empty
+    assert paired_delta(old, "v4", "v1", unit="source").empty
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +171,29 @@ def test_cli_writes_csv_markdown_and_grids(ckpts, tmp_path):
     assert "linear interp" in md and "V4 − V1" in md and "eval_samples_sr24.png" in md
 
 
+def test_checkpoint_per_model_any_order_and_baseline(ckpts, tmp_path):
+    """--checkpoint MODEL=PATH, --models in any order, another baseline: the same numbers as the spec's flags."""
+    common = ["--num_samples", "2", "--steps", "1", "--mean-draws", "1", "--resolutions", "16", "--device", "cpu",
+              "--quiet", "--show", "1"]  # fmt: skip
+    spec = tmp_path / "spec"
+    assert main(["--v1_checkpoint", str(ckpts["v1"]), "--v4_checkpoint", str(ckpts["v4"]), *common,
+                 "--out", str(spec)]) == 0  # fmt: skip
+    new = tmp_path / "new"
+    assert main(["--checkpoint", f"v4={ckpts['v4']}", "--checkpoint", f"v1={ckpts['v1']}", "--models", "v4", "v1",
+                 "--baseline", "v4", *common, "--out", str(new)]) == 0  # fmt: skip
+    key = ["method", "estimator", "resolution", "image"]
+    a = pd.read_csv(spec / "eval_per_image.csv").sort_values(key, ignore_index=True)
+    b = pd.read_csv(new / "eval_per_image.csv").sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(a, b)
+    md = (new / "eval.md").read_text()
+    assert md.startswith("# Evaluation: V4 (Transformer), V1 (Mamba)") and "V1 − V4 PSNR" in md and "V4 − V1" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| 16² (train)")]
+    assert [r.split(" | ")[1] for r in rows] == [
+        "nearest interp", "linear interp", "V4 (Transformer), posterior mean", "V1 (Mamba), posterior mean",
+        "V4 (Transformer), sample", "V1 (Mamba), sample",
+    ]  # fmt: skip
+
+
 def test_one_checkpoint_is_enough(ckpts, tmp_path):
     rc = main(["--v4-checkpoint", str(ckpts["v4"]), "--num-samples", "1", "--steps", "1", "--mean-draws", "1",
                "--resolutions", "16", "--out", str(tmp_path), "--prefix", "only_v4", "--quiet"])  # fmt: skip
@@ -181,7 +204,15 @@ def test_one_checkpoint_is_enough(ckpts, tmp_path):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        ([], "give --v1_checkpoint and/or --v4_checkpoint"),
+        ([], "give a checkpoint per model: --checkpoint MODEL=PATH"),
+        (["--checkpoint", "{v1}"], "--checkpoint: must be MODEL=PATH"),
+        (["--checkpoint", "v9={v1}"], "--checkpoint: unknown model 'v9'"),
+        (["--checkpoint", "v1={v1}", "--checkpoint", "v1={v1}"], "--checkpoint v1=... given twice"),
+        (["--checkpoint", "v1={v1}", "--v1_checkpoint", "{v1}"], "V1's checkpoint given twice"),
+        (["--checkpoint", "v1={v1}", "--models", "v1", "v4"], "--models v4: no checkpoint"),
+        (["--checkpoint", "v1={v1}", "--checkpoint", "v4={v4}", "--models", "v4"], "not in --models v4"),
+        (["--checkpoint", "v1={v1}", "--baseline", "v4"], "--baseline 'v4' is not one of --models v1"),
+        (["--checkpoint", "v4={v1}"], "not transformer_v4 weights"),
         (["--v1_checkpoint", "/nonexistent/mamba_best.pth"], "does not exist"),
         (["--v4_checkpoint", "{v1}"], "not transformer_v4 weights"),
         (["--v1_checkpoint", "{v1}", "--resolutions", "abc"], "resolution must be an integer"),
@@ -194,10 +225,8 @@ def test_one_checkpoint_is_enough(ckpts, tmp_path):
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(ckpts, tmp_path, capsys, args, needle):
-    args = [a.format(v1=ckpts["v1"]) for a in args]
-    with pytest.raises(SystemExit) as e:  # argparse errors exit; ConfigErrors return 2 from main()
-        raise SystemExit(main([*args, "--out", str(tmp_path / "o"), "--quiet"]))
-    assert e.value.code == 2
+    args = [a.format(v1=ckpts["v1"], v4=ckpts["v4"]) for a in args]
+    assert main([*args, "--out", str(tmp_path / "o"), "--quiet"]) == 2  # argparse errors too: an exit code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("bench.evaluate: error:"), err
     assert needle in err, err

@@ -2,13 +2,14 @@
 
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 import torch
 
 from models.checkpoint import model_from_checkpoint, read_checkpoint
 from models.sample import sample
-from models.train import main, parse_args, train
+from models.train import GRAD_CLIP, TrainConfig, build_parser, config_overrides, main, parse_args, train, train_step
 
 TINY = ["--preset", "tiny", "--resolution", "16", "--batch-size", "4", "--train-samples", "8",
         "--val-samples", "4", "--quiet", "--save-every", "1"]  # fmt: skip
@@ -309,3 +310,135 @@ def test_cpu_default_batch_shrinks_to_the_memory_there_is(tmp_path, capsys, monk
                "--val-samples", "2", "--quiet", "--out-dir", str(tmp_path / "b")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 2 and f"--batch-size {args.batch_size} fits" in err and "$MEM_BUDGET_GB" in err, err
+
+
+# ----------------------------------------------------------------------------------------------
+# The config object and the one training step
+# ----------------------------------------------------------------------------------------------
+
+
+def test_parser_and_train_config_agree(monkeypatch):
+    """Every flag is a TrainConfig field with the same default (batch/lr/epochs: the dataclass's, without env)."""
+    for var in ("BATCH_SIZE", "LR", "EPOCHS"):
+        monkeypatch.delenv(var, raising=False)
+    flags = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert flags == {f.name for f in fields(TrainConfig)}
+    assert parse_args(["--model", "v4"]) == TrainConfig(model="v4")
+    monkeypatch.setenv("BATCH_SIZE", "32")
+    assert parse_args(["--model", "v4"]).batch_size == 32  # the spec's env var, when the flag is absent
+    assert parse_args(["--model", "v4", "--batch-size", "8"]).batch_size == 8  # the flag wins
+
+
+def test_train_takes_a_config_object(tmp_path):
+    cfg = TrainConfig(model="v4", preset="tiny", resolution=16, batch_size=4, train_samples=8, val_samples=4,
+                      epochs=1, max_steps=1, out_dir=str(tmp_path), save_every=0, quiet=True)  # fmt: skip
+    out = train(cfg)
+    assert out["steps"] == 1
+    ckpt = read_checkpoint(tmp_path / "checkpoints_transformer_v4/transformer_v4_best.pth")
+    assert ckpt["args"]["max_steps"] == 1 and ckpt["args"]["model"] == "v4"
+
+
+def _train_step_ref(model, batch_fn, opt, max_norm):
+    """The step written out by hand: zero grads, loss, backward, clip the global norm, AdamW."""
+    opt.zero_grad(set_to_none=True)
+    loss = batch_fn()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale)
+    opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("max_norm", [GRAD_CLIP, 1e-3, float("inf")])
+def test_train_step_matches_the_hand_written_step_and_clips(max_norm):
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    b = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    b.load_state_dict(a.state_dict())
+    x, y = 10 * torch.randn(8, 6), torch.randn(8, 3)  # large inputs: gradients well above the clip
+    opt_a, opt_b = torch.optim.AdamW(a.parameters(), lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
+    for _ in range(3):
+        la, norm = train_step(lambda: (a(x) - y).square().mean(), opt_a, torch.device("cpu"), grad_clip=max_norm)
+        lb = _train_step_ref(b, lambda: (b(x) - y).square().mean(), opt_b, max_norm)
+        torch.testing.assert_close(la, lb)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in a.parameters()]))
+        assert after <= min(max_norm, norm) * (1 + 1e-4)  # the grads the optimizer saw were clipped
+        assert max_norm == float("inf") or norm > max_norm  # the returned norm is the one before clipping
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_train_step_can_skip_a_non_finite_step():
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.tensor([[float("nan"), 0.0, 0.0]])
+    loss, norm = train_step(lambda: net(x).sum(), opt, torch.device("cpu"), skip_nonfinite=True)
+    assert not torch.isfinite(loss) and all(p.grad is None for p in net.parameters()) and not opt.state
+    for p, q in zip(net.parameters(), before):
+        torch.testing.assert_close(p.detach(), q)  # weights untouched
+    loss, _ = train_step(lambda: net(torch.ones(1, 3)).sum(), opt, torch.device("cpu"), skip_nonfinite=True)
+    assert torch.isfinite(loss) and opt.state  # a finite step is applied
+
+
+def test_benchmark_step_is_the_training_step(monkeypatch):
+    """bench.measure's training step goes through models.train.train_step (gradient clipping included)."""
+    from bench import measure
+
+    calls = []
+    real = measure.train_step
+    monkeypatch.setattr(measure, "train_step", lambda *a, **k: calls.append(a) or real(*a, **k))
+    wl = measure.build_workload("v4", "sdpa", "model", "tiny")
+    step = measure.make_train_step(wl, wl.inputs(2, 64, "cpu"), torch.device("cpu"), amp=False)
+    step()
+    assert len(calls) == 1 and calls[0][1] is step.optimizer
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["v1", "v4"])
+def test_benchmark_step_on_cuda_matches_the_hand_written_step(model, device="cuda"):
+    """On the GPU, bf16 autocast: the benchmark's step (bench.measure → train_step) and the step written out by
+    hand from the same weights and batch give the same loss, the same clipped gradients (norm <= GRAD_CLIP) and,
+    after three steps, the same weights."""
+    from bench import measure
+    from models.train import autocast_for, flow_matching_loss
+
+    dev = torch.device(device)
+    backend = (
+        "sdpa" if model == "v4" else "reference" if measure.backend_problem("v1", "mamba_ssm", dev) else "mamba_ssm"
+    )
+    wl = measure.build_workload(model, backend, "model", "tiny", dev)
+    ref = measure.build_workload(model, backend, "model", "tiny", dev)
+    ref.module.load_state_dict(wl.module.state_dict())
+    ref.module.train()
+    inputs = wl.inputs(4, 256, dev)
+    inputs["query_values"] = 50 * inputs["query_values"]  # targets far off: gradients well above the clip
+    step = measure.make_train_step(wl, inputs, dev, amp=True)
+    opt = torch.optim.AdamW(ref.trainable(), lr=1e-4, weight_decay=0.01)
+
+    def ref_loss():
+        with autocast_for(dev, True):
+            return flow_matching_loss(ref.module, inputs)
+
+    for i in range(3):
+        torch.manual_seed(i)  # the loss draws its own noise and times: the same draws for both
+        step()
+        torch.manual_seed(i)
+        _train_step_ref(ref.module, ref_loss, opt, GRAD_CLIP)
+        grads = [p.grad for p in wl.module.parameters() if p.grad is not None]
+        assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) <= GRAD_CLIP * (1 + 1e-3)
+        for (name, p), q in zip(wl.module.named_parameters(), ref.module.parameters()):
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=5e-2, msg=name)
+    for (name, p), q in zip(wl.module.named_parameters(), ref.module.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_flags_reach_every_model_whose_config_has_them():
+    """No model-name branches: a flag goes to each model whose config has the field (V3's mixer backend too)."""
+    given = {"mixer_backend": "reference", "attn_backend": "sdpa", "dim_feedforward": 64, "d_model": None}
+    assert config_overrides("v3", given) == {"mixer_backend": "reference", "attn_backend": "sdpa", "d_model": None}
+    assert config_overrides("v4", given) == {"attn_backend": "sdpa", "dim_feedforward": 64, "d_model": None}
