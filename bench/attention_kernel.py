@@ -1,56 +1,75 @@
-"""Attention kernel benchmark: our Triton FlashAttention vs torch SDPA backends and the naive math path.
+"""Attention kernel benchmark: our Triton FlashAttention vs torch SDPA backends, FlexAttention and naive math.
 
-    python -m bench.attention_kernel --batch 64 --heads 8 --dims 32 64 --res 32 48 64 96 128 \\
-        --dtype bf16 --out results/
+    python -m bench.attention_kernel --points 64x32 64x64 8x128 --dims 32 64 --dropout 0 0.1 --out results/
+    python -m bench.attention_kernel --batch 64 --res 32 64 128 --dims 32      # points = batch x res
     python -m bench.attention_kernel --quick --out /tmp/ak          # tiny sizes (CPU: Triton interpreter)
     python -m bench.attention_kernel --replot results/attention_kernel_B64_H8_bf16.csv   # MD + PNG from data
+    python -m bench.attention_kernel --model-step --res 32 48 64 96 128 --dropout 0.1 0 --out /tmp/v4
+        # the V4 training step (bench.measure's workload) with attention sdpa vs triton
 
-For every head dim D and resolution r (N = r*r, Nq = Nk = N, non-causal, no dropout) it times the forward
-and forward+backward of: ``triton`` (kernels.flash_attention), ``sdpa_flash``, ``sdpa_cudnn``,
-``sdpa_efficient`` (torch SDPA pinned to one backend with ``torch.nn.attention.sdpa_kernel``) and ``naive``
-(explicit softmax(QK^T)V in PyTorch, run until it runs out of memory). FLOPs: forward = 4*B*H*Nq*Nk*D,
-forward+backward = 3.5 x forward. Times are medians (with 20th/80th percentiles) from
-``triton.testing.do_bench``. Before timing, every backend's output (and, for fwd+bwd, its gradients) is
-compared with a reference (SDPA flash, else the first SDPA backend available) and the relative-norm error
-and max abs error are stored in the row. An unavailable backend or an OOM becomes a row with NaN and status
-"unavailable"/"oom", and the sweep goes on.
+For every point (B, r) (N = r*r tokens), head dim D, case and dropout p it times the forward and
+forward+backward of ``triton`` (kernels.flash_attention), ``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient``
+(torch SDPA pinned with ``torch.nn.attention.sdpa_kernel``), ``flex`` (torch.compile'd FlexAttention, no
+dropout; self case only, since every shape and layout recompiles) and ``naive`` (explicit softmax(QK^T)V,
+N <= 4096). Cases are the model's calls:
+  self    q, k, v contiguous (B, H, N, D), Nq = Nk = N
+  packed  self-attention on q, k, v = strided views of one (B, N, 3, H, D) projection, as V4's layers call it
+          (triton: ``attention_qkv``, which also writes the gradient packed; the others: the views)
+  cross   the decoder: Nq = 0.8 N queries onto Nk = 0.2 N inputs (models.data.token_split), q a
+          (B, N, H, D) view and k, v views of one (B, Nk, 2, H, D) projection
+Cases other than ``self`` and dropout > 0 run at the model's head dim only (D = 32); p > 0 runs the three
+SDPA backends and triton (triton drops with probability round(256 p)/256, see kernels.flash_attention).
+FLOPs: forward = 4*B*H*Nq*Nk*D, forward+backward = 3.5 x forward. Times come from bench.measure.time_fn
+(triton.testing.do_bench; median with 20th/80th percentiles). Before timing, every backend's output and
+gradients are compared with SDPA flash (p = 0); with dropout the masks differ between backends, so the
+row only checks that the output is finite (the test-suite checks the kernel exactly against attention_ref
+with its own mask). ``host`` rows: host time per call (wall clock per call of a tiny problem, many calls
+in a row, one synchronize), triton vs SDPA, forward and forward+backward, in the model's packed layout.
+Unavailable backends and OOMs become rows with NaN and status "unavailable"/"oom"; the sweep goes on.
 
-Outputs (written atomically) in --out: ``attention_kernel_B{B}_H{H}_{dtype}.csv`` (one row per
-backend x D x N x pass), ``.json`` (environment), ``.md`` (tables + whether the bar is met) and ``.png``
-(TFLOP/s vs N, facets D x pass). The MD and PNG are rendered from the CSV (``--replot``).
+Outputs (written atomically) in --out: ``attention_kernel_{B}_H{H}_{dtype}.csv`` (B: ``B64`` for one batch
+size, ``B64-8`` for several), ``.json`` (bench.env.environment), ``.md`` (tables and whether each bar is
+met) and ``.png``; ``--model-step`` writes ``attention_kernel_v4step_B{B}_{dtype}.{csv,md,json}``.
+The MD and PNG are rendered from the CSV (``--replot``), also for CSVs written before the case / p columns.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.env import git_commit, nvml_info, try_call
+from bench.env import environment
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text
 from models.validate import existing_file, writable_dir
 
-BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "naive"]
+BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
 PASSES = ["fwd", "fwd+bwd"]
+CASES = ["self", "packed", "cross"]
 BWD_FACTOR = 3.5  # forward + backward FLOPs = 3.5 x forward (backward = 2.5 x forward)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HEAD_DIMS = (16, 32, 64, 128)
+MODEL_HEAD_DIM = 32  # V4: d_model 256 / 8 heads
+NAIVE_MAX_N = 4096  # the naive path materialises B*H*Nq*Nk scores
 # the performance bar for "triton / fastest SDPA" (speed ratio)
-BAR_FWD_LARGE = 1.0  # forward, N >= 4096
-BAR_FWD_SMALL = 0.9  # forward, N < 4096
-BAR_FWD_BWD = 0.8  # forward + backward, every N
+BAR_FWD_LARGE = 1.0  # forward, N >= 4096, no dropout
+BAR_FWD_SMALL = 0.9  # forward, N < 4096, no dropout
+BAR_FWD_BWD = 0.8  # forward + backward, every N, no dropout
+BAR_DROPOUT = 1.0  # with dropout: fastest SDPA with the same p, forward and forward+backward
+BAR_OTHER_D = 1.0  # D != 32 (the D = 64 moonshot): fastest SDPA (cuDNN), forward and forward+backward
+BAR_HOST_US = 20.0  # host time per call: triton within this many microseconds of SDPA
 BAR_LARGE_N = 4096
 COLUMNS = [
     "backend", "D", "r", "N", "pass", "B", "H", "dtype", "status", "ms", "p20_ms", "p80_ms", "tflops",
-    "ratio_to_fastest_sdpa", "rel_err", "max_err", "ref", "config", "note",
+    "ratio_to_fastest_sdpa", "rel_err", "max_err", "ref", "config", "note", "case", "p", "Nq", "Nk",
 ]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +96,23 @@ def _head_dim(text: str) -> int:
     return value
 
 
+def _point(text: str) -> tuple[int, int]:
+    b, sep, r = text.partition("x")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"a point is BxR (batch x resolution, e.g. 64x32), got {text!r}")
+    return _positive_int(b), _positive_int(r)
+
+
+def _dropout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a dropout probability, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"dropout must be in [0, 1), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(
         prog="bench.attention_kernel",
@@ -86,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=_positive_int, default=8, help="heads H (default 8)")
     p.add_argument("--dims", type=_head_dim, nargs="+", default=[32, 64], help="head dims D (default 32 64)")
     p.add_argument("--res", type=_positive_int, nargs="+", default=[32, 48, 64, 96, 128], help="resolutions r, N = r*r")
+    p.add_argument("--points", type=_point, nargs="+", default=None, help="BxR points (override --batch x --res)")
+    p.add_argument("--cases", nargs="+", choices=CASES, default=["self"], help="model calls (default self)")
+    p.add_argument("--dropout", type=_dropout, nargs="+", default=[0.0], help="dropout probabilities (default 0)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
     p.add_argument("--out", type=lambda t: Path(writable_dir(t)), default=None,
                    help="output directory (default results/ on a GPU, results/cpu/ otherwise)")  # fmt: skip
@@ -94,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_positive_int, default=25, help="do_bench warm-up time in ms (default 25)")
     p.add_argument("--rep", type=_positive_int, default=100, help="do_bench timing budget in ms (default 100)")
     p.add_argument("--min-reps", type=_positive_int, default=10, help="at least this many timed runs")
+    p.add_argument("--no-host", action="store_true", help="skip the host-time-per-call rows")
+    p.add_argument("--model-step", action="store_true", help="time V4's training step, sdpa vs triton, instead")
     p.add_argument("--quick", action="store_true", help="tiny sizes, just checks the code path runs")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--replot", type=existing_file, metavar="CSV", help="only re-render the MD and PNG from a saved CSV")
@@ -105,52 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------------
 
 
-def write_csv_atomic(path: Path, rows: list[dict]) -> None:
+def write_csv_atomic(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
     import pandas as pd
 
-    atomic_to_csv(pd.DataFrame(rows, columns=COLUMNS), path)
+    atomic_to_csv(pd.DataFrame(rows, columns=columns or COLUMNS), path)
 
 
 # ----------------------------------------------------------------------------------------------------
-# environment
-# ----------------------------------------------------------------------------------------------------
-
-
-def environment(args, device: torch.device, dtype_name: str) -> dict:
-    import triton
-
-    cuda = device.type == "cuda"
-    env = {
-        "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "device": str(device),
-        "gpu_name": try_call(lambda: torch.cuda.get_device_name(device)) if cuda else None,
-        "capability": try_call(lambda: list(torch.cuda.get_device_capability(device))) if cuda else None,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": try_call(lambda: torch.backends.cudnn.version()),
-        "python": sys.version.split()[0],
-        "git_commit": git_commit(),
-        "dtype": dtype_name,
-        "B": args.batch,
-        "H": args.heads,
-        "dims": list(args.dims),
-        "res": list(args.res),
-        "backends": list(args.backends),
-        "passes": list(args.passes),
-        "quick": bool(args.quick),
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
-        "flash_attn_autotune": os.environ.get("FLASH_ATTN_AUTOTUNE", "1"),
-        "timing": {"warmup_ms": args.warmup, "rep_ms": args.rep, "min_reps": args.min_reps, "stat": "median"},
-        "flops": "fwd = 4*B*H*Nq*Nk*D; fwd+bwd = 3.5 * fwd",
-    }
-    if device.type == "cuda":
-        env.update(nvml_info(device.index or 0))
-    return env
-
-
-# ----------------------------------------------------------------------------------------------------
-# backends and timing
+# backends
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -158,24 +161,47 @@ class Unavailable(Exception):
     """The backend cannot run this configuration."""
 
 
-def naive_attention(q, k, v):
+def naive_attention(q, k, v, dropout_p=0.0):
     """Explicit softmax(QK^T * scale) V: materialises the (B, H, Nq, Nk) scores; softmax in fp32."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     s = torch.matmul(q, k.transpose(-2, -1)) * scale
     p = torch.softmax(s.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0.0:
+        p = torch.nn.functional.dropout(p, dropout_p)
     return torch.matmul(p, v)
 
 
-def make_backend(name: str):
-    """A function (q, k, v) -> out for one backend (the SDPA ones pinned with sdpa_kernel)."""
+_FLEX = {}
+
+
+def _flex_fn():
+    """torch.compile'd FlexAttention (compiled once per process; each new shape recompiles)."""
+    if "fn" not in _FLEX:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+        except ImportError as e:
+            raise Unavailable(f"FlexAttention not in this torch: {e}") from None
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["fn"]
+
+
+def make_backend(name: str, dropout_p: float = 0.0):
+    """A function (q, k, v) -> out (B, H, Nq, D) for one backend (the SDPA ones pinned with sdpa_kernel)."""
     import torch.nn.functional as F
 
     if name == "triton":
         from kernels.flash_attention import attention
 
-        return attention
+        return lambda q, k, v: attention(q, k, v, dropout_p=dropout_p)
     if name == "naive":
-        return naive_attention
+        return lambda q, k, v: naive_attention(q, k, v, dropout_p)
+    if name == "flex":
+        if dropout_p > 0.0:
+            raise Unavailable("FlexAttention has no dropout")
+        if not torch.cuda.is_available():
+            raise Unavailable("FlexAttention (compiled) needs CUDA here")
+        flex = _flex_fn()
+        return lambda q, k, v: flex(q, k, v)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = {
@@ -186,47 +212,103 @@ def make_backend(name: str):
 
     def fn(q, k, v):
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
     return fn
 
 
 def _is_unavailable(e: BaseException) -> bool:
     text = str(e)
-    return isinstance(e, RuntimeError) and (
-        "No available kernel" in text or "not supported" in text.lower() or "not available" in text.lower()
+    return isinstance(e, Unavailable) or (
+        isinstance(e, RuntimeError)
+        and ("No available kernel" in text or "not supported" in text.lower() or "not available" in text.lower())
     )
 
 
-def time_ms(fn, device: torch.device, args, grad_to_none=None) -> tuple[float, float, float]:
-    """(median, p20, p80) in ms: triton.testing.do_bench on CUDA, a perf_counter loop on CPU."""
-    if device.type == "cuda":
-        import triton.testing
+# ----------------------------------------------------------------------------------------------------
+# cases: the leaves (what gets a gradient) and how each backend is called on them
+# ----------------------------------------------------------------------------------------------------
 
-        # size the budget so that at least --min-reps runs are timed even for slow configs
-        fn()
-        torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device)
-        est = (time.perf_counter() - t0) * 1e3
-        rep = max(args.rep, args.min_reps * est)
-        warmup = max(args.warmup, 2 * est)
-        med, p20, p80 = triton.testing.do_bench(
-            fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8], return_mode="median"
-        )
-        return float(med), float(p20), float(p80)
-    times = []
+
+def case_lengths(case: str, N: int) -> tuple[int, int]:
+    """(Nq, Nk) of a case at N tokens."""
+    if case == "cross":
+        from models.data import token_split
+
+        n_in, n_q = token_split(N)
+        return n_q, n_in
+    return N, N
+
+
+class Case:
+    """Inputs of one model call and a runner per backend: run(name, p)(*leaves) -> output tensor."""
+
+    def __init__(self, case: str, B: int, H: int, N: int, D: int, dtype, device, seed: int):
+        self.case, self.B, self.H, self.D = case, B, H, D
+        self.Nq, self.Nk = case_lengths(case, N)
+        g = torch.Generator(device=device).manual_seed(seed)
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(dtype)
+
+        E = H * D
+        if case == "self":
+            self.leaves = [randn(B, H, N, D) for _ in range(3)]  # q, k, v (B, H, N, D)
+        elif case == "packed":
+            self.leaves = [randn(B, N, 3 * E)]  # the in-projection's output (B, N, 3E)
+        else:
+            self.leaves = [randn(B, self.Nq, E), randn(B, self.Nk, 2 * E)]  # q (B, Nq, E), kv (B, Nk, 2E)
+        out_shape = (B, self.Nq, E) if case == "packed" else (B, H, self.Nq, D)
+        self.dout = randn(*out_shape)
+
+    def heads(self, leaves):
+        """(q, k, v) as (B, H, N, D) views of the leaves."""
+        B, H, D = self.B, self.H, self.D
+        if self.case == "self":
+            return tuple(leaves)
+        if self.case == "packed":
+            (qkv,) = leaves
+            return qkv.view(B, -1, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D)
+        q, kv = leaves
+        k, v = kv.view(B, -1, 2, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, Nk, D)
+        return q.view(B, -1, H, D).transpose(1, 2), k, v  # (B, H, Nq, D), ...
+
+    def runner(self, name: str, dropout_p: float):
+        if self.case == "packed" and name == "triton":
+            from kernels.flash_attention import attention_qkv
+
+            return lambda qkv: attention_qkv(qkv, self.H, dropout_p=dropout_p)  # (B, N, E)
+        fn = make_backend(name, dropout_p)
+        if self.case == "packed":
+            B, H, D = self.B, self.H, self.D
+            return lambda qkv: fn(*self.heads([qkv])).transpose(1, 2).reshape(B, -1, H * D)  # (B, N, E)
+        return lambda *leaves: fn(*self.heads(leaves))
+
+
+# ----------------------------------------------------------------------------------------------------
+# timing (bench.measure.time_fn) and checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def time_ms(fn, device: torch.device, args) -> tuple[float, float, float]:
+    """(median, p20, p80) in ms via bench.measure.time_fn (do_bench on CUDA, perf_counter on CPU); the
+    budget is sized so that at least --min-reps runs are timed even for slow configs."""
+    from bench.measure import sync, time_fn
+
+    t0 = time.perf_counter()
     fn()
-    for _ in range(max(3, min(args.min_reps, 5))):
-        if grad_to_none:
-            for x in grad_to_none:
-                x.grad = None
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    t = torch.tensor(times, dtype=torch.float64)
-    return float(t.median()), float(t.quantile(0.2)), float(t.quantile(0.8))
+    sync(device)
+    est = (time.perf_counter() - t0) * 1e3
+    if device.type == "cuda":
+        timing = time_fn(fn, device, warmup_ms=max(args.warmup, 2 * est), rep_ms=max(args.rep, args.min_reps * est),
+                         timer="do_bench")  # fmt: skip
+    else:
+        timing = time_fn(fn, device, warmup_ms=0, rep_ms=0, min_reps=max(3, min(args.min_reps, 5)), max_reps=5)
+    xs = timing.times_ms
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    deciles = statistics.quantiles(xs, n=10, method="inclusive")
+    return timing.median, deciles[1], deciles[7]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -237,49 +319,49 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return rel, (a - b).abs().max().item()
 
 
-def run_pass(fn, q, k, v, dout, ref, pass_name: str, device, args):
-    """Check fn against ref (out, or out + grads), then time it. Returns (timing, rel_err, max_err)."""
+def _outputs(run, leaves, dout, pass_name):
+    """(out,) or (out, *grads of the leaves); grads via autograd.grad (nothing accumulates into .grad)."""
     if pass_name == "fwd":
         with torch.no_grad():
-            out = fn(q, k, v)
-            rel, mx = _rel(out, ref[0])
-            del out
-
-            def step():
-                fn(q, k, v)
-
-            timing = time_ms(step, device, args)
-        return timing, rel, mx
-    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-    out = fn(qg, kg, vg)
-    out.backward(dout)
-    errs = [_rel(out, ref[0])] + [_rel(g, r) for g, r in zip((qg.grad, kg.grad, vg.grad), ref[1:])]
-    del out
-    rel = max(e[0] for e in errs)
-    mx = max(e[1] for e in errs)
-
-    def step():
-        fn(qg, kg, vg).backward(dout)
-
-    timing = time_ms(step, device, args, grad_to_none=[qg, kg, vg])
-    return timing, rel, mx
+            return (run(*leaves),)
+    xs = [x.detach().requires_grad_() for x in leaves]
+    out = run(*xs)
+    return (out.detach(), *torch.autograd.grad(out, xs, dout))
 
 
-def reference(q, k, v, dout, pass_name, device, available_sdpa):
-    """Reference output (and grads) from SDPA flash, else the first SDPA backend that runs."""
+def run_pass(run, case: Case, ref, pass_name: str, device, args):
+    """Check the backend against ref (p = 0; finite output for p > 0), then time it."""
+    got = _outputs(run, case.leaves, case.dout, pass_name)
+    if ref is not None:
+        errs = [_rel(a, b) for a, b in zip(got, ref)]
+        rel, mx = max(e[0] for e in errs), max(e[1] for e in errs)
+    else:
+        rel = mx = float("nan")
+        if not all(torch.isfinite(t).all() for t in got):
+            raise RuntimeError("non-finite output")
+    del got
+    if pass_name == "fwd":
+
+        def step():
+            with torch.no_grad():
+                run(*case.leaves)
+    else:
+        xs = [x.detach().requires_grad_() for x in case.leaves]
+
+        def step():
+            torch.autograd.grad(run(*xs), xs, case.dout)
+
+    return time_ms(step, device, args), rel, mx
+
+
+def reference(case: Case, pass_name, device, available):
+    """Reference output (and grads) from SDPA flash, else the first SDPA backend that runs (p = 0 only)."""
     from bench.measure import free_memory  # imports triton: only after main() has set TRITON_INTERPRET
 
     order = ["sdpa_flash", "sdpa_efficient", "sdpa_cudnn"]
-    for name in [b for b in order if b in available_sdpa] + [b for b in order if b not in available_sdpa]:
-        fn = make_backend(name)
+    for name in [b for b in order if b in available] + [b for b in order if b not in available]:
         try:
-            if pass_name == "fwd":
-                with torch.no_grad():
-                    return name, (fn(q, k, v),)
-            qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-            out = fn(qg, kg, vg)
-            out.backward(dout)
-            return name, (out.detach(), qg.grad, kg.grad, vg.grad)
+            return name, _outputs(case.runner(name, 0.0), case.leaves, case.dout, pass_name)
         except Exception:  # noqa: BLE001 - any failure: try the next backend
             pass
         free_memory(device)
@@ -302,82 +384,155 @@ def triton_configs(pass_name: str) -> str:
     return " ".join(parts)
 
 
+def points_of(args) -> list[tuple[int, int]]:
+    return list(args.points) if args.points else [(args.batch, r) for r in args.res]
+
+
 def sweep(args, device: torch.device, dtype: torch.dtype, dtype_name: str, paths: dict) -> list[dict]:
     import pandas as pd
 
-    from bench.measure import free_memory, is_oom  # imports triton: only after main() has set TRITON_INTERPRET
+    from bench.measure import free_memory  # imports triton: only after main() has set TRITON_INTERPRET
 
     rows: list[dict] = []
-    naive_oom: set[tuple[int, str]] = set()  # (D, pass) where the naive path already ran out of memory
-    unavailable: set[tuple[str, int, str]] = set()
-    B, H = args.batch, args.heads
+    skip: set[tuple] = set()  # (backend, D, case, p, pass) that failed as unavailable at a smaller size
+    H = args.heads
     for D in args.dims:
-        for r in args.res:
-            N = r * r
-            g = torch.Generator(device=device).manual_seed(1000 * D + r)
-            try:
-                q, k, v, dout = (
-                    torch.randn(B, H, N, D, generator=g, device=device, dtype=torch.float32).to(dtype) for _ in range(4)
-                )
-            except torch.OutOfMemoryError:
-                free_memory(device)
-                for name in args.backends:
+        for case_name in args.cases:
+            for p in args.dropout:
+                if D != MODEL_HEAD_DIM and (case_name != "self" or p > 0.0) and len(args.dims) > 1:
+                    continue  # other head dims: the kernel's own shape only (self, no dropout)
+                for B, r in points_of(args):
+                    N = r * r
+                    try:
+                        case = Case(case_name, B, H, N, D, dtype, device, seed=1000 * D + r)
+                    except torch.OutOfMemoryError:
+                        free_memory(device)
+                        rows += [_row(b, D, r, N, ps, B, H, dtype_name, "oom", note="inputs", case=case_name, p=p)
+                                 for b in args.backends for ps in args.passes]  # fmt: skip
+                        continue
                     for pass_name in args.passes:
-                        rows.append(_row(name, D, r, N, pass_name, B, H, dtype_name, "oom", note="inputs"))
-                continue
-            for pass_name in args.passes:
-                flops = 4.0 * B * H * N * N * D * (BWD_FACTOR if pass_name == "fwd+bwd" else 1.0)
-                ref_name, ref = reference(q, k, v, dout, pass_name, device, args.backends)
-                step_rows = []
-                for name in args.backends:
-                    row = _row(name, D, r, N, pass_name, B, H, dtype_name, "ok", ref=ref_name or "")
-                    if name == "naive" and (D, pass_name) in naive_oom:
-                        row.update(status="oom", note="skipped: OOM at a smaller N")
-                    elif (name, D, pass_name) in unavailable:
-                        row.update(status="unavailable", note="unavailable at a smaller N")
-                    else:
-                        try:
-                            if ref is None:
-                                raise Unavailable("no SDPA reference available")
-                            fn = make_backend(name)
-                            (ms, p20, p80), rel, mx = run_pass(fn, q, k, v, dout, ref, pass_name, device, args)
-                            row.update(ms=ms, p20_ms=p20, p80_ms=p80, tflops=flops / (ms * 1e-3) / 1e12)
-                            row.update(rel_err=rel, max_err=mx)
-                            if name == "triton":
-                                row["config"] = triton_configs(pass_name)
-                        except Exception as e:  # noqa: BLE001 - one backend failing must not stop the sweep
-                            if is_oom(e):
-                                row.update(status="oom", note=str(e).splitlines()[0][:160])
-                                if name == "naive":
-                                    naive_oom.add((D, pass_name))
-                            elif isinstance(e, Unavailable):  # no reference: this N only
-                                row.update(status="unavailable", note=str(e))
-                            elif _is_unavailable(e):  # the backend itself: skip it at larger N too
-                                row.update(status="unavailable", note=str(e).splitlines()[0][:160])
-                                unavailable.add((name, D, pass_name))
-                            else:
-                                row.update(status="error", note=f"{type(e).__name__}: {e}".splitlines()[0][:160])
-                        if row["status"] != "ok":
-                            free_memory(device)  # outside the except block: the traceback is gone by now
-                    step_rows.append(row)
-                    _progress(row)
-                _fill_ratios(step_rows)
-                rows.extend(step_rows)
-                del ref
-                free_memory(device)
-                write_csv_atomic(paths["csv"], rows)
-                atomic_write_text(paths["md"], render_markdown(pd.DataFrame(rows, columns=COLUMNS), args_line(args)))
-            del q, k, v, dout
-            free_memory(device)
+                        rows += _measure_point(args, case, D, r, N, B, p, pass_name, device, dtype_name, skip)
+                        free_memory(device)
+                        write_csv_atomic(paths["csv"], rows)
+                        atomic_write_text(
+                            paths["md"], render_markdown(pd.DataFrame(rows, columns=COLUMNS), args_line(args))
+                        )
+                    del case
+                    free_memory(device)
+    if not args.no_host and "triton" in args.backends:
+        rows += host_rows(args, device, dtype, dtype_name)
     return rows
 
 
-def _row(backend, D, r, N, pass_name, B, H, dtype_name, status, ref="", note=""):
+def _measure_point(args, case, D, r, N, B, p, pass_name, device, dtype_name, skip) -> list[dict]:
+    from bench.measure import free_memory, is_oom
+
+    H = args.heads
+    flops = 4.0 * B * H * case.Nq * case.Nk * D * (BWD_FACTOR if pass_name == "fwd+bwd" else 1.0)
+    ref_name, ref = (None, None) if p > 0.0 else reference(case, pass_name, device, args.backends)
+    out = []
+    for name in args.backends:
+        row = _row(name, D, r, N, pass_name, B, H, dtype_name, "ok", ref=ref_name or "", case=case.case, p=p,
+                   Nq=case.Nq, Nk=case.Nk)  # fmt: skip
+        key = (name, D, case.case, p, pass_name)
+        if name == "naive" and case.Nq * case.Nk > NAIVE_MAX_N**2:
+            row.update(status="skipped", note=f"naive only up to N = {NAIVE_MAX_N}")
+        elif key in skip:
+            row.update(status="unavailable", note="unavailable at a smaller N")
+        else:
+            try:
+                if p == 0.0 and ref is None:
+                    raise Unavailable("no SDPA reference available")
+                if p > 0.0 and name not in ("triton", *SDPA_BACKENDS):
+                    raise Unavailable(f"{name}: not timed with dropout")
+                if name == "flex" and case.case != "self":
+                    raise Unavailable("flex: timed on the self case only (each shape and layout recompiles)")
+                (ms, p20, p80), rel, mx = run_pass(case.runner(name, p), case, ref, pass_name, device, args)
+                row.update(ms=ms, p20_ms=p20, p80_ms=p80, tflops=flops / (ms * 1e-3) / 1e12, rel_err=rel, max_err=mx)
+                if name == "triton":
+                    row["config"] = triton_configs(pass_name)
+                if p > 0.0:
+                    row["note"] = "dropout: output checked finite (masks differ between backends)"
+            except Exception as e:  # noqa: BLE001 - one backend failing must not stop the sweep
+                if is_oom(e):
+                    row.update(status="oom", note=str(e).splitlines()[0][:160])
+                elif _is_unavailable(e):
+                    row.update(status="unavailable", note=str(e).splitlines()[0][:160])
+                    skip.add(key)
+                else:
+                    row.update(status="error", note=f"{type(e).__name__}: {e}".splitlines()[0][:160])
+            if row["status"] != "ok":
+                free_memory(device)  # outside the except block: the traceback is gone by now
+        out.append(row)
+        _progress(row)
+    _fill_ratios(out)
+    return out
+
+
+def host_rows(args, device, dtype, dtype_name) -> list[dict]:
+    """Host time per call: wall clock per call of a tiny problem (the GPU idles), triton vs SDPA.
+
+    The model's self-attention call (packed (B, N, 3E) projection, dropout 0.1 when --dropout has a p > 0)
+    at B = 1, H = --heads, N = 128, D = 32: ``n`` calls in a row, then one synchronize; per call = wall / n.
+    """
+    from bench.measure import sync
+
+    H, D, N = args.heads, MODEL_HEAD_DIM, 128
+    p = max(args.dropout)
+    case = Case("packed", 1, H, N, D, dtype, device, seed=5)
+    n, warm, repeats = (2, 1, 1) if args.quick else (300, 5, 3)
+    rows = []
+    for pass_name in args.passes:
+        for name in ("triton", "sdpa"):
+            run = case.runner("triton", p) if name == "triton" else _sdpa_default(case, p)
+            call = _host_call(run, case, pass_name)
+            for _ in range(warm):  # warm-up: compile, autotune, launch plans
+                call()
+            times = []
+            for _ in range(repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    call()
+                sync(device)
+                times.append((time.perf_counter() - t0) / n * 1e3)
+            row = _row(name, D, int(math.isqrt(N)), N, pass_name, 1, H, dtype_name, "ok", case="host", p=p, Nq=N, Nk=N)
+            row.update(ms=min(times), p20_ms=min(times), p80_ms=max(times),
+                       note=f"host time per call: min of {repeats} x {n} calls, packed (B, N, 3E) input")  # fmt: skip
+            rows.append(row)
+            _progress(row)
+    return rows
+
+
+def _host_call(run, case: Case, pass_name: str):
+    xs = [x.detach().requires_grad_(pass_name != "fwd") for x in case.leaves]
+
+    def call():
+        if pass_name == "fwd":
+            with torch.no_grad():
+                run(*xs)
+        else:
+            torch.autograd.grad(run(*xs), xs, case.dout)
+
+    return call
+
+
+def _sdpa_default(case: Case, p: float):
+    """SDPA as the model calls it (torch picks the backend), on the packed views."""
+    import torch.nn.functional as F
+
+    B, H, D = case.B, case.H, case.D
+    return lambda qkv: (
+        F.scaled_dot_product_attention(*case.heads([qkv]), dropout_p=p).transpose(1, 2).reshape(B, -1, H * D)
+    )
+
+
+def _row(backend, D, r, N, pass_name, B, H, dtype_name, status, ref="", note="", case="self", p=0.0, Nq=None, Nk=None):
     nan = float("nan")
     return dict(
         backend=backend, D=D, r=r, N=N, B=B, H=H, dtype=dtype_name, status=status, ms=nan, p20_ms=nan,
         p80_ms=nan, tflops=nan, ratio_to_fastest_sdpa=nan, rel_err=nan, max_err=nan, ref=ref, config="",
-        note=note, **{"pass": pass_name},
+        note=note, case=case, p=p, Nq=N if Nq is None else Nq, Nk=N if Nk is None else Nk, **{"pass": pass_name},
     )  # fmt: skip
 
 
@@ -392,11 +547,14 @@ def _fill_ratios(rows: list[dict]) -> None:
 
 
 def _progress(row: dict) -> None:
-    if row["status"] == "ok":
+    if row["status"] == "ok" and row["case"] == "host":
+        msg = f"{row['ms'] * 1e3:8.1f} us per call (host)"
+    elif row["status"] == "ok":
         msg = f"{row['tflops']:8.1f} TFLOP/s {row['ms']:9.3f} ms  rel_err {row['rel_err']:.2e}  {row['config']}"
     else:
         msg = f"{row['status']}: {row['note']}"
-    print(f"D={row['D']:<3} N={row['N']:<6} {row['pass']:<8} {row['backend']:<15} {msg}", flush=True)
+    print(f"D={row['D']:<3} B={row['B']:<3} N={row['N']:<6} {row['case']:<6} p={row['p']:<4} {row['pass']:<8} "
+          f"{row['backend']:<15} {msg}", flush=True)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -405,13 +563,18 @@ def _progress(row: dict) -> None:
 
 
 def args_line(args) -> str:
+    pts = ", ".join(f"B={b} r={r}" for b, r in points_of(args))
     return (
-        f"B={args.batch}, H={args.heads}, dtype={args.dtype}, D in {list(args.dims)}, "
-        f"r in {list(args.res)} (N = r^2, Nq = Nk = N, non-causal, no dropout)"
+        f"H={args.heads}, dtype={args.dtype}, D in {list(args.dims)}, points {pts} (N = r^2), cases "
+        f"{list(args.cases)}, dropout {list(args.dropout)}, non-causal"
     )
 
 
-def bar_for(pass_name: str, N: int) -> float:
+def bar_for(pass_name: str, N: int, p: float = 0.0, D: int = MODEL_HEAD_DIM) -> float:
+    if D != MODEL_HEAD_DIM:
+        return BAR_OTHER_D
+    if p > 0.0:
+        return BAR_DROPOUT
     if pass_name == "fwd":
         return BAR_FWD_LARGE if N >= BAR_LARGE_N else BAR_FWD_SMALL
     return BAR_FWD_BWD
@@ -422,55 +585,109 @@ def _cell(row) -> str:
         return "-"
     if row["status"] == "ok":
         return f"{row['tflops']:.1f}"
-    return {"oom": "OOM", "unavailable": "n/a"}.get(row["status"], row["status"])
+    return {"oom": "OOM", "unavailable": "n/a", "skipped": "-"}.get(row["status"], row["status"])
+
+
+def normalise(df):
+    """Old CSVs (before the case / p / Nq / Nk columns): one self-attention case without dropout."""
+    defaults = {"case": "self", "p": 0.0, "config": "", "note": ""}
+    for col, val in defaults.items():
+        if col not in df.columns:
+            df[col] = val
+        df[col] = df[col].fillna(val)
+    for col in ("Nq", "Nk"):
+        if col not in df.columns:
+            df[col] = df["N"]
+    return df
 
 
 def render_markdown(df, header: str = "") -> str:
-    """Markdown tables (rows = N, columns = backends, TFLOP/s) per D and pass, with the bar verdicts."""
+    """Markdown tables (rows = B x N, columns = backends, TFLOP/s) per D, case, p and pass, with bar verdicts."""
+    df = normalise(df.copy())
     lines = ["# Attention kernel benchmark", ""]
     if header:
         lines += [header, ""]
     lines += [
         "TFLOP/s (forward = 4·B·H·Nq·Nk·D FLOPs, forward+backward = 3.5× that); median of do_bench. "
-        f"Bar: triton / fastest SDPA ≥ {BAR_FWD_LARGE} (fwd, N ≥ {BAR_LARGE_N}), ≥ {BAR_FWD_SMALL} "
-        f"(fwd, smaller N), ≥ {BAR_FWD_BWD} (fwd+bwd).",
+        f"Bars (triton / fastest SDPA with the same dropout): no dropout ≥ {BAR_FWD_LARGE} (fwd, N ≥ "
+        f"{BAR_LARGE_N}), ≥ {BAR_FWD_SMALL} (fwd, smaller N), ≥ {BAR_FWD_BWD} (fwd+bwd); dropout > 0: ≥ "
+        f"{BAR_DROPOUT} (fwd and fwd+bwd); D ≠ {MODEL_HEAD_DIM}: ≥ {BAR_OTHER_D}. Triton's dropout drops with "
+        "probability round(256·p)/256 (p = 0.1 → 0.1016).",
         "",
     ]
     if df.empty:
         return "\n".join(lines + ["(no rows)", ""])
     backends = [b for b in BACKENDS if b in set(df["backend"])]
-    for D in sorted(set(df["D"])):
-        for pass_name in [p for p in PASSES if p in set(df["pass"])]:
-            sub = df[(df["D"] == D) & (df["pass"] == pass_name)]
-            if sub.empty:
-                continue
-            lines += [f"## D = {D}, {pass_name}", ""]
-            head = ["N"] + backends + ["triton / fastest SDPA", "bar", "triton rel_err"]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            verdicts = []
-            for N in sorted(set(sub["N"])):
-                at = sub[sub["N"] == N]
-                cells = [str(N)]
-                for b in backends:
-                    m = at[at["backend"] == b]
-                    cells.append(_cell(m.iloc[0] if len(m) else None))
-                tri = at[(at["backend"] == "triton") & (at["status"] == "ok")]
-                ratio = float(tri["ratio_to_fastest_sdpa"].iloc[0]) if len(tri) else float("nan")
-                need = bar_for(pass_name, N)
-                if math.isnan(ratio):
-                    verdict = "unknown"
-                else:
-                    verdict = "met" if ratio >= need else "NOT met"
-                verdicts.append(f"N={N}: {verdict} ({ratio:.2f} vs ≥{need})")
-                err = float(tri["rel_err"].iloc[0]) if len(tri) else float("nan")
-                cells += [f"{ratio:.2f}", f"{verdict} (≥{need})", f"{err:.1e}"]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines += ["", "Bar: " + "; ".join(verdicts) + ".", ""]
+    kernel = df[df["case"] != "host"]
+    for D in sorted(set(kernel["D"])):
+        for case in [c for c in CASES if c in set(kernel["case"])]:
+            for p in sorted(set(kernel["p"])):
+                for pass_name in [x for x in PASSES if x in set(kernel["pass"])]:
+                    sub = kernel[(kernel["D"] == D) & (kernel["case"] == case) & (kernel["p"] == p)
+                                 & (kernel["pass"] == pass_name)]  # fmt: skip
+                    if not sub.empty:
+                        lines += _table(sub, D, case, p, pass_name, backends)
+    host = df[df["case"] == "host"]
+    if not host.empty:
+        lines += _host_table(host)
     return "\n".join(lines)
 
 
+def _table(sub, D, case, p, pass_name, backends) -> list[str]:
+    drop = f", dropout {p:g}" if p > 0 else ""
+    first = sub.iloc[0]
+    shape = f" (Nq = {first['Nq']}, Nk = {first['Nk']} at N = {first['N']})" if case == "cross" else ""
+    lines = [f"## D = {D}, {case}{drop}, {pass_name}{shape}", ""]
+    cols = [b for b in backends if b in set(sub["backend"])]
+    head = ["B", "N"] + cols + ["triton / fastest SDPA", "bar", "triton rel_err"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    verdicts = []
+    for (B, N), at in sub.groupby(["B", "N"], sort=False):
+        cells = [str(B), str(N)]
+        for b in cols:
+            m = at[at["backend"] == b]
+            cells.append(_cell(m.iloc[0] if len(m) else None))
+        tri = at[(at["backend"] == "triton") & (at["status"] == "ok")]
+        ratio = float(tri["ratio_to_fastest_sdpa"].iloc[0]) if len(tri) else float("nan")
+        need = bar_for(pass_name, int(N), float(p), int(D))
+        verdict = "unknown" if math.isnan(ratio) else ("met" if ratio >= need else "NOT met")
+        verdicts.append(f"B={B} N={N}: {verdict} ({ratio:.2f} vs ≥{need})")
+        err = float(tri["rel_err"].iloc[0]) if len(tri) else float("nan")
+        cells += [f"{ratio:.2f}", f"{verdict} (≥{need})", "-" if math.isnan(err) else f"{err:.1e}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "Bar: " + "; ".join(verdicts) + ".", ""]
+
+
+def _host_table(host) -> list[str]:
+    first = host.iloc[0]
+    lines = [
+        f"## Host time per call (µs; B = {first['B']}, H = {first['H']}, N = {first['N']}, D = {first['D']}, "
+        f"packed (B, N, 3E) input, dropout {first['p']:g})",
+        "",
+        "| pass | triton | sdpa | triton − sdpa | bar |",
+        "|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for pass_name in [x for x in PASSES if x in set(host["pass"])]:
+        at = host[host["pass"] == pass_name]
+        us = {
+            b: float(at[at["backend"] == b]["ms"].iloc[0]) * 1e3
+            for b in ("triton", "sdpa")
+            if (at["backend"] == b).any()
+        }
+        if len(us) < 2:
+            continue
+        diff = us["triton"] - us["sdpa"]
+        verdict = "met" if diff <= BAR_HOST_US else "NOT met"
+        verdicts.append(f"{pass_name}: {verdict} ({diff:+.1f} µs vs ≤ {BAR_HOST_US:g})")
+        lines.append(
+            f"| {pass_name} | {us['triton']:.1f} | {us['sdpa']:.1f} | {diff:+.1f} | {verdict} (≤ {BAR_HOST_US:g}) |"
+        )
+    return lines + ["", "Bar: " + "; ".join(verdicts) + ".", ""]
+
+
 def plot_from_csv(csv_path: Path, png_path: Path | None = None) -> Path:
-    """TFLOP/s vs N, one line per backend, facets D (rows) x pass (columns); reads the saved CSV."""
+    """TFLOP/s vs N, one line per backend, facets (D, case, p) rows x pass columns; reads the saved CSV."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -480,15 +697,18 @@ def plot_from_csv(csv_path: Path, png_path: Path | None = None) -> Path:
 
     csv_path = Path(csv_path)
     png_path = Path(png_path) if png_path else csv_path.with_suffix(".png")
-    df = pd.read_csv(csv_path)
+    df = normalise(pd.read_csv(csv_path))
+    df = df[df["case"] != "host"]
+    df["facet"] = [f"D={d} {c}" + (f" p={p:g}" if p > 0 else "") for d, c, p in zip(df["D"], df["case"], df["p"])]
     ok = df[df["status"] == "ok"].copy()
     if ok.empty:
         ok = df.assign(tflops=0.0).head(1)
     order = [b for b in BACKENDS if b in set(df["backend"])]
     g = sns.relplot(
         data=ok, x="N", y="tflops", hue="backend", hue_order=order, style="backend", style_order=order,
-        row="D", col="pass", col_order=[p for p in PASSES if p in set(df["pass"])], kind="line",
-        markers=True, dashes=False, height=3.2, aspect=1.4, facet_kws={"sharey": False},
+        row="facet", row_order=list(dict.fromkeys(df["facet"])), col="pass",
+        col_order=[x for x in PASSES if x in set(df["pass"])], kind="line", markers=True, dashes=False,
+        height=3.0, aspect=1.4, facet_kws={"sharey": False},
     )  # fmt: skip
     g.set(xscale="log")
     ns = sorted(set(int(n) for n in df["N"]))
@@ -497,10 +717,10 @@ def plot_from_csv(csv_path: Path, png_path: Path | None = None) -> Path:
         ax.set_xticklabels([str(n) for n in ns], rotation=45)
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
-    g.set_axis_labels("N = Nq = Nk (tokens)", "TFLOP/s")
+    g.set_axis_labels("N tokens", "TFLOP/s")
     meta = df.iloc[0]
-    g.figure.suptitle(f"Attention: B={meta['B']}, H={meta['H']}, {meta['dtype']}", y=1.02)
-    atomic_savefig(g.figure, png_path, dpi=120, bbox_inches="tight")
+    g.figure.suptitle(f"Attention: B={sorted(set(df['B']))}, H={meta['H']}, {meta['dtype']}", y=1.01)
+    atomic_savefig(g.figure, png_path, dpi=110, bbox_inches="tight")
     plt.close(g.figure)
     return png_path
 
@@ -510,14 +730,87 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
 
     csv_path = Path(csv_path)
     df = pd.read_csv(csv_path, keep_default_na=True)
-    df["config"] = df["config"].fillna("")
     md = csv_path.with_suffix(".md")
     header = ""
     if len(df):
-        header = f"B={df['B'].iloc[0]}, H={df['H'].iloc[0]}, dtype={df['dtype'].iloc[0]} (from {csv_path.name})"
+        header = f"B={sorted(set(df['B']))}, H={df['H'].iloc[0]}, dtype={df['dtype'].iloc[0]} (from {csv_path.name})"
     atomic_write_text(md, render_markdown(df, header))
     png = plot_from_csv(csv_path) if plot else None
     return md, png
+
+
+# ----------------------------------------------------------------------------------------------------
+# V4's training step, sdpa vs triton (bench.measure's workload and timer)
+# ----------------------------------------------------------------------------------------------------
+
+STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note"]
+
+
+def model_step(args, device: torch.device, paths: dict) -> list[dict]:
+    """V4 (default preset) training step, bf16 autocast, with attention on sdpa and triton, per dropout and r."""
+    import pandas as pd
+
+    from bench import measure
+
+    rows = []
+    B = args.batch
+    for p in args.dropout:
+        for r in args.res:
+            N = r * r
+            for backend in ("sdpa", "triton"):
+                row = dict(backend=backend, res=r, N=N, batch=B, dropout=p, status="ok", note="")
+                try:
+                    wl = measure.build_workload("v4", backend, "model", "tiny" if args.quick else "default", device,
+                                                overrides={"dropout": p})  # fmt: skip
+                    step = measure.make_train_step(wl, wl.inputs(B, N, device), device, amp=device.type == "cuda")
+                    step()  # compile, autotune, launch plans
+                    t = measure.time_fn(step, device, warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
+                                        max_reps=max(args.min_reps, 100))  # fmt: skip
+                    row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms))
+                except Exception as e:  # noqa: BLE001
+                    row.update(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
+                finally:
+                    wl = step = None
+                    measure.free_memory(device)
+                rows.append(row)
+                print(f"v4 step B={B} r={r} p={p} {backend:<7} {row.get('median_ms', float('nan')):9.2f} ms "
+                      f"{row['status']} {row['note']}", flush=True)  # fmt: skip
+                write_csv_atomic(paths["csv"], rows, STEP_COLUMNS)
+    atomic_write_text(paths["md"], render_step_markdown(pd.DataFrame(rows, columns=STEP_COLUMNS)))
+    return rows
+
+
+def render_step_markdown(df) -> str:
+    lines = ["# V4 training step: attention on sdpa vs triton", "",
+             "Median ms [IQR] of one training step (forward + backward + AdamW, bf16 autocast), "
+             "bench.measure's V4 workload; bar: triton ≤ sdpa at every r ≥ 48.", ""]  # fmt: skip
+    for p in sorted(set(df["dropout"]), reverse=True):
+        sub = df[df["dropout"] == p]
+        lines += [
+            f"## dropout {p:g}",
+            "",
+            "| r | N | sdpa | triton | triton / sdpa (time) | bar |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sorted(set(sub["res"])):
+            at = sub[sub["res"] == r].set_index("backend")
+            cell = {}
+            for b in ("sdpa", "triton"):
+                x = at.loc[b] if b in at.index else None
+                if x is None:
+                    cell[b] = "-"
+                elif x["status"] == "ok":
+                    cell[b] = f"{x['median_ms']:.3g} [{x['q3_ms'] - x['q1_ms']:.2g}]"
+                else:
+                    cell[b] = x["status"]
+            try:
+                ratio = at.loc["triton", "median_ms"] / at.loc["sdpa", "median_ms"]
+            except KeyError:
+                ratio = float("nan")
+            bar = "-" if r < 48 else ("met" if ratio <= 1.0 else ("NOT met" if ratio == ratio else "unknown"))
+            lines.append(f"| {r} | {r * r} | {cell['sdpa']} | {cell['triton']} | {ratio:.3f} | {bar} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -554,9 +847,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path("results" if cuda else "results/cpu")  # a CPU run never writes the GPU report
     dtype_name = args.dtype
     if args.quick:
-        args.batch, args.heads = min(args.batch, 2), min(args.heads, 2)
+        args.heads = min(args.heads, 2)
+        args.points = [(min(args.batch, 2), r) for r in ([8, 12] if cuda else [4, 6])]
+        args.res = [4] if args.model_step else [r for _, r in args.points]
+        args.batch = min(args.batch, 2)
         args.dims = args.dims[:1] if cuda else [16]
-        args.res = [8, 12] if cuda else [4, 6]
         args.min_reps = 3
         args.rep, args.warmup = min(args.rep, 20), min(args.warmup, 5)
         if not cuda and dtype_name == "bf16":
@@ -565,20 +860,41 @@ def main(argv: list[str] | None = None) -> int:
     dtype = DTYPES[dtype_name]
     if not cuda:  # only what runs on CPU
         args.backends = [b for b in args.backends if b in ("triton", "sdpa_flash", "naive")]
-
-    stem = f"attention_kernel_B{args.batch}_H{args.heads}_{dtype_name}"
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         _fail(f"cannot create output directory {args.out}: {e}")
+
+    if args.model_step:
+        stem = f"attention_kernel_v4step_B{args.batch}_{dtype_name}"
+        paths = {ext: args.out / f"{stem}.{ext}" for ext in ("csv", "json", "md")}
+        env = environment(
+            device, benchmark="v4 training step, sdpa vs triton", batch=args.batch, res=list(args.res),
+            dropout=list(args.dropout), warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
+        )  # fmt: skip
+        atomic_write_text(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
+        model_step(args, device, paths)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
+
+    batches = sorted({b for b, _ in points_of(args)}, reverse=True)
+    stem = f"attention_kernel_B{'-'.join(map(str, batches))}_H{args.heads}_{dtype_name}"
     paths = {ext: args.out / f"{stem}.{ext}" for ext in ("csv", "json", "md", "png")}
-    env = environment(args, device, dtype_name)
+    env = environment(
+        device, benchmark="attention kernel", dtype=dtype_name, H=args.heads, dims=list(args.dims),
+        points=[list(x) for x in points_of(args)], cases=list(args.cases), dropout=list(args.dropout),
+        backends=list(args.backends), passes=list(args.passes), quick=bool(args.quick),
+        triton_interpret=os.environ.get("TRITON_INTERPRET", "0"),
+        timing={"warmup_ms": args.warmup, "rep_ms": args.rep, "min_reps": args.min_reps, "stat": "median",
+                "timer": "bench.measure.time_fn (do_bench)"},
+        flops="fwd = 4*B*H*Nq*Nk*D; fwd+bwd = 3.5 * fwd",
+    )  # fmt: skip
     atomic_write_text(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
-    print(f"attention_kernel: {args_line(args)} on {env.get('gpu_name') or device}", flush=True)
+    print(f"attention_kernel: {args_line(args)} on {env.get('gpu') or device}", flush=True)
 
     rows = sweep(args, device, dtype, dtype_name, paths)
     write_csv_atomic(paths["csv"], rows)
-    env["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    env["finished"] = environment(device)["date"]
     env["autotune_cache"] = _autotune_cache()
     atomic_write_text(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
     render_from_csv(paths["csv"], plot=not args.no_plot)

@@ -385,7 +385,8 @@ def counting_mode():
     torch.backends.mha.set_fastpath_enabled(False)
     restore = [(mamba_mod, "selective_scan_ref", _REAL_SCAN), (common, "_triton_attention", common._triton_attention),
                (common, "_flex_attention", common._flex_attention)]  # fmt: skip
-    mamba_mod.selective_scan_ref = _counted_scan
+    restore.append((mamba_mod, "selective_scan_fused", mamba_mod.selective_scan_fused))  # the cpu_fused backend
+    mamba_mod.selective_scan_ref = mamba_mod.selective_scan_fused = _counted_scan
     common._flex_attention = lambda: torch.nn.functional.scaled_dot_product_attention  # same QKᵀ and PV
     triton_getter = common._triton_attention
     common._triton_attention = lambda: paused_trace(triton_getter(), "TracedTritonAttention")

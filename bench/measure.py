@@ -80,6 +80,9 @@ def backend_problem(model: str, backend: str, device: torch.device) -> str | Non
         return f"{backend} needs {'CUDA' if need == 'cuda' else 'the CPU'}" + (f" ({why})" if why else "")
     if backend == "mamba_ssm" and mamba_mod.MambaCUDA is None:
         return "mamba_ssm not importable (" + mamba_mod.INSTALL_HINT + ")"
+    if backend == "cpu_fused" and not mamba_mod.cpu_scan.available():
+        scan = mamba_mod.cpu_scan
+        return f"fused CPU scan did not build ({scan.build_error()}); it {scan.INSTALL_HINT}"
     if backend == "triton":
         try:
             from kernels.flash_attention import attention  # noqa: F401

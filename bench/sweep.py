@@ -16,9 +16,9 @@ rows already done (same model, backend, level, resolution, batch, dtype, kind) u
 missing backend becomes a row (oom / unavailable) and the sweep goes on. At the end bench.report renders
 the tables, plots and results/README.md.
 
-Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32 and 48, pure-PyTorch
-backends, one CPU thread, 1–3 repetitions after a warm-up call) into results/cpu/, so it never overwrites the
-GPU results; ≈ 2 minutes on 2 cores.
+Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
+backends — the Mamba variants first on the fused C++ scan (cpu_fused), then the reference — one CPU thread, 1–3
+repetitions after a warm-up call) into results/cpu/, so it never overwrites the GPU results; ≈ 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def settings_from_args(args) -> Settings:
                  max_reps=100, max_batch=True, spec=64, ref_max=64, budget=450.0, out=REPO / "results",
                  all_backends=True)  # fmt: skip
     elif mode == "reduced":
-        d = dict(res=[32, 48], batch=1, preset="small", warmup=0.0, rep=200.0, min_reps=1, max_reps=3,
+        d = dict(res=[32, 48, 64], batch=1, preset="small", warmup=0.0, rep=200.0, min_reps=1, max_reps=3,
                  max_batch=False, spec=0, ref_max=10**6, budget=170.0, out=REPO / "results" / "cpu",
                  all_backends=False)  # fmt: skip
     else:  # quick
@@ -203,10 +203,11 @@ def settings_from_args(args) -> Settings:
         backends = {m: [b for b in get_variant(m).backends if b in wanted] for m in models}
     elif d["all_backends"]:  # every backend, but of the pure-PyTorch mixers (launch-bound on a GPU) only the
         # baseline's CPU one: what the fused kernels buy
-        keep = {m: [b for b in get_variant(m).backends if b not in REFERENCE_BACKENDS] for m in models}
+        gpu_ok = lambda b: b not in REFERENCE_BACKENDS and measure.DEVICE_ONLY.get(b, "cuda") == "cuda"  # noqa: E731
+        keep = {m: [b for b in get_variant(m).backends if gpu_ok(b)] for m in models}  # (cpu_fused: CPU only)
         if BASELINE in keep:
             keep[BASELINE] = [b for b in get_variant(BASELINE).backends
-                              if b in keep[BASELINE] or b == get_variant(BASELINE).primary["cpu"]]  # fmt: skip
+                              if b in keep[BASELINE] or b == "reference"]  # fmt: skip
         backends = keep
     else:  # the backends that run here (on CPU: the pure-PyTorch ones)
         problem = measure.backend_problem

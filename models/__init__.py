@@ -1,9 +1,14 @@
 """Sparse-neural-field flow-matching models: V1 (Mamba), V2 (bidirectional Mamba + Perceiver), V3 (Morton-ordered
-Mamba), V4 (Transformer) — one record each in the table of variants, models/variants.py."""
+Mamba), V4 (Transformer) — one record each in the table of variants, models/variants.py.
+
+Importing this package pins glibc's mmap threshold (models.utils.tame_cpu_allocator), process-wide, so that a
+notebook or a library caller gets the same bounded CPU memory as the CLIs. SPARSE_KEEP_MALLOC=1 skips it.
+"""
 
 from collections.abc import Mapping
 
 from models.common import ConfigError, count_parameters
+from models.utils import tame_cpu_allocator
 from models.v1_mamba import MambaDiffusion, V1Config, v1_config
 from models.v2_bidirectional import BiMambaPerceiverDiffusion, V2Config, v2_config
 from models.v3_morton import MortonMambaDiffusion, V3Config, v3_config
@@ -26,6 +31,7 @@ class _Models(Mapping):
 
 
 MODELS = _Models()
+tame_cpu_allocator()  # process-wide: glibc's mmap threshold pinned (see the docstring)
 
 
 def build_model(model: str, preset: str = "default", overrides: dict | None = None, env=None):

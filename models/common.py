@@ -148,12 +148,20 @@ def flex_dropout_message(dropout: float) -> str:
     )
 
 
-def _triton_attention():
+def _triton_kernels():
+    """kernels.flash_attention (imported once): its attention and packed attention_qkv entry points."""
     try:
-        from kernels.flash_attention import attention
+        import kernels.flash_attention as fa
     except ImportError as e:  # triton missing or broken
         raise ConfigError(f"attention backend 'triton' is unavailable ({e}); pip install triton") from e
-    return attention
+    return fa
+
+
+def _triton_attention():
+    return _triton_kernels().attention
+
+
+_TRITON_ATTENTION = _triton_attention  # bench.flops' counting mode swaps _triton_attention for a traced one
 
 
 class Attention(nn.MultiheadAttention):
@@ -179,6 +187,12 @@ class Attention(nn.MultiheadAttention):
             return out
         B, Nq, E = query.shape
         Nk, H = key.shape[1], self.num_heads
+        if self.backend == "triton" and query is key and key is value and _triton_attention is _TRITON_ATTENTION:
+            # the kernel reads q, k, v through strides of the packed projection and writes its gradient whole
+            # (the unpacked path below pays a gather for the output and a cat of dq, dk, dv per call)
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3E)
+            p = self.dropout if self.training else 0.0
+            return self.out_proj(_triton_kernels().attention_qkv(qkv, H, dropout_p=p))  # (B, N, E)
         if query is key and key is value:  # self-attention: one projection GEMM
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         else:

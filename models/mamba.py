@@ -1,13 +1,15 @@
 """The Mamba mixer (Gu & Dao 2023) with its backends, side by side.
 
   mamba_ssm  — `mamba_ssm.Mamba` with its fused CUDA kernels (causal-conv1d + selective scan).
+  cpu_fused  — `MambaRef` below with the fused C++ CPU scan (kernels/selective_scan_cpu.py, compiled on first
+               use); on non-CPU tensors it runs the reference scan. `auto` picks it when there is no CUDA.
   reference  — `MambaRef` below: pure PyTorch, runs anywhere, same parameter names and shapes as
                `mamba_ssm.Mamba` (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj), so one checkpoint
-               loads into either.
+               loads into any Mamba-1 backend (mamba_ssm, cpu_fused, reference).
   mamba2     — `mamba_ssm.Mamba2` (Mamba-2 / SSD, Dao & Gu 2024; d_state 64, head dim 64), fused kernels.
   mamba2_ref — `models.mamba2.Mamba2Ref`: pure PyTorch, mamba_ssm.Mamba2's parameters. Mamba-2 and Mamba-1
-               parameters differ, so a checkpoint moves within a family only (mamba_ssm ↔ reference,
-               mamba2 ↔ mamba2_ref).
+               parameters differ, so a checkpoint moves within a family only (mamba_ssm ↔ cpu_fused ↔
+               reference, mamba2 ↔ mamba2_ref).
 
 Padding (`pad_multiple`, the length pathology of issue 10): mamba_ssm's selective scan takes 16-byte vector
 loads only when L is a multiple of its chunk (2048 for L > 1024) and guarded per-element loads otherwise
@@ -26,12 +28,14 @@ so training memory is O(B·d_inner·d_state·L/T) for the carried states instead
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kernels import selective_scan_cpu as cpu_scan
 from models.common import ConfigError
 from models.mamba2 import Mamba2Ref
 
@@ -44,23 +48,44 @@ try:
 except Exception:
     Mamba2CUDA = None
 
-MIXER_BACKENDS = ("auto", "mamba_ssm", "reference", "mamba2", "mamba2_ref")
+MIXER_BACKENDS = ("auto", "mamba_ssm", "cpu_fused", "reference", "mamba2", "mamba2_ref")
 MAMBA2_BACKENDS = ("mamba2", "mamba2_ref")  # the Mamba-2 family; every other backend is Mamba-1
 MAMBA2_D_STATE, MAMBA2_HEADDIM = 64, 64  # Mamba-2 mixers (the config's d_state is Mamba-1's)
 INSTALL_HINT = "pip install mamba-ssm causal-conv1d --no-build-isolation (needs a CUDA GPU and toolchain)"
 SCAN_CHUNK = 2048  # mamba_ssm's selective-scan chunk (128 threads × 16 items) for L > 1024
 PAD_CHOICES = "auto, off or a positive integer k"
+_NOTED: set = set()
+
+
+def _note_once(msg: str) -> None:
+    if msg not in _NOTED:
+        _NOTED.add(msg)
+        sys.stderr.write(f"note: {msg}\n")
 
 
 def resolve_mixer_backend(backend: str) -> str:
-    """'auto' → mamba_ssm when it is importable and CUDA is present, else the reference."""
+    """'auto' → mamba_ssm when it is importable and CUDA is present; without CUDA the fused CPU scan when its
+    extension builds (compiled on the first call), else the reference (with a one-line note)."""
     if backend not in MIXER_BACKENDS:
         raise ConfigError(f"unknown mixer backend {backend!r}; choose one of {', '.join(MIXER_BACKENDS)}")
     if backend == "auto":
-        return "mamba_ssm" if (MambaCUDA is not None and torch.cuda.is_available()) else "reference"
+        if MambaCUDA is not None and torch.cuda.is_available():
+            return "mamba_ssm"
+        if torch.cuda.is_available():
+            return "reference"
+        if cpu_scan.available():
+            return "cpu_fused"
+        _note_once(f"mixer backend auto → reference: the fused CPU scan did not build ({cpu_scan.build_error()}); "
+                   f"it {cpu_scan.INSTALL_HINT}")  # fmt: skip
+        return "reference"
     for name, cls in (("mamba_ssm", MambaCUDA), ("mamba2", Mamba2CUDA)):
         if backend == name and cls is None:
             raise ConfigError(f"mixer backend {name!r} needs the mamba-ssm package: {INSTALL_HINT}")
+    if backend == "cpu_fused" and not cpu_scan.available():
+        raise ConfigError(
+            f"mixer backend 'cpu_fused' could not build its C++ extension ({cpu_scan.build_error()}); "
+            f"it {cpu_scan.INSTALL_HINT}"
+        )
     return backend
 
 
@@ -189,11 +214,59 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # ----------------------------------------------------------------------------------------------
 
 
-class MambaRef(nn.Module):
-    """Pure-PyTorch Mamba mixer, mamba_ssm.Mamba's parameters and init. (B, L, D) -> (B, L, D)."""
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size=64):
+    """The fused C++ scan on CPU tensors (kernels/selective_scan_cpu.py), the reference elsewhere. One signature."""
+    scan = cpu_scan.selective_scan_cpu if u.device.type == "cpu" else selective_scan_ref
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size=chunk_size)
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4):
+
+class CausalConvTimeMajor(torch.autograd.Function):
+    """Causal depthwise conv on x (B, L, C) in x's own layout: y_t = bias + sum_k w_k · x_{t-(K-1)+k}.
+    The same function as nn.Conv1d(C, C, K, groups=C, padding=K-1) on x.transpose(1, 2), first L outputs, with
+    no (B, L, C) <-> (B, C, L) copies; the backward is K shifted multiply-adds and K reductions."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x (B, L, C), weight (C, 1, K), bias (C,)
+        K, L = weight.shape[-1], x.shape[1]
+        w = weight[:, 0, :]  # (C, K)
+        y = torch.addcmul(bias, x, w[:, K - 1])  # (B, L, C), the tap on x_t itself
+        for k in range(K - 1):
+            m = K - 1 - k  # this tap reads x_{t-m}
+            if m < L:
+                y[:, m:].addcmul_(x[:, : L - m], w[:, k])
+        ctx.save_for_backward(x, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # g (B, L, C)
+        x, weight = ctx.saved_tensors
+        K, L = weight.shape[-1], x.shape[1]
+        w = weight[:, 0, :]  # (C, K)
+        dx = g * w[:, K - 1]  # (B, L, C)
+        dw = torch.zeros_like(w)  # (C, K)
+        dw[:, K - 1] = (g * x).sum((0, 1))
+        for k in range(K - 1):
+            m = K - 1 - k
+            if m < L:
+                dx[:, : L - m].addcmul_(g[:, m:], w[:, k])
+                dw[:, k] = (g[:, m:] * x[:, : L - m]).sum((0, 1))
+        return dx, dw.unsqueeze(1), g.sum((0, 1))
+
+
+def causal_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """nn.Conv1d(C, C, K, groups=C, padding=K-1)(x.transpose(1, 2))[..., :L].transpose(1, 2) on x (B, L, C)."""
+    return CausalConvTimeMajor.apply(x, weight, bias)
+
+
+class MambaRef(nn.Module):
+    """Pure-PyTorch Mamba mixer, mamba_ssm.Mamba's parameters and init. (B, L, D) -> (B, L, D).
+    fused=True: the scan is selective_scan_fused (the `cpu_fused` backend); the function is the same."""
+
+    def __init__(
+        self, d_model, d_state=16, d_conv=4, expand=2, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, fused=False
+    ):
         super().__init__()
+        self.fused = fused
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
@@ -217,12 +290,18 @@ class MambaRef(nn.Module):
         L = hidden.shape[1]
         xz = self.in_proj(hidden)  # (B, L, 2·d_inner)
         x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) each
-        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (B, d_inner, L), causal depthwise conv
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
+        if self.fused:  # time-major throughout: no (B, L, d) <-> (B, d, L) copies; the fused scan takes any strides
+            x = F.silu(causal_conv_time_major(x, self.conv1d.weight, self.conv1d.bias))  # (B, L, d_inner)
+            x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2n)
+            x = x.transpose(1, 2)  # (B, d_inner, L) view
+        else:
+            x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (B, d_inner, L), causal depthwise conv
+            x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2n)
         dt, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L), bias is added in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, n)
-        y = selective_scan_ref(
+        scan = selective_scan_fused if self.fused else selective_scan_ref  # module globals: bench.flops patches them
+        y = scan(
             x,
             dt,
             A,
@@ -253,4 +332,4 @@ def make_mixer(backend: str, d_model: int, d_state: int, d_conv: int, expand: in
         if MambaCUDA is None:
             raise ConfigError(f"mixer backend 'mamba_ssm' needs the mamba-ssm package: {INSTALL_HINT}")
         return MambaCUDA(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
-    return MambaRef(d_model, d_state=d_state, d_conv=d_conv, expand=expand)
+    return MambaRef(d_model, d_state=d_state, d_conv=d_conv, expand=expand, fused=backend == "cpu_fused")

@@ -528,7 +528,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
+    p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | cpu_fused | reference")
     p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton | flex (flex: --dropout 0)")
     for flag, cast in (("--d-model", positive_int), ("--num-layers", positive_int), ("--num-heads", positive_int),
                        ("--dim-feedforward", positive_int), ("--dropout", dropout_rate)):  # fmt: skip

@@ -27,8 +27,12 @@ def tame_cpu_allocator(threshold: int = 1 << 20) -> bool:
 
     glibc raises its mmap threshold after each large free, so later tensor-sized blocks come from the heap and stay
     resident: the reference Mamba's training step at batch 8 peaked at 24 GB of RSS on CPU (0.9 GB with this).
-    No-op where mallopt is missing (non-glibc); returns whether it applied.
+    Called by `import models` (every entry point, notebooks included) and by the CLIs. No-op where mallopt is
+    missing (non-glibc) or SPARSE_KEEP_MALLOC=1 (glibc's defaults, or a preloaded tcmalloc: make's CPU targets);
+    returns whether it applied.
     """
+    if os.environ.get("SPARSE_KEEP_MALLOC") == "1":
+        return False
     try:
         import ctypes
 

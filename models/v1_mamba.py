@@ -1,11 +1,11 @@
 """V1: MambaDiffusion — sparse-field flow matching with a Mamba (state-space, O(N)) encoder.
 
 tokens (inputs then queries, row-major) → num_layers residual pre-norm Mamba blocks → final LayerNorm
-→ split → queries cross-attend to inputs → linear decoder. The mixer is mamba_ssm's fused CUDA Mamba or
-the pure-PyTorch reference (models/mamba.py); both share parameter names, so checkpoints move freely
-(and the Mamba-2 pair mamba2 / mamba2_ref, whose parameters are Mamba-2's). `pad_multiple` pads the token
-sequence at its end before the blocks and drops the padded outputs (a causal scan: the real tokens' outputs
-do not change), for mamba_ssm's length pathology (models/mamba.py).
+→ split → queries cross-attend to inputs → linear decoder. The mixer is mamba_ssm's fused CUDA Mamba, the
+fused C++ CPU scan (cpu_fused) or the pure-PyTorch reference (models/mamba.py); all share parameter names, so
+checkpoints move freely (and the Mamba-2 pair mamba2 / mamba2_ref, whose parameters are Mamba-2's). `pad_multiple`
+pads the token sequence at its end before the blocks and drops the padded outputs (a causal scan: the real tokens'
+outputs do not change), for mamba_ssm's length pathology (models/mamba.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class V1Config:
     fourier_scale: float = 4.0  # std of the Fourier frequencies, cycles per unit of [0, 1] (32² Nyquist: 16)
     prediction: str = "x1"  # what the decoder outputs: x1 (clean values; v = (x̂1 − x_t)/(1 − t)) | velocity
     value_channels: int = 3  # channels of the field (RGB)
-    mixer_backend: str = "auto"  # auto | mamba_ssm (fused CUDA) | reference (pure PyTorch) | mamba2 | mamba2_ref
+    mixer_backend: str = "auto"  # auto | mamba_ssm (CUDA) | cpu_fused (C++ CPU scan) | reference | mamba2 | mamba2_ref
     attn_backend: str = "sdpa"  # cross-attention core: seed | sdpa | triton | flex
     pad_multiple: str = "auto"  # pad tokens to a multiple of k: auto (2048 on mamba_ssm past 1024 tokens) | off | k
 

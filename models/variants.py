@@ -150,7 +150,7 @@ def series_name(model: str, backend: str) -> str:
 register(Variant(
     key="v1", short="V1", family="Mamba", complexity="O(N)", cls=MambaDiffusion, make_config=v1_config,
     backend_field="mixer_backend", backends=MAMBA_BACKENDS,
-    primary={"cuda": "mamba_ssm", "cpu": "reference"}, fallback=("mamba_ssm", "reference"),
+    primary={"cuda": "mamba_ssm", "cpu": "cpu_fused"}, fallback=("mamba_ssm", "cpu_fused", "reference"),
     encoder_prefixes=MambaDiffusion.encoder_prefixes,
     flops=FlopParts(mixer=("mamba",), layer=("mamba",)),
     mixer_desc="one Mamba mixer", color="tab:blue",
@@ -162,7 +162,7 @@ register(Variant(
     key="v2", short="V2", family="bidirectional Mamba + Perceiver", complexity="O(N)",
     cls=BiMambaPerceiverDiffusion, make_config=v2_config,
     backend_field="mixer_backend", backends=MAMBA_BACKENDS,
-    primary={"cuda": "mamba_ssm", "cpu": "reference"}, fallback=("mamba_ssm", "reference"),
+    primary={"cuda": "mamba_ssm", "cpu": "cpu_fused"}, fallback=("mamba_ssm", "cpu_fused", "reference"),
     encoder_prefixes=BiMambaPerceiverDiffusion.encoder_prefixes,
     # per block: a forward and a backward Mamba mixer and their combination; after the encoder, M latents read the
     # N tokens (+ MLP) and the queries read the latents (instead of the encoded inputs)
@@ -177,7 +177,7 @@ register(Variant(
     key="v3", short="V3", family="Morton-ordered Mamba", complexity="O(N)",
     cls=MortonMambaDiffusion, make_config=v3_config,
     backend_field="mixer_backend", backends=MAMBA_BACKENDS,
-    primary={"cuda": "mamba_ssm", "cpu": "reference"}, fallback=("mamba_ssm", "reference"),
+    primary={"cuda": "mamba_ssm", "cpu": "cpu_fused"}, fallback=("mamba_ssm", "cpu_fused", "reference"),
     encoder_prefixes=MortonMambaDiffusion.encoder_prefixes,
     flops=FlopParts(mixer=("mamba",), layer=("mamba",)),  # V1's (the ordering is two argsorts and gathers)
     mixer_desc="one Mamba mixer", color="tab:purple",

@@ -7,7 +7,19 @@ backend and resolution.
 On a GPU: the spec's model sizes, batch 8, r = 32, 64, 128, bf16 autocast, CUDA synchronised inside the timed
 call. Without CUDA: the tiny preset at r = 8 and 16, one thread (a smoke run of seconds). Analytic FLOPs and peak
 memory go to benchmark.extra_info; GPU details to the machine info (conftest.py).
+
+CPU only (issue 16), the default preset at batch 8, 32² (1,024 tokens), fp32, peak RSS in extra_info:
+
+    pytest tests/bench -k cpu_ --benchmark-only --benchmark-group-by=group   # ≈ 3 min on 2 quiet cores
+
+    test_cpu_scan        selective scan fwd+bwd (b 8, d_inner 512, d_state 16, L 1024): fused vs reference, 2 threads
+    test_cpu_layer       one Mamba mixer fwd+bwd on (8, 1024, 256): cpu_fused vs reference, 2 threads
+    test_cpu_train_step  the whole training step (AdamW), V1 cpu_fused and V4 sdpa, on 1 and on 2 threads
 """
+
+import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -71,4 +83,115 @@ def test_model(benchmark, model, backend, kind, res):
         **{k: v for k, v in mem.items() if v == v},  # drop NaN (not measured here)
     )  # fmt: skip
     benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    measure.free_memory(DEVICE)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: the fused selective scan (issue 16) at the default preset, batch 8, 32²
+# ----------------------------------------------------------------------------------------------
+
+cpu_only = pytest.mark.skipif(CUDA, reason="CPU benchmarks (issue 16)")
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _rss_extra(benchmark, fn):
+    mem = measure.measure_memory(fn, torch.device("cpu"))
+    benchmark.extra_info.update(rss_before_mb=mem["rss_before_mb"], rss_peak_mb=mem["rss_peak_mb"])
+
+
+def _pedantic_cpu(benchmark, fn, rounds):
+    """benchmark.pedantic, plus the process CPU time per call (time.process_time, all threads) and the load
+    average in extra_info: on a shared machine wall time and CPU time part ways, and the load says by how much."""
+    cpu = []
+
+    def timed():
+        t0 = time.process_time()
+        fn()
+        cpu.append(time.process_time() - t0)
+
+    load_before = os.getloadavg()[0]
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(
+        cpu_s_median=statistics.median(cpu), loadavg_1min_before=load_before, loadavg_1min_after=os.getloadavg()[0]
+    )
+
+
+@cpu_only
+@pytest.mark.parametrize("threads", [2], indirect=True, ids=["2threads"])
+@pytest.mark.parametrize("impl", ["cpu_fused", "reference"])
+def test_cpu_scan(benchmark, impl, threads):
+    import models.mamba as mamba_mod
+
+    problem = measure.backend_problem("v1", impl, DEVICE)
+    if problem:
+        pytest.skip(problem)
+    g = torch.Generator().manual_seed(0)
+    b, d, n, L = 8, 512, 16, 1024
+    leaves = [
+        torch.randn(b, d, L, generator=g),  # u
+        torch.randn(b, d, L, generator=g) * 0.5,  # delta
+        -torch.rand(d, n, generator=g) * 4 - 0.1,  # A
+        torch.randn(b, n, L, generator=g),  # B
+        torch.randn(b, n, L, generator=g),  # C
+        torch.randn(d, generator=g),  # D
+        torch.randn(b, d, L, generator=g),  # z
+        torch.randn(d, generator=g) * 0.1,  # delta_bias
+    ]
+    leaves = [t.requires_grad_() for t in leaves]
+    scan = mamba_mod.selective_scan_fused if impl == "cpu_fused" else mamba_mod.selective_scan_ref
+
+    def fwd_bwd():
+        y = scan(*leaves, delta_softplus=True)
+        torch.autograd.grad(y.sum(), leaves)
+
+    fwd_bwd()
+    _rss_extra(benchmark, fwd_bwd)
+    benchmark.group = "cpu scan fwd+bwd (8, 512, 16, 1024)"
+    benchmark.extra_info.update(impl=impl, threads=threads, shape="b8 d512 n16 L1024")
+    _pedantic_cpu(benchmark, fwd_bwd, rounds=5 if impl == "cpu_fused" else 3)
+
+
+@cpu_only
+@pytest.mark.parametrize("threads", [2], indirect=True, ids=["2threads"])
+@pytest.mark.parametrize("backend", ["cpu_fused", "reference"])
+def test_cpu_layer(benchmark, backend, threads):
+    problem = measure.backend_problem("v1", backend, DEVICE)
+    if problem:
+        pytest.skip(problem)
+    wl = measure.build_workload("v1", backend, "mixer", "default", DEVICE)
+    inputs = wl.inputs(8, 1024, DEVICE)
+    inputs["x"].requires_grad_()
+
+    def fwd_bwd():
+        wl.module.zero_grad(set_to_none=True)
+        wl.loss(inputs).backward()
+
+    fwd_bwd()
+    _rss_extra(benchmark, fwd_bwd)
+    benchmark.group = "cpu one Mamba layer fwd+bwd (8, 1024, 256)"
+    benchmark.extra_info.update(backend=backend, threads=threads)
+    _pedantic_cpu(benchmark, fwd_bwd, rounds=5 if backend == "cpu_fused" else 3)
+
+
+@cpu_only
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1thread", "2threads"])
+@pytest.mark.parametrize("model,backend", [("v1", "cpu_fused"), ("v4", "sdpa")], ids=["v1-cpu_fused", "v4-sdpa"])
+def test_cpu_train_step(benchmark, model, backend, threads):
+    problem = measure.backend_problem(model, backend, DEVICE)
+    if problem:
+        pytest.skip(problem)
+    wl = measure.build_workload(model, backend, "model", "default", DEVICE)
+    step = measure.make_train_step(wl, wl.inputs(8, 1024, DEVICE), DEVICE, amp=True)
+    step()  # AdamW state, allocator warm-up
+    _rss_extra(benchmark, step)
+    benchmark.group = f"cpu training step, batch 8, 32², default preset, {threads} thread(s)"
+    benchmark.extra_info.update(model=model, backend=backend, threads=threads, params=wl.params)
+    _pedantic_cpu(benchmark, step, rounds=5)
     measure.free_memory(DEVICE)

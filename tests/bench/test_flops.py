@@ -47,7 +47,7 @@ def test_mamba_parts_are_linear_in_N_and_B():
 # The three counts agree (CPU, tiny models)
 # ----------------------------------------------------------------------------------------------
 
-CASES = [("v1", "reference"), ("v4", "sdpa"), ("v4", "seed")]
+CASES = [("v1", "reference"), ("v1", "cpu_fused"), ("v4", "sdpa"), ("v4", "seed")]
 
 
 @pytest.mark.parametrize("level", ["mixer", "encoder", "model"])

@@ -21,7 +21,9 @@ def test_quick_writes_csv_md_json_png(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
     df = pd.read_csv(csvs[0])
     assert set(ak.COLUMNS) <= set(df.columns)
-    tri = df[df["backend"] == "triton"]
+    host = df[df["case"] == "host"]
+    assert set(host["backend"]) == {"triton", "sdpa"} and (host["ms"] > 0).all()
+    tri = df[(df["backend"] == "triton") & (df["case"] != "host")]
     assert set(tri["pass"]) == {"fwd", "fwd+bwd"}
     assert (tri["status"] == "ok").all()
     assert (tri["tflops"] > 0).all()
@@ -29,6 +31,44 @@ def test_quick_writes_csv_md_json_png(tmp_path):
     assert (tri["p20_ms"] <= tri["p80_ms"]).all()
     md = stem.with_suffix(".md").read_text()
     assert "| N |" in md and "triton / fastest SDPA" in md and "Bar:" in md
+    assert "Host time per call" in md
+
+
+def test_quick_covers_the_model_calls_with_dropout(tmp_path):
+    argv = ["--quick", "--cases", "packed", "cross", "--dropout", "0", "0.1", "--passes", "fwd+bwd", "--no-host"]
+    assert ak.main([*argv, "--backends", "triton", "sdpa_flash", "--no-plot", "--out", str(tmp_path)]) == 0
+    (csv,) = tmp_path.glob("attention_kernel_*.csv")
+    df = pd.read_csv(csv)
+    tri = df[df["backend"] == "triton"]
+    assert set(tri["case"]) == {"packed", "cross"} and set(tri["p"]) == {0.0, 0.1}
+    assert (tri["status"] == "ok").all()
+    cross = tri[tri["case"] == "cross"].iloc[0]
+    assert cross["Nq"] > cross["Nk"]  # 0.8 N queries onto 0.2 N inputs
+    assert (tri[tri["p"] == 0.0]["rel_err"] < 2e-2).all()
+    md = csv.with_suffix(".md").read_text()
+    assert "packed, dropout 0.1" in md and "cross" in md
+
+
+def test_replot_of_a_csv_without_case_columns(tmp_path):
+    """Result files written before the case / p / Nq / Nk columns still render (the committed H200 run)."""
+    rows = [ak._row(b, 32, 32, 1024, "fwd", 64, 8, "bf16", "ok") for b in ("triton", "sdpa_flash")]
+    for row, ms in zip(rows, (1.0, 1.2)):
+        row.update(ms=ms, p20_ms=ms, p80_ms=ms, tflops=100.0 / ms, rel_err=1e-3)
+    ak._fill_ratios(rows)
+    old = [c for c in ak.COLUMNS if c not in ("case", "p", "Nq", "Nk")]
+    csv = tmp_path / "attention_kernel_B64_H8_bf16.csv"
+    pd.DataFrame(rows)[old].to_csv(csv, index=False)
+    assert ak.main(["--replot", str(csv)]) == 0
+    md = csv.with_suffix(".md").read_text()
+    assert "## D = 32, self, fwd" in md and "N=1024: met (1.20 vs ≥0.9)" in md
+
+
+def test_model_step_quick(tmp_path):
+    argv = ["--model-step", "--quick", "--res", "4", "--dropout", "0.1", "--batch", "1", "--out", str(tmp_path)]
+    assert ak.main(argv) == 0
+    df = pd.read_csv(tmp_path / "attention_kernel_v4step_B1_fp32.csv")
+    assert set(df["backend"]) == {"sdpa", "triton"} and (df["status"] == "ok").all() and (df["median_ms"] > 0).all()
+    assert "| 4 | 16 |" in (tmp_path / "attention_kernel_v4step_B1_fp32.md").read_text()
 
 
 def test_replot_from_csv(tmp_path):

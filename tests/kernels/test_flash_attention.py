@@ -17,7 +17,14 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.flash_attention as fa  # noqa: E402
-from kernels.flash_attention import attention, attention_ref, dropout_mask  # noqa: E402
+from kernels.flash_attention import (  # noqa: E402
+    attention,
+    attention_qkv,
+    attention_ref,
+    dropout_mask,
+    dropout_mask_ref,
+    effective_dropout_p,
+)
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -90,7 +97,10 @@ def run_fwd_bwd(q, k, v, *, causal=False, dropout_p=0.0, seed=None, sm_scale=Non
 
 
 def run_ref(q, k, v, dout, *, causal=False, dropout_p=0.0, mask=None, sm_scale=None):
+    """fp32/fp64 reference; with the kernel's ``mask``, at the kernel's 8-bit drop rate round(256 p) / 256."""
     rd = ref_dtype(q.dtype)
+    if mask is not None:
+        dropout_p = fa.effective_dropout_p(dropout_p)
     qr, kr, vr = (x.detach().to(rd).requires_grad_() for x in (q, k, v))
     ref = attention_ref(qr, kr, vr, causal=causal, dropout_p=dropout_p, dropout_mask=mask, sm_scale=sm_scale)
     ref.backward(dout.to(rd))
@@ -181,16 +191,15 @@ def test_explicit_scale_and_large_logits(sm_scale):
 def test_poisoned_buffers(monkeypatch):
     """Every element of the output, LSE/delta scratch and gradients must be written by the kernels."""
 
+    real_out_like = fa._out_like
+
     def nan_like(t):
-        out = torch.empty_like(t)
-        if out.stride(-1) != 1:
-            out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-        return out.fill_(float("nan"))
+        return real_out_like(t).fill_(float("nan"))
 
     def nan_buffer(shape, device):
         return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
 
-    monkeypatch.setattr(fa, "_empty_like_rowmajor", nan_like)
+    monkeypatch.setattr(fa, "_out_like", nan_like)
     monkeypatch.setattr(fa, "_new_buffer", nan_buffer)
     q, k, v = qkv(1, 2, 77, 130, 16, torch.float32, seed=5)
     check_against_ref(q, k, v, causal=True)
@@ -323,13 +332,14 @@ def test_delta_uses_unrounded_output():
 
 def test_residual_only_stored_when_grads_are_needed(monkeypatch):
     allocated = []
+    real_out_like = fa._out_like
 
     def counting(t):
-        out = torch.empty_like(t)
+        out = real_out_like(t)
         allocated.append(out)
         return out
 
-    monkeypatch.setattr(fa, "_empty_like_rowmajor", counting)
+    monkeypatch.setattr(fa, "_out_like", counting)
     q, k, v = qkv(1, 1, 20, 30, 16, torch.float16)
     with torch.no_grad():
         attention(q.requires_grad_(), k, v)
@@ -380,6 +390,7 @@ def test_dropout_keep_rate(p):
     assert m.shape == (B, H, Nq, Nk) and m.dtype == torch.bool
     n = m.numel()
     rate = m.float().mean().item()
+    p = effective_dropout_p(p)
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs(rate - (1 - p)) < 5 * sigma, (rate, 1 - p, sigma)
     # streams differ between heads and batches, and rows are not copies of each other
@@ -390,6 +401,47 @@ def test_dropout_keep_rate(p):
     col_rate = m.float().mean(dim=(0, 1, 2))
     col_sigma = math.sqrt(p * (1 - p) / (B * H * Nq))
     assert ((col_rate - (1 - p)).abs() < 6 * col_sigma).all()
+
+
+def test_effective_dropout_p_is_the_8bit_threshold():
+    assert effective_dropout_p(0.1) == 26 / 256 == 0.1015625
+    assert effective_dropout_p(0.5) == 0.5
+    assert effective_dropout_p(0.0) == 0.0
+    assert effective_dropout_p(1 / 512) == 1 / 256
+
+
+MASK_SHAPES = [(1, 2, 40, 70, 0.3, 1234), (2, 1, 17, 33, 0.1, 7), (1, 1, 64, 128, 0.5, 2**31 + 5), (1, 1, 1, 1, 0.2, 3)]
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,p,seed", MASK_SHAPES)
+def test_dropout_mask_matches_plain_pytorch_reference(B, H, Nq, Nk, p, seed):
+    """The kernels' RNG (through dropout_mask) is exactly dropout_mask_ref: Philox-4x32-7 + the 16-per-call map."""
+    assert torch.equal(dropout_mask(seed, B, H, Nq, Nk, p, DEVICE).cpu(), dropout_mask_ref(seed, B, H, Nq, Nk, p))
+
+
+def _joint_keep_ok(a: torch.Tensor, b: torch.Tensor, keep: float, what: str) -> None:
+    """a, b: paired keep decisions; independent ones are both kept with probability keep**2 (5 sigma)."""
+    n = a.numel()
+    both = (a & b).float().mean().item()
+    sigma = math.sqrt(keep**2 * (1 - keep**2) / n)
+    assert abs(both - keep**2) < 5 * sigma, (what, both, keep**2, sigma)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_independent_across_rows_columns_heads_batch_seeds(p):
+    """Pairs of elements that share one Philox call (rows i, i+8; columns j, j+1, j+8, j+16) or not (rows
+    i, i+1, i+16; columns j, j+2, j+32), other heads, batches and seeds: joint keep rate (1-p)^2."""
+    B, H, N = 2, 2, 256
+    m = dropout_mask_ref(11, B, H, N, N, p)
+    keep = 1 - effective_dropout_p(p)
+    for d in (1, 8, 16):
+        _joint_keep_ok(m[:, :, :-d], m[:, :, d:], keep, f"rows {d} apart")
+    for d in (1, 2, 8, 16, 32):
+        _joint_keep_ok(m[..., :-d], m[..., d:], keep, f"columns {d} apart")
+    _joint_keep_ok(m[:, 0], m[:, 1], keep, "heads")
+    _joint_keep_ok(m[0], m[1], keep, "batch")
+    _joint_keep_ok(m, dropout_mask_ref(12, B, H, N, N, p), keep, "seeds 11, 12")
+    assert torch.equal(m, dropout_mask_ref(11 + 2**31, B, H, N, N, p))  # seeds are taken modulo 2**31
 
 
 def test_dropout_mask_depends_on_seed_only_through_stream():
@@ -441,6 +493,48 @@ def test_dropout_unbiased_on_average():
 
 
 # ----------------------------------------------------------------------------------------------------
+# packed self-attention (the model's (B, N, 3, H, D) projection)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_attention_qkv_matches_unpacked_call(dtype, dropout_p):
+    """attention_qkv(qkv) == attention on the chunked head views (same seed: same mask), forward and grads,
+    with the output in (B, N, H*D) and the gradient in qkv's own (B, N, 3*H*D) layout (no copies)."""
+    B, N, H, D = 2, 70, 2, 16
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    base = torch.randn(B, N, 3 * H * D, generator=g, device=DEVICE).to(dtype)
+    dout = torch.randn(B, N, H * D, generator=g, device=DEVICE).to(dtype)
+    packed = base.clone().requires_grad_()
+    out = attention_qkv(packed, H, dropout_p=dropout_p, seed=9)
+    assert out.shape == (B, N, H * D) and out.is_contiguous()
+    out.backward(dout)
+    assert packed.grad.shape == packed.shape and packed.grad.is_contiguous()
+    plain = base.clone().requires_grad_()
+    q, k, v = (t.view(B, N, H, D).transpose(1, 2) for t in plain.chunk(3, dim=-1))  # (B, H, N, D) each
+    ref = attention(q, k, v, dropout_p=dropout_p, seed=9).transpose(1, 2).reshape(B, N, H * D)
+    ref.backward(dout)
+    assert torch.equal(out, ref)
+    assert torch.equal(packed.grad, plain.grad)
+
+
+def test_attention_qkv_against_reference():
+    B, N, H, D = 1, 45, 2, 32
+    g = torch.Generator(device=DEVICE).manual_seed(4)
+    packed = torch.randn(B, N, 3 * H * D, generator=g, device=DEVICE).requires_grad_()
+    out = attention_qkv(packed, H, causal=True)
+    dout = torch.randn(out.shape, generator=g, device=DEVICE)
+    out.backward(dout)
+    ref_in = packed.detach().double().requires_grad_()
+    q, k, v = (t.view(B, N, H, D).transpose(1, 2) for t in ref_in.chunk(3, dim=-1))
+    ref = attention_ref(q, k, v, causal=True).transpose(1, 2).reshape(B, N, H * D)
+    ref.backward(dout.double())
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(packed.grad, ref_in.grad) < 2e-5
+
+
+# ----------------------------------------------------------------------------------------------------
 # bad inputs
 # ----------------------------------------------------------------------------------------------------
 
@@ -481,6 +575,10 @@ BAD_CASES = {
     "mask_p_one": lambda: dropout_mask(1, 1, 1, 4, 4, 1.0, DEVICE),
     "mask_bad_size": lambda: dropout_mask(1, 1, 1, 0, 4, 0.1, DEVICE),
     "mask_seed_none": lambda: dropout_mask(None, 1, 1, 4, 4, 0.1, DEVICE),
+    "dropout_below_8bit": lambda: attention(_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), dropout_p=0.001),
+    "qkv_rank4": lambda: attention_qkv(_t(1, 2, 8, 48), 2),
+    "qkv_not_divisible": lambda: attention_qkv(_t(1, 8, 50), 2),
+    "qkv_heads_zero": lambda: attention_qkv(_t(1, 8, 48), 0),
 }
 
 
@@ -509,7 +607,7 @@ def test_bf16_under_interpreter_is_refused(monkeypatch):
 
 
 def test_public_api():
-    assert set(fa.__all__) >= {"attention", "attention_ref", "dropout_mask"}
+    assert set(fa.__all__) >= {"attention", "attention_qkv", "attention_ref", "dropout_mask", "dropout_mask_ref"}
     assert fa.interpreter_active() == (os.environ.get("TRITON_INTERPRET") == "1")
 
 
@@ -575,11 +673,44 @@ def test_gpu_dropout_bf16(causal):
     check_against_ref(q, k, v, causal=causal, dropout_p=0.1, seed=2024)
     m = dropout_mask(2024, B, H, N, N, 0.1, DEVICE)
     rate = m.float().mean().item()
-    assert abs(rate - 0.9) < 5 * math.sqrt(0.09 / m.numel())
+    keep = 1 - effective_dropout_p(0.1)  # 230 / 256
+    assert abs(rate - keep) < 5 * math.sqrt(keep * (1 - keep) / m.numel())
+    assert torch.equal(m[:, :, :200, :300].cpu(), dropout_mask_ref(2024, B, H, N, N, 0.1)[:, :, :200, :300])
     o1, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.1, seed=1)
     o2, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.1, seed=1)
     o3, _, _ = run_fwd_bwd(q, k, v, dropout_p=0.1, seed=2)
     assert torch.equal(o1, o2) and not torch.equal(o1, o3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_gpu_fast_launch_matches_dispatched_launch(monkeypatch, dropout_p):
+    """The cached launch plans (second call of a shape onward) compute bit-identical results to triton's
+    normal dispatch, for the model's three calls: self, packed self and cross attention."""
+    B, H, N, D = 2, 8, 333, 32
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    packed = torch.randn(B, N, 3 * H * D, generator=g, device=DEVICE).to(torch.bfloat16)  # (B, N, 3E)
+    q, k, v = qkv(B, H, 200, 77, D, torch.bfloat16, layout="bnhd", seed=2)
+
+    def run():
+        outs = []
+        x = packed.detach().requires_grad_()
+        o = attention_qkv(x, H, dropout_p=dropout_p, seed=3)
+        o.backward(torch.ones_like(o))
+        outs += [o, x.grad]
+        out, grads, _ = run_fwd_bwd(q, k, v, dropout_p=dropout_p, seed=4)
+        return outs + [out, *grads]
+
+    monkeypatch.setattr(fa, "_FAST_LAUNCH", True)
+    fa._PLANS.clear()
+    first = run()  # misses: dispatched, plans recorded
+    hits = fa._PLAN_STATS["hits"]
+    second = run()  # hits
+    assert fa._PLAN_STATS["hits"] - hits == 8  # (fwd + preprocess + dK/dV + dQ) x 2 calls
+    monkeypatch.setattr(fa, "_FAST_LAUNCH", False)
+    third = run()
+    for a, b, c in zip(first, second, third):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 @pytest.mark.gpu

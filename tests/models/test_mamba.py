@@ -1,9 +1,12 @@
-"""The pure-PyTorch Mamba against a slow sequential scan, and (GPU) against mamba_ssm's fused kernels."""
+"""The pure-PyTorch Mamba against a slow sequential scan, the fused CPU backend against it, and (GPU) against
+mamba_ssm's fused kernels."""
 
 import pytest
 import torch
 
-from models.mamba import MambaRef, selective_scan_naive, selective_scan_ref
+from kernels import selective_scan_cpu as cpu_scan
+from models.common import ConfigError
+from models.mamba import MambaRef, resolve_mixer_backend, selective_scan_naive, selective_scan_ref
 
 
 def _scan_inputs(b=2, d=6, n=4, L=37, dtype=torch.float64, seed=0):
@@ -119,3 +122,74 @@ def test_v1_uses_fused_kernels_on_gpu():
     with torch.no_grad():
         a, b = model(*args), ref(*args)
     assert ((a - b).norm() / b.norm()).item() < 2e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# The cpu_fused backend: MambaRef with the fused C++ scan
+# ----------------------------------------------------------------------------------------------
+
+needs_cpu_scan = pytest.mark.skipif(not cpu_scan.available(), reason=f"no extension: {cpu_scan.build_error()}")
+
+
+@needs_cpu_scan
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks mamba_ssm / reference with CUDA")
+def test_auto_picks_the_fused_cpu_backend():
+    from models import build_model
+
+    assert resolve_mixer_backend("auto") == "cpu_fused"
+    model = build_model("v1", "tiny")
+    assert model.mixer_backend == "cpu_fused"
+    assert all(layer.mixer.fused for layer in model.layers)
+
+
+@needs_cpu_scan
+def test_fused_layer_matches_reference_layer_forward_and_backward():
+    torch.manual_seed(0)
+    ref = MambaRef(32, d_state=16)
+    fused = MambaRef(32, d_state=16, fused=True)
+    fused.load_state_dict(ref.state_dict())  # same names: checkpoints move between backends
+    x = torch.randn(2, 75, 32)
+    outs, grads = [], []
+    for m in (ref, fused):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        (y * torch.cos(x)).sum().backward()
+        outs.append(y.detach())
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for g_fused, g_ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-3, atol=1e-4)
+
+
+def test_forced_cpu_fused_without_a_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(cpu_scan, "available", lambda: False)
+    monkeypatch.setattr(cpu_scan, "build_error", lambda: "RuntimeError: c++: not found")
+    with pytest.raises(ConfigError, match="cpu_fused.*ninja.*g\\+\\+"):
+        resolve_mixer_backend("cpu_fused")
+    if not torch.cuda.is_available():  # auto falls back to the reference, with a one-line note
+        assert resolve_mixer_backend("auto") == "reference"
+
+
+@pytest.mark.parametrize("L", [1, 2, 37])
+def test_time_major_causal_conv_matches_conv1d(L):
+    from models.mamba import causal_conv_time_major
+
+    torch.manual_seed(L)
+    conv = torch.nn.Conv1d(12, 12, 4, groups=12, padding=3, bias=True).double()
+    x = torch.randn(3, L, 12, dtype=torch.float64, requires_grad=True)
+    want = conv(x.transpose(1, 2))[..., :L].transpose(1, 2)
+    got = causal_conv_time_major(x, conv.weight, conv.bias)
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(causal_conv_time_major, (x, conv.weight, conv.bias))
+
+
+@pytest.mark.gpu
+def test_cpu_fused_mixer_on_cuda_runs_the_reference_scan():
+    """A cpu_fused model moved to CUDA keeps working: its scan dispatches to selective_scan_ref there."""
+    torch.manual_seed(0)
+    ref = MambaRef(64, d_state=16).cuda()
+    fused = MambaRef(64, d_state=16, fused=True).cuda()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 300, 64, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-4, atol=1e-5)
