@@ -1,5 +1,7 @@
 # One-liners. Every target sets up .venv by itself; pass PY=python3 to use an existing interpreter instead
 # (the GPU machine: no network, torch already there). CPU machines get the CPU build of torch, never CUDA.
+# A CLI refuses bad input in ONE line (`<cli>: error: ...`) and exits 2: that line is the last one before make's
+# "Error 2" (tests/models/test_validate.py checks it).
 VENV   := .venv
 PY     ?= $(VENV)/bin/python
 MODEL  ?= v1

@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 
 from bench.env import environment
-from models.utils import atomic_savefig, atomic_to_csv, atomic_write_text
+from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text
+from models.validate import existing_file, writable_dir
 
 BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
@@ -113,8 +114,8 @@ def _dropout(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.attention_kernel",
+    p = ArgParser(
+        prog="bench.attention_kernel",
         description="Benchmark the Triton FlashAttention kernel against torch SDPA backends.",
     )
     p.add_argument("--batch", type=_positive_int, default=64, help="batch size B (default 64)")
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", choices=CASES, default=["self"], help="model calls (default self)")
     p.add_argument("--dropout", type=_dropout, nargs="+", default=[0.0], help="dropout probabilities (default 0)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="input dtype (default bf16)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default results/)")
+    p.add_argument("--out", type=lambda t: Path(writable_dir(t)), default=None,
+                   help="output directory (default results/ on a GPU, results/cpu/ otherwise)")  # fmt: skip
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=BACKENDS, help="backends to run")
     p.add_argument("--passes", nargs="+", choices=PASSES, default=PASSES, help="passes to time")
     p.add_argument("--warmup", type=_positive_int, default=25, help="do_bench warm-up time in ms (default 25)")
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-step", action="store_true", help="time V4's training step, sdpa vs triton, instead")
     p.add_argument("--quick", action="store_true", help="tiny sizes, just checks the code path runs")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--replot", type=Path, metavar="CSV", help="only re-render the MD and PNG from a saved CSV")
+    p.add_argument("--replot", type=existing_file, metavar="CSV", help="only re-render the MD and PNG from a saved CSV")
     return p
 
 
@@ -842,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail("--quick on CPU needs TRITON_INTERPRET=1 set before triton is imported")
 
     device = torch.device("cuda" if cuda else "cpu")
+    args.out = args.out or Path("results" if cuda else "results/cpu")  # a CPU run never writes the GPU report
     dtype_name = args.dtype
     if args.quick:
         args.heads = min(args.heads, 2)

@@ -30,6 +30,7 @@ then the report and figures from the saved data:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -63,6 +64,21 @@ from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check
 from models.sample import METHODS
 from models.train import MODEL_FLAGS, TrainConfig, config_overrides, env_number, flow_matching_loss, train, train_step
 from models.utils import ArgParser, atomic_to_csv, atomic_torch_save, atomic_write_text, cli_main, pick_device
+from models.validate import (
+    check_memory,
+    dropout_rate,
+    existing_dir,
+    fit_batch,
+    fraction,
+    guard_committed_results,
+    model_name,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    resolution,
+    run_bytes,
+    writable_dir,
+)
 
 ENV_OVERRIDES = ("NUM_HEADS", "DIM_FEEDFORWARD", "NUM_LAYERS", "D_MODEL", "DROPOUT", "BATCH_SIZE", "LR")
 
@@ -279,11 +295,49 @@ def check_args(a) -> None:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
     if not a.lr > 0:
         raise ConfigError(f"--lr must be > 0, got {a.lr}")
+    check_model_list(a)
+    for key in a.models:  # the model configs (flags + the spec's env vars): ConfigError on a bad combination
+        build_model(key, a.preset, model_overrides(a, key))
+    device = pick_device(a.device)
+    for key, estimate in memory_estimates(a, device).items():
+        check_memory(estimate, a.batch_size, a.resolution, device, f"a {key} training step on {device.type}")
+
+
+def check_model_list(a) -> None:
+    """--models (known, each once, at least two) and --baseline (one of them; default: v1 if listed, else the
+    first), filled in on `a`."""
     a.models, a.baseline = check_models(a.models, a.baseline)
     if len(a.models) < 2:
         raise ConfigError(f"--models needs a baseline and at least one model to compare with it, got {a.models}")
-    for key in a.models:  # the model configs (flags + the spec's env vars): ConfigError on a bad combination
-        build_model(key, a.preset, model_overrides(a, key))
+
+
+def memory_estimates(a, device) -> dict:
+    """{model: estimate(batch, resolution) → bytes} of one training step of each of --models, as models.train
+    checks it."""
+    out = {}
+    for key in a.models:
+        model = build_model(key, a.preset, model_overrides(a, key))
+        params, samples = sum(p.numel() for p in model.parameters()), a.train_samples + a.val_samples
+        out[key] = functools.partial(_step_bytes, type(model), model.cfg, device.type, params, samples)
+    return out
+
+
+def _step_bytes(cls, cfg, device_type, params, samples, batch, res) -> int:
+    return run_bytes(cls, cfg, res, batch, True, device_type, params, samples)
+
+
+def default_batch_size(a, device) -> int:
+    """$BATCH_SIZE, else 64 on a GPU; on a CPU the largest power of two <= models.train's CPU_BATCH that fits
+    every one of --models (announced)."""
+    from models.train import CPU_BATCH
+
+    env = env_number("BATCH_SIZE", int, None)
+    if env is not None or device.type == "cuda" or a.quick:
+        return env or 64
+    fits = [fit_batch(est, a.resolution, device, CPU_BATCH) or 1 for est in memory_estimates(a, device).values()]
+    print(f"[compare] CPU run: --batch-size {min(fits)} (the GPU default 64 is for GPUs; pass --batch-size to "
+          "choose)", flush=True)  # fmt: skip
+    return min(fits)
 
 
 STATE = "quality_state.pt"  # --phase time → --phase steps: everything the second process needs (no checkpoints)
@@ -338,18 +392,20 @@ def main_compare(argv=None) -> None:
     if first.report_only:
         print(f"wrote {write_report(first.out or 'results')}")
         return
-    out = Path(first.out or ("runs/quick" if first.quick else "results"))
+    on_gpu = pick_device(first.device).type == "cuda"
+    out = Path(first.out or ("runs/quick" if first.quick else "results" if on_gpu else "results/cpu"))
     if first.quick:
         p.set_defaults(**QUICK)
     p.set_defaults(out=str(out), work_dir=str(out / "runs") if first.quick else "runs/compare")
     a = p.parse_args(argv)
-    if a.batch_size is None:  # an explicit value is checked, never replaced
-        a.batch_size = env_number("BATCH_SIZE", int, 64)
-    if a.lr is None:
-        a.lr = env_number("LR", float, 1e-3)
+    a.device = str(pick_device(a.device)) if a.device == "auto" else a.device
+    guard_committed_results(out, pick_device(a.device), ["quality.md", "quality.csv"])
+    check_model_list(a)  # before the CPU batch is fitted to each model
     if a.dropout is None and not os.environ.get("DROPOUT"):
         a.dropout = 0.0  # minutes of training: no dropout for either model (the spec's V4 uses 0.1 for 1,000 epochs)
-    a.device = str(pick_device(a.device)) if a.device == "auto" else a.device
+    a.lr = env_number("LR", float, 1e-3) if a.lr is None else a.lr
+    a.batch_size = default_batch_size(a, pick_device(a.device)) if a.batch_size is None else a.batch_size
+    a.verbose = a.verbose or (not a.quick and not on_gpu)  # CPU runs are long: show their progress
     check_args(a)
     state = load_state(out, a) if a.phase == "steps" else None  # checked before anything is trained
     device = pick_device(a.device)
@@ -404,9 +460,10 @@ def main_compare(argv=None) -> None:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="bench.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=None, help="where quality.md and its data go (default: results/; --quick: "
-                   "runs/quick/)")  # fmt: skip
-    p.add_argument("--work-dir", default=None, help="checkpoints (default: runs/compare/, git-ignored)")
+    p.add_argument("--out", type=writable_dir, default=None, help="where quality.md and its data go (default: "
+                   "results/ on a GPU, results/cpu/ on a CPU; --quick: runs/quick/)")  # fmt: skip
+    p.add_argument("--work-dir", type=writable_dir, default=None, help="checkpoints (default: runs/compare/, "
+                   "git-ignored)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="CI smoke: tiny models, 16², 2 images, < 1 min on a CPU")
     p.add_argument("--report-only", action="store_true", help="rebuild quality.md from the saved data in --out")
     p.add_argument("--phase", default="all", choices=("all", "time", "steps"),
@@ -414,47 +471,56 @@ def build_parser() -> ArgParser:
                    f"<out>/{STATE}; steps: the rest, from that file (two processes, e.g. two GPU calls)")  # fmt: skip
     g = p.add_argument_group("budgets")
     g.add_argument(
-        "--seconds", type=float, default=180.0, help="equal-time budget: seconds of training per model (default 180)"
+        "--seconds",
+        type=positive_float,
+        default=180.0,
+        help="equal-time budget: seconds of training per model (default 180)",
     )
     g.add_argument(
         "--steps",
-        type=int,
+        type=nonneg_int,
         default=0,
         help="equal-steps budget (0: the steps the slowest model made in --seconds; its run is reused)",
     )
-    g.add_argument("--calib-steps", type=int, default=10, help="timed steps per model that size the schedules")
+    g.add_argument("--calib-steps", type=positive_int, default=10, help="timed steps per model that size the schedules")
     g = p.add_argument_group("models")
-    g.add_argument("--models", nargs="+", default=["v1", "v4"], metavar="MODEL",
+    g.add_argument("--models", nargs="+", type=model_name, default=["v1", "v4"], metavar="MODEL",
                    help="the models to train and compare, in this order (default: v1 v4)")  # fmt: skip
-    g.add_argument("--baseline", default=None, help="the model every other one is paired with (default: v1 if "
-                   "listed, else the first)")  # fmt: skip
+    g.add_argument("--baseline", type=model_name, default=None, help="the model every other one is paired with "
+                   "(default: v1 if listed, else the first)")  # fmt: skip
     g = p.add_argument_group("training (the same for every model)")
     g.add_argument("--preset", default="default", help="model sizes: default (the spec) | small | tiny")
-    g.add_argument("--resolution", type=int, default=32)
-    g.add_argument("--observed-frac", type=float, default=0.2)
-    g.add_argument("--batch-size", type=int, default=None, help="default: $BATCH_SIZE or 64")
-    g.add_argument("--lr", type=float, default=None, help="default: $LR or 1e-3 (short budget; the spec's is 1e-4)")
-    g.add_argument("--train-samples", type=int, default=16384, help="crops per training epoch")
-    g.add_argument("--val-samples", type=int, default=256)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
+    g.add_argument("--resolution", type=resolution, default=32)
+    g.add_argument("--observed-frac", type=fraction, default=0.2)
+    g.add_argument("--batch-size", type=positive_int, default=None, help="default: $BATCH_SIZE, or 64 on a GPU "
+                   "and what fits (<= 8) on a CPU")  # fmt: skip
+    g.add_argument("--lr", type=positive_float, default=None, help="default: $LR or 1e-3 (short budget; the "
+                   "spec's is 1e-4)")  # fmt: skip
+    g.add_argument("--train-samples", type=positive_int, default=16384, help="crops per training epoch")
+    g.add_argument("--val-samples", type=positive_int, default=256)
+    g.add_argument("--seed", type=nonneg_int, default=0)
+    g.add_argument("--data", type=existing_dir, default=None, help="folder of images (default: scikit-image photos)")
     g.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton")
     g.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
-    for flag, cast in (("--d-model", int), ("--num-layers", int), ("--num-heads", int),
-                       ("--dim-feedforward", int), ("--dropout", float)):  # fmt: skip
+    for flag, cast in (("--d-model", positive_int), ("--num-layers", positive_int), ("--num-heads", positive_int),
+                       ("--dim-feedforward", positive_int), ("--dropout", dropout_rate)):  # fmt: skip
         g.add_argument(flag, type=cast, default=None, help="ablation override (also the spec's env vars)")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=96, help="held-out crops")
-    g.add_argument("--eval-steps", type=int, default=EvalConfig.steps, help="ODE steps of the sampler")
+    g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=positive_int, default=96,
+                   help="held-out crops")  # fmt: skip
+    g.add_argument("--eval-steps", type=positive_int, default=EvalConfig.steps, help="ODE steps of the sampler")
     g.add_argument("--method", default=EvalConfig.method, choices=METHODS)
     g.add_argument(
-        "--mean-draws", type=int, default=EvalConfig.mean_draws, help="noise draws of the posterior-mean estimate"
+        "--mean-draws",
+        type=positive_int,
+        default=EvalConfig.mean_draws,
+        help="noise draws of the posterior-mean estimate",
     )
-    g.add_argument("--eval-batch", type=int, default=EvalConfig.batch, help="images per forward pass")
+    g.add_argument("--eval-batch", type=positive_int, default=EvalConfig.batch, help="images per forward pass")
     g.add_argument("--resolutions", default="64,96,128", help="zero-shot SR resolutions")
-    g.add_argument("--show", type=int, default=EvalConfig.show, help="images in the sample grids")
+    g.add_argument("--show", type=nonneg_int, default=EvalConfig.show, help="images in the sample grids")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    p.add_argument("--verbose", action="store_true", help="progress bars")
+    p.add_argument("--verbose", action="store_true", help="progress bars (always on for CPU runs but --quick)")
     return p
 
 

@@ -45,6 +45,19 @@ from models.data import SparseFieldDataset, check_resolution, load_images, pixel
 from models.sample import METHODS, sample, sparse_display, to_display
 from models.train import config_overrides
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
+from models.validate import (
+    check_memory,
+    existing_dir,
+    existing_file,
+    fit_batch,
+    guard_committed_results,
+    model_checkpoint,
+    model_name,
+    nonneg_int,
+    positive_int,
+    run_bytes,
+    writable_dir,
+)
 from models.variants import get_variant, variant_names
 
 FLOOR_LABELS = {"nearest": "nearest interp", "linear": "linear interp"}
@@ -514,6 +527,34 @@ def config_from_args(a) -> EvalConfig:
     )  # fmt: skip
 
 
+def default_out(device) -> str:
+    """results/ on a GPU (the committed report), results/cpu/ (git-ignored) elsewhere."""
+    return "results" if device.type == "cuda" else "results/cpu"
+
+
+def fit_eval_batch(a, models: dict, device, resolutions) -> int:
+    """--batch (None: the default, on CPU shrunk to what fits) checked against memory at the largest resolution."""
+    res = max(resolutions)
+
+    def estimate(batch, r):  # the hungriest of the models
+        return max(
+            run_bytes(
+                type(m), m.cfg, r, batch, False, device.type, sum(p.numel() for p in m.parameters()), 2 * a.num_samples
+            )  # fmt: skip
+            for m, _ in models.values()
+        )
+
+    batch = a.batch
+    if batch is None:
+        batch = EvalConfig.batch
+        if device.type == "cpu":
+            batch = fit_batch(estimate, res, device, EvalConfig.batch) or 1
+            if batch < EvalConfig.batch:
+                print(f"bench.evaluate: CPU run: --batch {batch} ({EvalConfig.batch} images do not fit at {res}²)")
+    check_memory(estimate, batch, res, device, f"evaluation on {device.type}", "--batch", "--resolutions")
+    return batch
+
+
 NO_CHECKPOINT = "give a checkpoint per model: --checkpoint MODEL=PATH (or the spec's --v1_checkpoint / --v4_checkpoint)"
 
 
@@ -552,10 +593,14 @@ def checkpoint_paths(a) -> tuple[dict, str]:
 
 def main_evaluate(argv=None) -> None:
     a = build_parser().parse_args(argv)
-    cfg = config_from_args(a)
+    extra = parse_resolutions(a.resolutions)  # checked before any checkpoint is read
     paths, baseline = checkpoint_paths(a)
     device = pick_device(a.device)
+    a.out = a.out or default_out(device)
+    guard_committed_results(a.out, device, [f"{a.prefix}.md", f"{a.prefix}.csv"])
     models = load_models(paths, device, a.attn_backend, a.mixer_backend)
+    a.batch = fit_eval_batch(a, models, device, eval_resolutions(train_setup(models)[0], extra))
+    cfg = config_from_args(a)
     result = run_evaluation(models, cfg, device)
     summary = summarize(result.per_image, result.timing)
     out = Path(a.out)
@@ -590,31 +635,36 @@ def main_evaluate(argv=None) -> None:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="bench.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", action="append", metavar="MODEL=PATH",
+    p.add_argument("--checkpoint", action="append", type=model_checkpoint, metavar="MODEL=PATH",
                    help="a model's *.pth, once per model (e.g. --checkpoint v4=transformer_v4_best.pth)")  # fmt: skip
-    p.add_argument("--v1_checkpoint", "--v1-checkpoint", dest="v1_checkpoint", default=None, help="V1 *.pth")
-    p.add_argument("--v4_checkpoint", "--v4-checkpoint", dest="v4_checkpoint", default=None, help="V4 *.pth")
-    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+    p.add_argument("--v1_checkpoint", "--v1-checkpoint", dest="v1_checkpoint", type=existing_file, default=None,
+                   help="V1 *.pth")  # fmt: skip
+    p.add_argument("--v4_checkpoint", "--v4-checkpoint", dest="v4_checkpoint", type=existing_file, default=None,
+                   help="V4 *.pth")  # fmt: skip
+    p.add_argument("--models", nargs="+", type=model_name, default=None, metavar="MODEL",
                    help="the models to evaluate, in this order (default: those given a checkpoint)")  # fmt: skip
-    p.add_argument("--baseline", default=None, help="the model every other one is paired with (default: v1 if "
-                   "evaluated, else the first)")  # fmt: skip
-    p.add_argument("--num_samples", "--num-samples", dest="num_samples", type=int, default=EvalConfig.num_samples,
-                   help="held-out images")  # fmt: skip
-    p.add_argument("--steps", type=int, default=EvalConfig.steps, help="ODE steps of the sampler")
+    p.add_argument("--baseline", type=model_name, default=None, help="the model every other one is paired with "
+                   "(default: v1 if evaluated, else the first)")  # fmt: skip
+    p.add_argument("--num_samples", "--num-samples", dest="num_samples", type=positive_int,
+                   default=EvalConfig.num_samples, help="held-out images")  # fmt: skip
+    p.add_argument("--steps", type=positive_int, default=EvalConfig.steps, help="ODE steps of the sampler")
     p.add_argument("--method", default=EvalConfig.method, choices=METHODS, help="ODE sampler")
-    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=int, default=EvalConfig.mean_draws,
-                   help="noise draws averaged by the posterior-mean (1-step Euler) estimate")  # fmt: skip
+    p.add_argument("--mean-draws", "--mean_draws", dest="mean_draws", type=positive_int,
+                   default=EvalConfig.mean_draws, help="noise draws averaged by the posterior-mean (1-step Euler) "
+                   "estimate")  # fmt: skip
     p.add_argument("--resolutions", nargs="+", default=["64,96,128"],
                    help="zero-shot SR resolutions (the training resolution is always evaluated)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=EvalConfig.batch, help="images per forward pass")
-    p.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
+    p.add_argument("--batch", type=positive_int, default=None, help=f"images per forward pass (default "
+                   f"{EvalConfig.batch}; on CPU at most what fits)")  # fmt: skip
+    p.add_argument("--data", type=existing_dir, default=None, help="folder of images (default: scikit-image photos)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton (weights unchanged)")
     p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | reference")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (default: bf16 autocast)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--show", type=int, default=EvalConfig.show, help="images in the sample grids")
-    p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--show", type=nonneg_int, default=EvalConfig.show, help="images in the sample grids")
+    p.add_argument("--out", type=writable_dir, default=None, help="output folder (default: results/ on a GPU, "
+                   "results/cpu/ otherwise)")  # fmt: skip
     p.add_argument("--prefix", default="eval", help="output file prefix")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

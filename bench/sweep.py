@@ -62,6 +62,7 @@ from bench.rounds import RoundsConfig
 from models.common import ConfigError
 from models.mamba import padded_length
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
+from models.validate import check_memory, nonneg_float, nonneg_int, positive_int, run_bytes, writable_dir
 from models.variants import BASELINE, get_variant, variant_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,59 +138,65 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog="bench.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--res", nargs="+", default=None, help="resolutions r (N = r²), e.g. 32 48 64 or 32,64")
     p.add_argument("--extended", action="store_true", help=f"add r = {EXTENDED_RES} (find where each OOMs)")
-    p.add_argument("--batch", type=int, default=None, help="benchmark batch (GPU 8, CPU 2)")
+    p.add_argument("--batch", type=positive_int, default=None, help="benchmark batch (GPU 8, CPU 2)")
     p.add_argument("--models", nargs="+", default=None,
                    help=f"subset of {' '.join(variant_names())} (models/variants.py)")  # fmt: skip
     p.add_argument("--levels", nargs="+", default=None, help="mixer encoder model")
     p.add_argument("--backends", nargs="+", default=None, help=f"subset of {' '.join(all_backends())}")
-    p.add_argument("--out", default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per point, all of them (no time cap)")
-    p.add_argument("--min-reps", type=int, default=None, help="timed repetitions per point over all rounds (GPU 20)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per point (default 3)")
+    p.add_argument("--out", type=writable_dir, default=None, help="results folder (GPU: results/, CPU: results/cpu/)")
+    p.add_argument(
+        "--reps", type=positive_int, default=None, help="timed repetitions per point, all of them (no time cap)"
+    )
+    p.add_argument(
+        "--min-reps", type=positive_int, default=None, help="timed repetitions per point over all rounds (GPU 20)"
+    )
+    p.add_argument("--rounds", type=positive_int, default=None, help="interleaved rounds per point (default 3)")
     p.add_argument(
         "--max-point-s",
-        type=float,
+        type=nonneg_float,
         default=None,
         help="timed seconds per point at most; slower points get fewer reps, >= 1 per round (GPU 2)",
     )
-    p.add_argument("--time-per-point", type=float, default=None, help="the same in ms (older spelling)")
-    p.add_argument("--warmup", type=float, default=None, help="ms of warm-up per point (after the first call)")
+    p.add_argument("--time-per-point", type=nonneg_float, default=None, help="the same in ms (older spelling)")
+    p.add_argument("--warmup", type=nonneg_float, default=None, help="ms of warm-up per point (after the first call)")
     p.add_argument("--timer", default="events", help="events (CUDA events; the only timer of the rounds)")
     p.add_argument("--no-device-time", action="store_true", help="no CUDA graph / profiler per point")
-    p.add_argument("--profile-steps", type=int, default=None, help="eager steps under torch.profiler per point (3)")
+    p.add_argument(
+        "--profile-steps", type=positive_int, default=None, help="eager steps under torch.profiler per point (3)"
+    )
     p.add_argument(
         "--graph-max-ms",
-        type=float,
+        type=nonneg_float,
         default=None,
         help="steps slower than this are not captured in a CUDA graph (default 1000)",
     )
     p.add_argument(
-        "--tokens", type=int, default=None, help=f"throughput regime: tokens per batch (GPU {TOKENS}; 0 off)"
+        "--tokens", type=nonneg_int, default=None, help=f"throughput regime: tokens per batch (GPU {TOKENS}; 0 off)"
     )
     p.add_argument("--throughput-kinds", nargs="+", default=None, help="fwd train (default: train)")
-    p.add_argument("--global-warmup", type=float, default=None, help="seconds of GEMMs before the first row (2)")
+    p.add_argument("--global-warmup", type=nonneg_float, default=None, help="seconds of GEMMs before the first row (2)")
     p.add_argument("--trace-dir", default=None, help="keep each timed point's profiler trace (Chrome JSON) here")
     p.add_argument("--cuda-graph", action="store_true", help="(kept for old command lines: device time is default)")
     p.add_argument("--max-batch", action="store_true", help="also search the largest batch that fits (≈ 2 min)")
     p.add_argument("--no-max-batch", action="store_true", help="skip the largest-batch search (the default)")
-    p.add_argument("--max-batch-cap", type=int, default=4096)
-    p.add_argument("--max-batch-probes", type=int, default=7, help="training steps per max-batch search")
+    p.add_argument("--max-batch-cap", type=positive_int, default=4096)
+    p.add_argument("--max-batch-probes", type=positive_int, default=7, help="training steps per max-batch search")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
-    p.add_argument("--spec-batch", type=int, default=None, help="batch of the spec point at 32×32 (0: off)")
+    p.add_argument("--spec-batch", type=nonneg_int, default=None, help="batch of the spec point at 32×32 (0: off)")
     p.add_argument("--ref-max-res", type=int, default=None, help="largest r for the reference Mamba (GPU 48)")
     p.add_argument("--pad-compare-res", nargs="+", default=None,
                    help="r at which V1 also runs without padding, pad_multiple=off (GPU 48 96; 0: none)")  # fmt: skip
     p.add_argument(
         "--secondary-max-res",
-        type=int,
+        type=positive_int,
         default=None,
         help="largest r for seed / reference / triton (GPU 128; they run at the model level unless --levels is given)",
     )
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
-    p.add_argument("--epoch-samples", type=int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
+    p.add_argument("--time-budget", type=nonneg_float, default=None, help="seconds; later rows are skipped")
+    p.add_argument("--epoch-samples", type=positive_int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
     p.add_argument("--preset", default=None, help="model size preset: default | small | tiny")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs default to 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs default to 1)")
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
@@ -325,7 +332,25 @@ def settings_from_args(args) -> Settings:
         s.notes.append("no CUDA: wall time only (no CUDA graph, no GPU kernels to profile)")
     if s.rounds < 3:
         s.notes.append(f"--rounds {s.rounds}: fewer than 3 rounds, the spread across rounds means little")
+    if not cuda:  # a CPU OOM is the kernel's kill, not a row: refuse what cannot fit, before the first row
+        check_memory(lambda b, r: cpu_step_bytes(s, b, r), s.batch, max(s.res), device, "the sweep's largest "
+                     "training step on cpu", "--batch", "--res")  # fmt: skip
     return s
+
+
+def cpu_step_bytes(s: Settings, batch: int, res: int) -> int:
+    """The hungriest training step of the sweep's variants and backends at (batch, res), as models.validate
+    estimates it (the seed backend materialises V4's attention weights)."""
+    need = 0
+    for m in s.models:
+        v = get_variant(m)
+        for backend in s.backends.get(m, []):
+            try:
+                cfg = v.config(s.preset, v.backend_overrides(backend), {})
+            except ConfigError:  # a backend missing here: it becomes an "unavailable" row, it allocates nothing
+                continue
+            need = max(need, run_bytes(v.cls, cfg, res, batch, True, "cpu", 6_000_000))
+    return need
 
 
 # ----------------------------------------------------------------------------------------------

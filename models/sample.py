@@ -18,6 +18,16 @@ from models.common import ConfigError
 from models.data import load_images, pixel_coords, split_pixels
 from models.train import autocast_for
 from models.utils import ArgParser, atomic_savefig, cli_main, pick_device
+from models.validate import (
+    check_memory,
+    existing_dir,
+    existing_file,
+    image_file,
+    nonneg_int,
+    positive_int,
+    resolution,
+    run_bytes,
+)
 
 METHODS = ("euler", "heun")
 
@@ -32,6 +42,7 @@ def sample(
     method: str = "euler",
     generator: torch.Generator | None = None,
     amp: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """ODE integration dx/dt = v(x, t) from x0 ~ N(0, I); returns x1 (B, Nq, C) in fp32.
 
@@ -53,7 +64,9 @@ def sample(
             v = model(x, query_coords, t.expand(B), input_coords, input_values)
         return v.float()
 
-    for i in range(steps):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(steps), desc=f"{method} {B}×{Nq}", leave=False, disable=not progress):
         t, dt = ts[i], ts[i + 1] - ts[i]
         v = velocity(x, t)
         if method == "heun" and i < steps - 1:  # trapezoid: average the slope at both ends
@@ -70,13 +83,15 @@ def sparse_context(image: torch.Tensor, observed_frac: float, generator: torch.G
     return pixel_coords(r)[inp], values[inp], inp
 
 
-def reconstruct(model, image_lr, observed_frac, out_res, steps=50, method="euler", seed=0, device="cpu"):
+def reconstruct(
+    model, image_lr, observed_frac, out_res, steps=50, method="euler", seed=0, device="cpu", progress=False
+):
     """Observe a fraction of a low-res image, sample every pixel of an out_res grid. -> (3, R, R), context idx."""
     g = torch.Generator().manual_seed(seed)
     coords, values, idx = sparse_context(image_lr, observed_frac, g)
     q = pixel_coords(out_res).to(device)[None]  # (1, R², 2)
     gd = torch.Generator(device=device).manual_seed(seed)
-    x = sample(model, q, coords.to(device)[None], values.to(device)[None], steps, method, gd)
+    x = sample(model, q, coords.to(device)[None], values.to(device)[None], steps, method, gd, progress=progress)
     return x[0].t().reshape(3, out_res, out_res).clamp(-1, 1).cpu(), idx  # (3, R, R)
 
 
@@ -97,8 +112,14 @@ def main_sample(argv=None) -> None:
     device = pick_device(a.device)
     model, ckpt = model_from_checkpoint(a.checkpoint, None, device, attn_backend=a.attn_backend)
     train_res = ckpt.get("resolution", 32)
-    out_res = a.resolution or train_res
+    out_res = train_res if a.resolution is None else a.resolution
     frac = ckpt.get("observed_frac", 0.2)
+
+    def estimate(batch, res):  # one image at a time; the data set renders a.num crops at train_res
+        return run_bytes(type(model), model.cfg, res, batch, False, device.type, sum(p.numel() for p in
+                         model.parameters()), 0) + a.num * 3 * train_res**2 * 4  # fmt: skip
+
+    check_memory(estimate, 1, out_res, device, f"sampling {model.version} on {device.type}", None)
     from models.data import SparseFieldDataset
 
     ds = SparseFieldDataset(load_images(a.data, "val"), train_res, a.num, frac, seed=a.seed, augment=False)
@@ -108,9 +129,11 @@ def main_sample(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(a.num, 3, figsize=(7.5, 2.5 * a.num), squeeze=False)
-    for i in range(a.num):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(a.num), desc=f"sampling {model.version} at {out_res}²", disable=a.quiet):
         lr = ds.dense[i]
-        rec, idx = reconstruct(model, lr, frac, out_res, a.steps, a.method, a.seed + i, device)
+        rec, idx = reconstruct(model, lr, frac, out_res, a.steps, a.method, a.seed + i, device, not a.quiet)
         panels = [(sparse_display(lr, idx), f"observed ({train_res}²)"),
                   (to_display(rec), f"{model.version} {a.method} ({out_res}²)"),
                   (to_display(ds.render(i, out_res)), f"truth ({out_res}²)")]  # fmt: skip
@@ -125,16 +148,17 @@ def main_sample(argv=None) -> None:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="models.sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a *_best.pth / *_latest.pth file")
-    p.add_argument("--resolution", type=int, default=None, help="query grid side (default: training res)")
-    p.add_argument("--num", type=int, default=4, help="validation images to reconstruct")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--checkpoint", required=True, type=existing_file, help="a *_best.pth / *_latest.pth file")
+    p.add_argument("--resolution", type=resolution, default=None, help="query grid side (default: training res)")
+    p.add_argument("--num", type=positive_int, default=4, help="validation images to reconstruct")
+    p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--method", default="heun", choices=METHODS)
-    p.add_argument("--data", default=None, help="folder of images (default: scikit-image photos)")
+    p.add_argument("--data", type=existing_dir, default=None, help="folder of images (default: scikit-image photos)")
     p.add_argument("--attn-backend", default=None, help="seed | sdpa | triton (weights unchanged)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="samples.png", type=Path)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--out", default=Path("samples.png"), type=image_file, help="image file (.png .jpg .pdf .svg)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

@@ -16,7 +16,6 @@ Writes checkpoints_<name>/<name>_{best,latest,epoch_XXXX}.pth (atomically), <nam
 from __future__ import annotations
 
 import math
-import os
 import random
 import resource
 import time
@@ -37,6 +36,37 @@ from models.checkpoint import model_from_checkpoint, save_checkpoint
 from models.common import ENV_TRAIN, ConfigError, check_trainable
 from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pick_device
+from models.validate import (
+    check_memory,
+    dropout_rate,
+    env_value,
+    existing_dir,
+    fit_batch,
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    number,
+    positive_float,
+    positive_int,
+    resolution,
+    run_bytes,
+    writable_dir,
+)
+
+NAN_POLICIES = ("stop", "skip")
+MAX_SKIPS = 20  # --nan-policy skip: this many non-finite steps in a row stop the run anyway
+CPU_BATCH = 8  # CPU runs without an explicit batch size: at most this (a V1 reference step at 8 takes ~1 min)
+DEFAULTS = {"batch_size": 64, "lr": 1e-4, "epochs": 1000}  # GPU defaults ($BATCH_SIZE, $LR, $EPOCHS override)
+# Settings a --resume must share with the run it continues (the others may change: --lr, --epochs, budgets, ...)
+RESUME_SAME = ("preset", "resolution", "observed_frac", "data", "batch_size", "train_samples", "val_samples", "seed")
+RESUME_LOGGED = ("lr", "epochs", "max_steps", "grad_clip", "weight_decay")
+
+
+class Diverged(ConfigError):
+    """Training produced a non-finite loss, gradient or weight: one line, exit 1."""
+
+    exit_code = 1
+
 
 # ----------------------------------------------------------------------------------------------
 # The objective
@@ -159,6 +189,91 @@ def plot_loss_curve(log_csv, out_png) -> None:
     plt.close(fig)
 
 
+def resume_path(ckpt_dir: Path, name: str, which) -> Path:
+    """--resume [latest | best | epoch_XXXX | PATH] → the checkpoint file (checked to exist)."""
+    which = "latest" if which in (True, None) else str(which)
+    if which in ("latest", "best") or which.startswith("epoch_"):
+        path = ckpt_dir / f"{name}_{which}.pth"
+    else:
+        path = Path(which)
+    if not path.is_file():
+        found = sorted(p.name for p in ckpt_dir.glob(f"{name}_*.pth")) if ckpt_dir.is_dir() else []
+        have = f"; {ckpt_dir} holds {', '.join(found)}" if found else f"; {ckpt_dir} holds no checkpoints"
+        raise ConfigError(f"--resume {which}: no checkpoint {path}{have}")
+    return path
+
+
+def _data_id(data) -> str | None:
+    return None if data is None else str(Path(data).resolve())
+
+
+def check_resume(args, ckpt: dict, path: Path, cfg) -> None:
+    """Refuse a --resume whose model, config or data differ from the checkpoint's run (one line). Settings left
+    unset take the run's values; an explicit new --lr / --epochs / ... is applied and said."""
+    rec = ckpt.get("args", {})
+    for key in ("lr", "epochs", "batch_size"):
+        if getattr(args, key) is None and key in rec:
+            setattr(args, key, rec[key])
+    recorded = {**rec, "resolution": ckpt.get("resolution", rec.get("resolution")),
+                "observed_frac": ckpt.get("observed_frac", rec.get("observed_frac"))}  # fmt: skip
+    for key in RESUME_SAME:
+        if key not in recorded or (recorded[key] is None and key != "data"):
+            continue
+        mine, theirs = getattr(args, key), recorded[key]
+        if key == "data":
+            mine, theirs = _data_id(mine), _data_id(theirs)
+        if mine != theirs:
+            flag = "--" + key.replace("_", "-")
+            shown = "the bundled photographs" if theirs is None else theirs
+            raise ConfigError(
+                f"--resume: {flag} is {mine if mine is not None else 'unset'} but the run in {path} used "
+                f"{shown}; resume with the run's setting, or start a fresh run with --overwrite"
+            )
+    saved = {k: v for k, v in ckpt["config"].items() if not k.endswith("_backend")}
+    mine = {k: v for k, v in asdict(cfg).items() if not k.endswith("_backend")}
+    diff = [f"{k} {mine.get(k)} vs {saved.get(k)}" for k in sorted(saved) if k in mine and mine[k] != saved[k]]
+    if diff:
+        raise ConfigError(
+            f"--resume: the model config differs from the run in {path} (now vs then: {', '.join(diff)}); "
+            "drop the overriding flags / environment variables, or start a fresh run with --overwrite"
+        )
+    for key in RESUME_LOGGED:
+        if key in rec and rec[key] != getattr(args, key):
+            print(f"models.train: resume: --{key.replace('_', '-')} changes from {rec[key]} to {getattr(args, key)}")
+
+
+def choose_batch_size(args, cls, model, device) -> None:
+    """Fill in the batch size (CPU: the largest power of two <= CPU_BATCH that fits, announced) and refuse, in one
+    line, a batch size or resolution whose training step does not fit in memory (say what fits instead)."""
+    params, samples = count_parameters(model), args.train_samples + args.val_samples
+
+    def estimate(batch, res):
+        return run_bytes(cls, model.cfg, res, batch, True, device.type, params, samples)
+
+    if args.batch_size is None:
+        if device.type == "cpu":
+            fits = fit_batch(estimate, args.resolution, device, CPU_BATCH)
+            args.batch_size = min(fits or 1, CPU_BATCH)
+            print(f"models.train: CPU run: --batch-size {args.batch_size} (the GPU default "
+                  f"{DEFAULTS['batch_size']} is for GPUs; pass --batch-size to choose)")  # fmt: skip
+        else:
+            args.batch_size = DEFAULTS["batch_size"]
+    check_memory(estimate, args.batch_size, args.resolution, device, f"a {args.model} training step on {device.type}")
+
+
+def divergence_message(args, step, epoch, loss, grad_norm, latest: Path, skips, what="loss") -> str:
+    loss = float(loss.detach() if torch.is_tensor(loss) else loss)
+    gn = "" if grad_norm is None else f", gradient norm {float(grad_norm):.4g}"
+    if latest.is_file():
+        kept = f"the last good checkpoint {latest} is kept"
+    else:
+        kept = "no checkpoint was written"
+    why = f" ({skips} non-finite steps in a row)" if skips > 1 else ""
+    skip = " or pass --nan-policy skip" if args.nan_policy == "stop" else ""
+    return (f"training diverged at step {step} (epoch {epoch}): {what} {loss:.4g}{gn}{why}; {kept}; "
+            f"lower --lr (now {args.lr:g}){skip}")  # fmt: skip
+
+
 MODEL_FLAGS = ("d_model", "num_layers", "num_heads", "dim_feedforward", "dropout")  # flags that override the config
 BACKEND_FLAGS = ("attn_backend", "mixer_backend")  # flags that pick a backend (the weights stay the same)
 
@@ -184,9 +299,11 @@ class TrainConfig:
     resolution: int = 32  # image side in pixels (N = side²)
     observed_frac: float = 0.2  # fraction of pixels observed, in (0, 1)
     data: str | None = None  # folder of PNG/JPEG images (None: scikit-image's photographs)
-    batch_size: int = 64  # crops per optimizer step (the CLI: --batch-size, else $BATCH_SIZE, else this)
-    lr: float = 1e-4  # AdamW peak learning rate (the CLI: --lr, else $LR, else this)
-    epochs: int = 1000  # passes over --train-samples crops (the CLI: --epochs, else $EPOCHS, else this)
+    # batch_size / lr / epochs: the CLI's flag, else the spec's $BATCH_SIZE / $LR / $EPOCHS; None: train() fills
+    # them in (a resumed run's own values, else DEFAULTS; a CPU run's batch: the largest that fits, <= CPU_BATCH)
+    batch_size: int | None = None  # crops per optimizer step
+    lr: float | None = None  # AdamW peak learning rate
+    epochs: int | None = None  # passes over --train-samples crops
     steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (None: all batches)
     max_steps: int | None = None  # total optimizer steps = the cosine schedule's length (None: epochs × steps/epoch)
     time_budget: float | None = None  # stop after this many seconds of training (None: no limit)
@@ -195,11 +312,12 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 200  # linear warm-up steps (at most a tenth of the schedule)
     grad_clip: float = GRAD_CLIP  # max global gradient norm
+    nan_policy: str = "stop"  # a non-finite loss / gradient norm: stop (one line, exit 1) | skip the step
     seed: int = 0  # weights, data order, masks and noise
     device: str = "auto"  # auto | cpu | cuda[:i]
     no_amp: bool = False  # disable bf16 autocast on CUDA
     mixer_backend: str = "auto"  # Mamba models: auto | mamba_ssm | reference | ...
-    attn_backend: str = "sdpa"  # seed | sdpa | triton
+    attn_backend: str = "sdpa"  # seed | sdpa | triton | flex
     d_model: int | None = None  # model overrides (None: the preset, or the spec's env vars) ...
     num_layers: int | None = None
     num_heads: int | None = None
@@ -207,7 +325,7 @@ class TrainConfig:
     dropout: float | None = None
     out_dir: str = "."  # where checkpoints_<name>/ goes
     save_every: int = 50  # keep an _epoch_XXXX.pth every N epochs (0: never)
-    resume: bool = False  # continue from <name>_latest.pth
+    resume: str | None = None  # continue a run: latest | best | epoch_XXXX | a .pth path (None: a fresh run)
     overwrite: bool = False  # start fresh even if checkpoints exist
     quiet: bool = False  # no progress bar
 
@@ -218,13 +336,15 @@ def train(args: TrainConfig) -> dict:
     check_resolution(args.resolution)
     check_fraction(args.observed_frac)
     for name in ("batch_size", "epochs", "train_samples", "val_samples"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise ConfigError(f"--lr must be > 0, got {args.lr}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {args.nan_policy!r}")
     cls = MODELS[args.model][0] if args.model in MODELS else None
     if cls is None:
-        raise ConfigError(f"unknown model {args.model!r}; choose v1 (Mamba) or v4 (Transformer)")
+        raise ConfigError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
     ckpt_dir = Path(args.out_dir) / f"checkpoints_{cls.name}"
     latest = ckpt_dir / f"{cls.name}_latest.pth"
     backends = config_overrides(args.model, {k: getattr(args, k) for k in BACKEND_FLAGS})
@@ -233,17 +353,25 @@ def train(args: TrainConfig) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
+    overrides = config_overrides(args.model, {k: getattr(args, k) for k in MODEL_FLAGS})
     if args.resume:
-        model, ckpt = model_from_checkpoint(latest, args.model, device, **backends)
+        resume_from = resume_path(ckpt_dir, cls.name, args.resume)
+        model, ckpt = model_from_checkpoint(resume_from, args.model, device, **backends)
+        check_resume(args, ckpt, resume_from, MODELS[args.model][1](args.preset, {**overrides, **backends}))
     else:
         if ckpt_dir.exists() and any(ckpt_dir.glob("*.pth")) and not args.overwrite:
             raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume to continue or --overwrite")
-        overrides = config_overrides(args.model, {k: getattr(args, k) for k in MODEL_FLAGS})
         model = build_model(args.model, args.preset, {**overrides, **backends}).to(device)
         ckpt = None
     check_trainable(model)  # e.g. flex attention with dropout > 0: one line, before any data or output
+    args.lr = DEFAULTS["lr"] if args.lr is None else args.lr
+    args.epochs = DEFAULTS["epochs"] if args.epochs is None else args.epochs
+    choose_batch_size(args, cls, model, device)
 
     # Data (checked before anything is written).
+    if not args.quiet:
+        print(f"models.train: rendering {args.train_samples} training and {args.val_samples} validation crops at "
+              f"{args.resolution}²", flush=True)  # fmt: skip
     train_ds = SparseFieldDataset(
         load_images(args.data, "train"), args.resolution, args.train_samples, args.observed_frac, args.seed
     )
@@ -277,6 +405,13 @@ def train(args: TrainConfig) -> dict:
         start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_val"]
         log_rows, train_time = ckpt.get("log", []), ckpt.get("train_time_s", 0.0)
         _set_rng_state(ckpt["rng"])
+        if args.lr != ckpt.get("args", {}).get("lr", args.lr):  # an explicit new --lr: the schedule's new peak
+            sched.base_lrs = [args.lr for _ in opt.param_groups]
+            for g, lam in zip(opt.param_groups, sched.lr_lambdas, strict=True):
+                g["initial_lr"], g["lr"] = args.lr, args.lr * lam(sched.last_epoch)
+        if start_epoch >= args.epochs or step >= total_steps:
+            print(f"models.train: the run in {ckpt_dir} is finished (epoch {start_epoch} of {args.epochs}, step "
+                  f"{step} of {total_steps}); pass a larger --epochs or --max-steps to continue it")  # fmt: skip
 
     n_params = count_parameters(model)
     print(
@@ -287,7 +422,7 @@ def train(args: TrainConfig) -> dict:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log_csv, loss_png = ckpt_dir / f"{cls.name}_log.csv", ckpt_dir / f"{cls.name}_loss.png"
     model.train()
-    stop = False
+    stop, skips = False, 0
     for epoch in range(start_epoch, args.epochs):
         if stop or step >= total_steps:
             break
@@ -300,7 +435,13 @@ def train(args: TrainConfig) -> dict:
             if i >= steps_per_epoch or step >= total_steps:
                 break
             step_loss = partial(flow_matching_loss, model, batch)
-            loss, _ = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip)
+            loss, grad_norm = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip, skip_nonfinite=True)
+            if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):  # diverged: never applied
+                skips += 1
+                if args.nan_policy == "stop" or skips > MAX_SKIPS:
+                    raise Diverged(divergence_message(args, step + 1, epoch, loss, grad_norm, latest, skips))
+                continue  # --nan-policy skip: the batch is dropped (train_step left weights and optimizer alone)
+            skips = 0
             sched.step()
             step += 1
             losses.append(loss.item())
@@ -313,6 +454,8 @@ def train(args: TrainConfig) -> dict:
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
         val = validation_loss(model, val_batches, device, not args.no_amp)
+        if not math.isfinite(val):  # finite steps, non-finite weights (an overflowing update): nothing is saved
+            raise Diverged(divergence_message(args, step, epoch, val, None, latest, 0, "validation loss"))
         row = {
             "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val, "epoch_time_s": epoch_time, "steps": len(losses),
@@ -350,58 +493,63 @@ def train(args: TrainConfig) -> dict:
 
 
 def env_number(name, cast, default):
-    """A number from the environment (the spec's BATCH_SIZE, LR, ...), or the default; bad text → ConfigError."""
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a valid {cast.__name__}") from None
+    """A positive number from the environment (the spec's BATCH_SIZE, LR, EPOCHS), or the default."""
+    return env_value(name, positive_int if cast is int else positive_float, default)
 
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="models.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="v1 (Mamba) or v4 (Transformer)")
+    p.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
     p.add_argument("--preset", default="default", help="model size preset: default | small | tiny")
-    p.add_argument("--resolution", type=int, default=32, help="image side in pixels (N = side²)")
-    p.add_argument("--observed-frac", type=float, default=0.2, help="fraction of pixels observed, in (0, 1)")
-    p.add_argument("--data", default=None, help="folder of PNG/JPEG images (default: scikit-image photos)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: $BATCH_SIZE or 64")
-    p.add_argument("--lr", type=float, default=None, help="default: $LR or 1e-4")
-    p.add_argument("--epochs", type=int, default=None, help="default: $EPOCHS or 1000")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap on optimizer steps per epoch")
-    p.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (schedule length)")
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
-    p.add_argument("--train-samples", type=int, default=4096, help="crops per training epoch")
-    p.add_argument("--val-samples", type=int, default=256, help="crops in the validation set")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=resolution, default=32, help="image side in pixels (N = side²)")
+    p.add_argument("--observed-frac", type=fraction, default=0.2, help="fraction of pixels observed, in (0, 1)")
+    p.add_argument("--data", type=existing_dir, default=None, help="folder of PNG/JPEG images (default: "
+                   "scikit-image photos)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: $BATCH_SIZE, or 64 on a GPU "
+                   f"and the largest power of two <= {CPU_BATCH} that fits on a CPU")  # fmt: skip
+    p.add_argument("--lr", type=positive_float, default=None, help="default: $LR or 1e-4")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: $EPOCHS or 1000")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None, help="cap on optimizer steps per epoch")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="total optimizer steps (schedule length)")
+    p.add_argument("--time-budget", type=positive_float, default=None, help="stop after this many seconds")
+    p.add_argument("--train-samples", type=positive_int, default=4096, help="crops per training epoch")
+    p.add_argument("--val-samples", type=positive_int, default=256, help="crops in the validation set")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.01)
+    p.add_argument("--warmup-steps", type=nonneg_int, default=200)
+    p.add_argument("--grad-clip", type=number(0, lo_open=True, allow_inf=True), default=1.0,
+                   help="max gradient norm, > 0 (inf: no clipping)")  # fmt: skip
+    p.add_argument(
+        "--nan-policy",
+        default="stop",
+        choices=NAN_POLICIES,
+        help="a non-finite loss or gradient: "
+        f"stop (one-line error, the last good checkpoint kept) or skip that step (stop after {MAX_SKIPS})",
+    )
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | cpu_fused | reference")
     p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton | flex (flex: --dropout 0)")
-    for flag, cast in (("--d-model", int), ("--num-layers", int), ("--num-heads", int),
-                       ("--dim-feedforward", int), ("--dropout", float)):  # fmt: skip
+    for flag, cast in (("--d-model", positive_int), ("--num-layers", positive_int), ("--num-heads", positive_int),
+                       ("--dim-feedforward", positive_int), ("--dropout", dropout_rate)):  # fmt: skip
         p.add_argument(flag, type=cast, default=None, help="override (also via the spec's env vars)")
-    p.add_argument("--out-dir", default=".", help="where checkpoints_<name>/ goes")
-    p.add_argument("--save-every", type=int, default=50, help="keep an _epoch_XXXX.pth every N epochs (0: never)")
-    p.add_argument("--resume", action="store_true", help="continue from <name>_latest.pth")
+    p.add_argument("--out-dir", type=writable_dir, default=".", help="where checkpoints_<name>/ goes")
+    p.add_argument("--save-every", type=nonneg_int, default=50, help="keep an _epoch_XXXX.pth every N epochs "
+                   "(0: never)")  # fmt: skip
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
+                   help="continue a run: latest (default) | best | epoch_XXXX | a .pth path")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="start fresh even if checkpoints exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """The CLI's flags → TrainConfig; --batch-size / --lr / --epochs not given: the spec's env vars, then the
-    dataclass's defaults."""
+    """The CLI's flags → TrainConfig; --batch-size / --lr / --epochs not given: the spec's env vars, else None
+    (train() fills them in: a resumed run's own values, else the defaults)."""
     args = build_parser().parse_args(argv)
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for env_name, field in ENV_TRAIN.items():
         if getattr(args, field) is None:
-            setattr(args, field, env_number(env_name, type(defaults[field]), defaults[field]))
+            setattr(args, field, env_number(env_name, int if field != "lr" else float, None))
     return TrainConfig(**vars(args))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -41,18 +42,40 @@ def tame_cpu_allocator(threshold: int = 1 << 20) -> bool:
         return False
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, timeout): unwind, so the atomic writers remove their temp files
+
+
 def cli_main(run, argv=None, parser: ArgParser | None = None) -> int:
-    """Run a CLI body; ConfigError → one-line message and exit 2. Returns the exit code."""
+    """Run a CLI body and return its exit code: argparse errors and ConfigError → their one-line message and 2 (or
+    the error's `exit_code`); out of memory → one line and 1; SIGTERM / Ctrl-C → one line and 130."""
     prog = parser.prog if parser else Path(sys.argv[0]).name
     tame_cpu_allocator()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        previous = None
     try:
         run(argv)
+    except SystemExit as e:  # argparse's one-line errors (exit 2) and --help (0): a return code, not an exception
+        if isinstance(e.code, str):
+            sys.stderr.write(f"{e.code}\n")
+            return 1
+        return 0 if e.code is None else e.code
     except ConfigError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
+        return getattr(e, "exit_code", 2)
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sys.stderr.write(f"{prog}: error: out of memory ({first[:200]}); use a smaller --batch-size or --resolution\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; files already written are complete\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -67,11 +90,41 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"unknown device {name!r}") from None
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete the temp files that killed writers left in `folder` (named .<file>.<pid>.<random>.tmp, where the
+    pid is no longer running). Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def _atomic(path, write) -> Path:
-    """Write via a temp file in the same folder, then rename over `path`: readers never see half a file."""
+    """Write via a temp file in the same folder, then rename over `path`: readers never see half a file.
+
+    The temp file is removed if the write fails or is interrupted (SIGTERM too, under cli_main); one left by a
+    kill -9 names its writer's pid, and the next atomic write into the folder removes it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -120,3 +120,19 @@ class TransformerDiffusion(SparseFieldModel):
     def encoder_named_parameters(self):
         """(name, parameter) of the encoder: what encode() trains."""
         return [(n, p) for n, p in self.named_parameters() if n.startswith(self.encoder_prefixes)]
+
+    @classmethod
+    def memory_bytes(cls, cfg, n_tokens, batch, train=True, device_type="cpu") -> int:
+        out = super().memory_bytes(cfg, n_tokens, batch, train, device_type)
+        if cfg.attn_backend == "seed" and not train:  # nn.MultiheadAttention materialises (H, N, N) weights
+            out += batch * cfg.num_heads * n_tokens**2 * 8
+        return out
+
+    @classmethod
+    def layer_bytes(cls, cfg, n_tokens, train, device_type) -> int:
+        # Linear part: ~18 (N, D) and 3 (N, FFN) fp32 tensors saved per layer (CPU peak RSS, default preset).
+        linear = n_tokens * (18 * cfg.d_model + 3 * cfg.dim_feedforward) * 4
+        # The (H, N, N) attention weights (+ dropout mask, softmax grad) are kept when they are materialised:
+        # the seed backend, or SDPA with dropout on CPU (its flash kernel has no dropout); ~12 bytes / element.
+        dense = cfg.attn_backend == "seed" or (device_type == "cpu" and cfg.dropout > 0)
+        return linear + (cfg.num_heads * n_tokens**2 * 12 if dense else 0)

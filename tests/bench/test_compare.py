@@ -104,18 +104,18 @@ def test_ablation_flags_pass_through_to_v4_and_where_meaningful_v1(tmp_path):
 @pytest.mark.parametrize(
     "args,env,needle",
     [
-        (["--seconds", "0"], {}, "--seconds must be > 0"),
+        (["--seconds", "0"], {}, "--seconds: must be a finite number > 0, got 0"),
         (["--resolutions", "8"], {}, ">= the training resolution 32"),
         (["--resolutions", "x"], {}, "resolution must be an integer"),
-        (["--resolution", "4"], {}, "resolution must be >= 8"),
-        (["--num_samples", "0"], {}, "--num-samples must be >= 1"),
-        (["--observed-frac", "1.5"], {}, "observed fraction"),
+        (["--resolution", "4"], {}, "--resolution: must be an integer >= 8, got 4"),
+        (["--num_samples", "0"], {}, "--num-samples/--num_samples: must be an integer >= 1, got 0"),
+        (["--observed-frac", "1.5"], {}, "--observed-frac: must be a finite number > 0 and < 1"),
         ([], {"NUM_HEADS": "7"}, "not divisible by num_heads=7"),
         ([], {"NUM_LAYERS": "two"}, "NUM_LAYERS"),
         (["--preset", "huge"], {}, "unknown preset"),
         ([], {"BATCH_SIZE": "many"}, "BATCH_SIZE"),
-        (["--batch-size", "0"], {}, "--batch-size must be >= 1"),  # never replaced by the default
-        (["--lr", "0"], {}, "--lr must be > 0"),
+        (["--batch-size", "0"], {}, "--batch-size: must be an integer >= 1, got 0"),  # never replaced by the default
+        (["--lr", "0"], {}, "--lr: must be a finite number > 0, got 0"),
         (["--models", "v1", "v9"], {}, "--models: unknown model 'v9'"),
         (["--models", "v4"], {}, "--models needs a baseline and at least one model"),
         (["--models", "v1", "v4", "v1"], {}, "v1 listed twice"),

@@ -106,9 +106,9 @@ def _cli(*args):
         (["--model", "v9"], "unknown model"),
         (["--model", "v4", "--attn-backend", "nope"], "unknown attention backend"),
         (["--model", "v1", "--mixer-backend", "nope"], "unknown mixer backend"),
-        (["--model", "v4", "--resolution", "4"], "resolution must be >= 8"),
-        (["--model", "v4", "--resolution", "32.5"], "invalid int value"),
-        (["--model", "v4", "--observed-frac", "1.5"], "observed fraction"),
+        (["--model", "v4", "--resolution", "4"], "--resolution: must be an integer >= 8"),
+        (["--model", "v4", "--resolution", "32.5"], "must be an integer >= 8, got '32.5'"),
+        (["--model", "v4", "--observed-frac", "1.5"], "--observed-frac: must be a finite number > 0 and < 1"),
         (["--model", "v4", "--data", "/nonexistent/folder"], "does not exist"),
     ],
 )
@@ -155,6 +155,161 @@ def test_failed_run_leaves_good_checkpoint(tmp_path):
     rc = main(["--model", "v4", "--out-dir", str(tmp_path), *TINY, "--epochs", "3", "--resume",
                "--data", str(tmp_path / "nope")])  # fmt: skip
     assert rc == 2 and best.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence: a non-finite loss or gradient stops the run (or skips the step); no NaN weights are saved
+# ----------------------------------------------------------------------------------------------
+
+
+def _poison_after(monkeypatch, calls: int):
+    """flow_matching_loss returns NaN from its (calls + 1)-th training call on."""
+    import models.train as mt
+
+    real, n = mt.flow_matching_loss, {"i": 0}
+
+    def loss(model, batch, generator=None):
+        out = real(model, batch, generator)
+        if generator is None:  # training calls (validation passes its own generator)
+            n["i"] += 1
+            if n["i"] > calls:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(mt, "flow_matching_loss", loss)
+
+
+def test_divergence_stops_in_one_line_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                                          capsys):  # fmt: skip
+    _train(tmp_path, "v4", "--epochs", "1")  # 2 good steps, checkpoints written
+    d = tmp_path / "checkpoints_transformer_v4"
+    before = {p.name: p.read_bytes() for p in d.glob("*.pth")}
+    _poison_after(monkeypatch, 1)
+    rc = main(["--model", "v4", "--out-dir", str(tmp_path), *TINY, "--epochs", "3", "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert "training diverged at step 4 (epoch 1): loss nan" in err and "transformer_v4_latest.pth is kept" in err
+    assert {p.name: p.read_bytes() for p in d.glob("*.pth")} == before  # nothing written over them
+
+
+def test_a_huge_lr_diverges_and_is_caught(tmp_path, capsys):
+    rc = main(["--model", "v4", "--out-dir", str(tmp_path), *TINY, "--epochs", "3", "--lr", "1e12",
+               "--warmup-steps", "0"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "training diverged at step" in err and len(err.splitlines()) == 1, err
+    for p in (tmp_path / "checkpoints_transformer_v4").glob("*.pth"):  # whatever was saved is finite
+        assert all(torch.isfinite(t).all() for t in read_checkpoint(p)["model"].values() if t.is_floating_point())
+
+
+def test_nan_policy_skip_skips_the_step_then_gives_up(tmp_path, monkeypatch, capsys):
+    import models.train as mt
+
+    real, n = mt.flow_matching_loss, {"i": 0}
+
+    def loss(model, batch, generator=None):  # the 2nd training step only is NaN
+        out = real(model, batch, generator)
+        if generator is None:
+            n["i"] += 1
+            return out * float("nan") if n["i"] == 2 else out
+        return out
+
+    monkeypatch.setattr(mt, "flow_matching_loss", loss)
+    out = _train(tmp_path, "v4", "--epochs", "2", "--nan-policy", "skip")
+    assert out["steps"] == 3 and torch.isfinite(torch.tensor(out["best_val"]))  # the NaN batch is dropped
+    _poison_after(monkeypatch, 0)
+    rc = main(["--model", "v4", "--out-dir", str(tmp_path / "b"), *TINY, "--epochs", "30", "--nan-policy", "skip"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "21 non-finite steps in a row" in err and "latest.pth is kept" in err, err  # unchanged weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume checks its run
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    _train(tmp_path, "v4", "--epochs", "1")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "extra,env,needle",
+    [
+        (["--resolution", "24"], {}, "--resume: --resolution is 24 but the run in"),
+        (["--preset", "small"], {}, "--resume: --preset is small but the run"),
+        (["--observed-frac", "0.3"], {}, "--resume: --observed-frac is 0.3 but the run"),
+        (["--batch-size", "2"], {}, "--resume: --batch-size is 2 but the run"),
+        (["--seed", "7"], {}, "--resume: --seed is 7 but the run"),
+        (["--data", "{imgs}"], {}, "--resume: --data is {imgs} but the run in"),
+        (["--num-layers", "3"], {}, "the model config differs from the run in"),
+        ([], {"NUM_HEADS": "4"}, "(now vs then: num_heads 4 vs 2)"),
+    ],
+)
+def test_resume_refuses_a_different_run_in_one_line(run_dir, monkeypatch, capsys, extra, env, needle):
+    imgs = run_dir / "imgs"
+    imgs.mkdir()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    d = run_dir / "checkpoints_transformer_v4"
+    before = (d / "transformer_v4_latest.pth").read_bytes()
+    extra = [a.format(imgs=imgs) for a in extra]
+    rc = main(["--model", "v4", "--out-dir", str(run_dir), *TINY, *extra, "--epochs", "2", "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle.format(imgs=imgs) in err, err
+    assert (d / "transformer_v4_latest.pth").read_bytes() == before
+
+
+def test_resume_applies_and_logs_a_new_lr_and_epochs(run_dir, capsys):
+    out = _train(run_dir, "v4", "--epochs", "2", "--lr", "3e-4", "--resume")
+    said = capsys.readouterr().out
+    assert "resume: --lr changes from 0.0001 to 0.0003" in said and "resume: --epochs changes from 1 to 2" in said
+    ckpt = read_checkpoint(run_dir / "checkpoints_transformer_v4/transformer_v4_latest.pth")
+    assert out["steps"] == 4 and ckpt["args"]["lr"] == 3e-4
+    assert ckpt["scheduler"]["base_lrs"] == [3e-4]  # the new lr is the one the schedule uses, not just recorded
+
+
+def test_resume_without_lr_keeps_the_runs_lr(tmp_path, capsys):
+    _train(tmp_path, "v4", "--epochs", "1", "--lr", "5e-4")
+    _train(tmp_path, "v4", "--epochs", "2", "--resume")
+    assert "--lr changes" not in capsys.readouterr().out
+    ckpt = read_checkpoint(tmp_path / "checkpoints_transformer_v4/transformer_v4_latest.pth")
+    assert ckpt["args"]["lr"] == 5e-4 and ckpt["scheduler"]["base_lrs"] == [5e-4]
+
+
+def test_resuming_a_finished_run_says_so(run_dir, capsys):
+    out = _train(run_dir, "v4", "--epochs", "1", "--resume")
+    assert out["steps"] == 2 and "is finished (epoch 1 of 1, step 2 of 2)" in capsys.readouterr().out
+
+
+def test_resume_from_best_an_epoch_or_a_path(run_dir):
+    d = run_dir / "checkpoints_transformer_v4"
+    for which in ("best", "epoch_0000", str(d / "transformer_v4_epoch_0000.pth")):
+        assert _train(run_dir, "v4", "--epochs", "2", "--resume", which)["steps"] == 4
+
+
+def test_cpu_default_batch_is_announced_and_fits(tmp_path, capsys):
+    from models.train import CPU_BATCH
+
+    tiny = TINY[:4] + TINY[6:]  # no --batch-size
+    args = parse_args(["--model", "v4", "--out-dir", str(tmp_path), *tiny, "--train-samples", "16", "--max-steps", "1",
+                       "--epochs", "1"])  # fmt: skip
+    assert args.batch_size is None
+    train(args)
+    assert args.batch_size == CPU_BATCH and f"CPU run: --batch-size {CPU_BATCH}" in capsys.readouterr().out
+
+
+def test_cpu_default_batch_shrinks_to_the_memory_there_is(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEM_BUDGET_GB", "0.9")  # the 0.6 GB process base + about 2 tiny-V4 samples at 48²
+    args = parse_args(["--model", "v4", "--preset", "tiny", "--resolution", "48", "--train-samples", "8",
+                       "--val-samples", "2", "--quiet", "--out-dir", str(tmp_path), "--max-steps", "1",
+                       "--epochs", "1"])  # fmt: skip
+    train(args)
+    assert 1 <= args.batch_size < 8 and f"--batch-size {args.batch_size}" in capsys.readouterr().out
+    rc = main(["--model", "v4", "--preset", "tiny", "--resolution", "48", "--batch-size", "8", "--train-samples", "8",
+               "--val-samples", "2", "--quiet", "--out-dir", str(tmp_path / "b")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"--batch-size {args.batch_size} fits" in err and "$MEM_BUDGET_GB" in err, err
 
 
 # ----------------------------------------------------------------------------------------------
