@@ -288,14 +288,18 @@ class SparseFieldModel(nn.Module):
         """(name, parameter) of the encoder stack, names as in self.named_parameters()."""
         raise NotImplementedError
 
-    def head(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:
-        """The decoder's raw output (B, Nq, C): x̂1 or v, per cfg.prediction."""
+    def encode_tokens(self, noisy_values, query_coords, t, input_coords, input_values) -> tuple[torch.Tensor, int]:
+        """Embed the inputs and the queries (Fourier features + values + time), encode them in one sequence.
+        Returns the encoded (B, Nin + Nq, D) sequence, inputs first, and Nin."""
         query_tokens = self.query_proj(torch.cat([self.fourier_features(query_coords), noisy_values], -1))
         input_tokens = self.input_proj(torch.cat([self.fourier_features(input_coords), input_values], -1))
         t_embed = self.time_embed(t).unsqueeze(1)  # (B, 1, D)
         seq = torch.cat([input_tokens + t_embed, query_tokens + t_embed], dim=1)  # (B, Nin + Nq, D)
-        seq = self.encode(seq)
-        n_in = input_tokens.shape[1]
+        return self.encode(seq), input_tokens.shape[1]
+
+    def head(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:
+        """The decoder's raw output (B, Nq, C): x̂1 or v, per cfg.prediction."""
+        seq, n_in = self.encode_tokens(noisy_values, query_coords, t, input_coords, input_values)
         input_seq, query_seq = seq[:, :n_in], seq[:, n_in:]  # (B, Nin, D), (B, Nq, D)
         out = self.query_cross_attn(query_seq, input_seq, input_seq)  # (B, Nq, D)
         return self.decoder(self.cross_norm(query_seq + out))  # (B, Nq, C)

@@ -141,12 +141,8 @@ class BiMambaPerceiverDiffusion(SparseFieldModel):
 
     def head(self, noisy_values, query_coords, t, input_coords, input_values) -> torch.Tensor:
         """The shell's head, with the queries reading the latents instead of the encoded inputs. (B, Nq, C)."""
-        query_tokens = self.query_proj(torch.cat([self.fourier_features(query_coords), noisy_values], -1))
-        input_tokens = self.input_proj(torch.cat([self.fourier_features(input_coords), input_values], -1))
-        t_embed = self.time_embed(t).unsqueeze(1)  # (B, 1, D)
-        seq = torch.cat([input_tokens + t_embed, query_tokens + t_embed], dim=1)  # (B, Nin + Nq, D)
-        seq = self.encode(seq)
-        query_seq = seq[:, input_tokens.shape[1] :]  # (B, Nq, D)
+        seq, n_in = self.encode_tokens(noisy_values, query_coords, t, input_coords, input_values)
+        query_seq = seq[:, n_in:]  # (B, Nq, D)
         latents = self.bottleneck(seq)  # (B, M, D)
         out = self.query_cross_attn(query_seq, latents, latents)  # (B, Nq, D)
         return self.decoder(self.cross_norm(query_seq + out))  # (B, Nq, C)
