@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models.mamba2 import Mamba2Ref, ssd_naive, ssd_ref
+from tests.models.mixer_check import assert_mixers_match
 
 
 def _ssd_inputs(b=2, l=37, h=3, p=4, g=1, n=5, seed=0):
@@ -77,25 +78,7 @@ def test_mamba2_reference_matches_mamba_ssm_on_gpu(dtype, tol):
     torch.manual_seed(0)
     ref = Mamba2Ref(256, d_state=64, headdim=64).cuda()
     fast = Mamba2CUDA(d_model=256, d_state=64, d_conv=4, expand=2, headdim=64).cuda()
-    fast.load_state_dict(ref.state_dict())  # same names and shapes: one checkpoint fits both
-    x = torch.randn(4, 1024, 256, device="cuda")
-    outs, grads = [], []
-    for m in (ref, fast):
-        xi = x.clone().requires_grad_()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            y = m(xi)
-        y.float().square().mean().backward()
-        outs.append(y.float())
-        grads.append([xi.grad] + [p.grad for p in m.parameters()])
-        m.zero_grad()
-
-    def rel(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-    assert rel(outs[1], outs[0]) < tol
-    for g_fast, g_ref in zip(grads[1], grads[0], strict=True):
-        assert torch.isfinite(g_fast).all()
-        assert rel(g_fast, g_ref) < 3 * tol
+    assert_mixers_match(ref, fast, dtype, tol)
 
 
 @pytest.mark.gpu
