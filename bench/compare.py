@@ -72,6 +72,7 @@ from models.validate import (
     fraction,
     guard_committed_results,
     model_name,
+    nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
@@ -104,7 +105,9 @@ def model_overrides(a, key: str) -> dict:
 
 def train_config(a, key: str, out_dir: Path, max_steps: int, time_budget: float | None) -> TrainConfig:
     """models.train's config for one run; everything but the budget is the same for every model."""
+    progress = getattr(a, "progress", None)
     return TrainConfig(
+        deadline=progress.deadline if progress else None, curve_every=getattr(a, "curve_every", 0),
         model=key, preset=a.preset, resolution=a.resolution, observed_frac=a.observed_frac, data=a.data or None,
         batch_size=a.batch_size, lr=a.lr, epochs=10**9, max_steps=max_steps, time_budget=time_budget or None,
         train_samples=a.train_samples, val_samples=a.val_samples, seed=a.seed, device=a.device,
@@ -113,14 +116,66 @@ def train_config(a, key: str, out_dir: Path, max_steps: int, time_budget: float 
     )  # fmt: skip
 
 
+class Paused(Exception):
+    """The call's --time-budget is spent: the state is saved; the same command run again continues."""
+
+
+class Progress:
+    """--time-budget across calls: what is done (calibration, each run, each evaluation) is kept in <out>/STATE
+    after every unit, a training run pauses at an epoch end past the call's deadline (its latest checkpoint is
+    kept), and an evaluation starts only if its estimate fits in what is left."""
+
+    def __init__(self, out: Path, a, state: dict | None):
+        self.out, self.a = out, a
+        self.state = state or {"settings": dict(vars(a)), "phases": [], "runs": {}, "eval_s": {}}
+        self.state.setdefault("runs", {})
+        self.state.setdefault("eval_s", {})
+        self.deadline = time.time() + a.time_budget if a.time_budget else None
+        self.t0 = time.perf_counter()
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.time()
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        keep = {k: v for k, v in self.state.items()}
+        keep["settings"] = {k: v for k, v in self.state["settings"].items() if k != "progress"}
+        atomic_torch_save(keep, self.out / STATE)
+
+    def pause(self, what: str):
+        self.state["phases"].append({"phase": "part", **phase_record(self.t0)})
+        self.save()
+        print(f"[compare] time budget ({self.a.time_budget:g} s) spent before {what}; state in {self.out / STATE}: "
+              "run the same command again to continue", flush=True)  # fmt: skip
+        raise Paused(what)
+
+    def need(self, seconds: float, what: str) -> None:
+        """Pause now unless `seconds` (an estimate) fit in what is left of the call."""
+        if self.left() < seconds:
+            self.pause(what)
+
+
 def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | None) -> dict:
-    """Train one model; returns a row for quality_runs.csv (with the log rows under 'log')."""
-    out_dir = Path(a.work_dir) / budget
-    print(f"[compare] {BUDGET_LABELS[budget]}: training {key.upper()} for {max_steps} steps"
-          + (f" or {time_budget:.1f} s" if time_budget else ""), flush=True)  # fmt: skip
-    s = train(train_config(a, key, out_dir, max_steps, time_budget))
+    """Train one model; returns a row for quality_runs.csv (with the log rows under 'log' and the learning
+    curve under 'curve'). Under --time-budget: a finished run is taken from the state, a paused one resumed."""
+    progress = getattr(a, "progress", None)
+    done = progress.state["runs"].get(f"{budget}/{key}") if progress else None
+    if done is not None and not done.get("paused"):
+        return done
+    out_dir = Path(a.work_dir) / budget / key  # per model: V4 and V4-nopos share a class (and checkpoint name)
+    if progress:
+        progress.need(1.0, f"training {key.upper()} ({BUDGET_LABELS[budget]})")
+    print(f"[compare] {BUDGET_LABELS[budget]}: {'resuming' if done else 'training'} {key.upper()} for {max_steps} "
+          "steps" + (f" or {time_budget:.1f} s" if time_budget else ""), flush=True)  # fmt: skip
+    cfg = train_config(a, key, out_dir, max_steps, time_budget)
+    if done:
+        cfg.resume = "latest"
+    s = train(cfg, curve=getattr(a, "curve", None))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    if s["paused"]:
+        progress.state["runs"][f"{budget}/{key}"] = {"paused": True, "steps": s["steps"]}
+        progress.pause(f"the rest of {key.upper()}'s {BUDGET_LABELS[budget]} run (step {s['steps']})")
     log = pd.DataFrame(s["log"])
     per_step = log["time_per_step_s"].iloc[1:] if len(log) > 2 else log["time_per_step_s"]  # skip warm-up epoch
     row = {
@@ -133,9 +188,13 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
         "checkpoint": str(Path(s["checkpoint_dir"]) / f"{s['name']}_best.pth"), "reused": False, "log": s["log"],
     }  # fmt: skip
     row["info"] = {"class": s["model_version"], "config": s["config"]}  # for the environment record
+    row["curve"] = s["curve"]
     print(f"[compare] {key.upper()} {BUDGET_LABELS[budget]}: {row['steps']} steps in {row['train_time_s']:.1f} s "
           f"({row['mean_ms_per_step']:.1f} ms/step), peak {row['peak_mem_mb']:.0f} MB, best val {row['best_val']:.4f}",
           flush=True)  # fmt: skip
+    if progress:
+        progress.state["runs"][f"{budget}/{key}"] = row
+        progress.save()
     return row
 
 
@@ -254,7 +313,7 @@ def environment_record(a, device, runs: list[dict], S: int, rule: str, calib: di
             "equal_steps_rule": rule,
             "calibrated_ms_per_step": {k: 1e3 * v for k, v in calib.items()},
         },
-        settings=dict(vars(a)),
+        settings=settings_of(a),
         models=models,
         wall_clock_s=wall_s,
         phases=phases,  # one entry per process: the whole run, or --phase time then --phase steps
@@ -344,7 +403,8 @@ STATE = "quality_state.pt"  # --phase time → --phase steps: everything the sec
 SAME_SETTINGS = ("models", "baseline", "seconds", "steps", "calib_steps", "preset", "resolution", "observed_frac",
                  "batch_size", "lr", "train_samples", "val_samples", "seed", "data", "attn_backend", "mixer_backend",
                  *MODEL_FLAGS,
-                 "num_samples", "eval_steps", "method", "mean_draws", "eval_batch", "resolutions", "show")  # fmt: skip
+                 "num_samples", "eval_steps", "method", "mean_draws", "eval_batch", "resolutions", "show",
+                 "curve_every", "curve_samples")  # fmt: skip
 
 
 def phase_record(t0: float) -> dict:
@@ -382,16 +442,23 @@ def load_state(out: Path, a) -> dict:
     diff = [f"--{k.replace('_', '-')} {saved.get(k)!r} vs {getattr(a, k)!r}" for k in SAME_SETTINGS
             if saved.get(k) != getattr(a, k)]  # fmt: skip
     if diff:
-        raise ConfigError("--phase steps must run with the settings of --phase time: " + "; ".join(diff))
+        raise ConfigError(f"--phase steps (or a continued --time-budget run) must use the settings of the run in "
+                          f"{path}: " + "; ".join(diff))  # fmt: skip
     return state
 
 
-def main_compare(argv=None) -> None:
+def settings_of(a) -> dict:
+    """The run's settings (the flags), without the live objects bench.compare hangs on `a`."""
+    return {k: v for k, v in vars(a).items() if k not in ("progress", "curve")}
+
+
+def prepare(argv=None):
+    """Parse and check every flag (nothing trained or written yet) → (a, out, device), or None for --report-only."""
     p = build_parser()
     first = p.parse_args(argv)
     if first.report_only:
         print(f"wrote {write_report(first.out or 'results')}")
-        return
+        return None
     on_gpu = pick_device(first.device).type == "cuda"
     out = Path(first.out or ("runs/quick" if first.quick else "results" if on_gpu else "results/cpu"))
     if first.quick:
@@ -407,48 +474,89 @@ def main_compare(argv=None) -> None:
     a.batch_size = default_batch_size(a, pick_device(a.device)) if a.batch_size is None else a.batch_size
     a.verbose = a.verbose or (not a.quick and not on_gpu)  # CPU runs are long: show their progress
     check_args(a)
-    state = load_state(out, a) if a.phase == "steps" else None  # checked before anything is trained
-    device = pick_device(a.device)
+    return a, out, pick_device(a.device)
+
+
+def main_compare(argv=None) -> None:
+    prepared = prepare(argv)
+    if prepared is not None:
+        try:
+            run_compare(*prepared)
+        except Paused:
+            pass  # said, and saved: the same command continues
+
+
+def run_compare(a, out: Path, device) -> Path | None:
+    """The whole comparison (or what is left of it under --time-budget / --phase). Returns quality.md when done."""
+    resumable = a.phase == "steps" or a.time_budget
+    state = load_state(out, a) if a.phase == "steps" or (resumable and (out / STATE).is_file()) else None
+    if state is not None:
+        print(f"[compare] continuing from {out / STATE}", flush=True)
     if a.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscribed CI cores
     ecfg = eval_config(a)
-    t0 = time.perf_counter()
+    a.progress = progress = Progress(out, a, state)
+    state = progress.state
+    a.curve = None
+    if a.curve_every:
+        from bench.curves import HeldOutCurve
 
-    if state is None:  # phase 1: calibration, the equal-time runs and their evaluation
-        calib = calibrate(a, device)
-        time_runs = train_equal_time(a, calib)
-        result = evaluate_budget(a, device, ecfg, time_runs, "equal_time", None, out, None, t0)
-        state = {"settings": vars(a), "calib": calib, "time_runs": time_runs, "equal_time": result,
-                 "phases": [{"phase": "time", **phase_record(t0)}]}  # fmt: skip
+        a.curve = HeldOutCurve(a.data, a.resolution, a.observed_frac, a.curve_samples, min(4, a.mean_draws),
+                               a.eval_batch, a.seed, device)  # fmt: skip
+
+    # phase 1: calibration, the equal-time runs and their evaluation
+    if "calib" not in state:
+        state["calib"] = calibrate(a, device)
+        progress.save()
+    calib = state["calib"]
+    if "time_runs" not in state:
+        state["time_runs"] = train_equal_time(a, calib)
+        progress.save()
+    results = {}
+    if "equal_time" not in state:
+        progress.need(state["eval_s"].get("estimate", a.eval_estimate), "the equal-time evaluation")
+        t_eval = time.perf_counter()
+        state["equal_time"] = evaluate_budget(a, device, ecfg, state["time_runs"], "equal_time", None, out, None,
+                                              progress.t0)  # fmt: skip
+        state["eval_s"]["estimate"] = time.perf_counter() - t_eval
         if a.phase == "time":
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(state, out / STATE)
-            print(f"[compare] phase 'time' done in {time.perf_counter() - t0:.0f} s; state in {out / STATE}: "
-                  f"run --phase steps --out {out} (same settings) to finish", flush=True)  # fmt: skip
-            return
-        t0 = time.perf_counter()
-    else:
-        print(f"[compare] phase 'steps': continuing from {out / STATE}", flush=True)
+            state["phases"].append({"phase": "time", **phase_record(progress.t0)})
+            progress.save()
+            print(f"[compare] phase 'time' done in {time.perf_counter() - progress.t0:.0f} s; state in "
+                  f"{out / STATE}: run --phase steps --out {out} (same settings) to finish", flush=True)  # fmt: skip
+            return None
+        progress.save()
+    results["equal_time"] = state["equal_time"]
 
     # phase 2: the equal-steps runs, their evaluation, the data files and the report
-    calib, results = state["calib"], {"equal_time": state["equal_time"]}
     runs, S, rule = train_equal_steps(a, state["time_runs"])
-    results["equal_steps"] = evaluate_budget(a, device, ecfg, runs, "equal_steps", results["equal_time"], out, S, t0)
-    phases = [*state["phases"], {"phase": "steps" if a.phase == "steps" else "all", **phase_record(t0)}]
+    progress.need(state["eval_s"].get("estimate", a.eval_estimate), "the equal-steps evaluation")
+    results["equal_steps"] = evaluate_budget(a, device, ecfg, runs, "equal_steps", results["equal_time"], out, S,
+                                             progress.t0)  # fmt: skip
+    last = "steps" if a.phase == "steps" else "part" if state["phases"] else "all"
+    phases = [*state["phases"], {"phase": last, **phase_record(progress.t0)}]
+    return write_outputs(a, out, device, runs, results, calib, S, rule, phases)
+
+
+def write_outputs(a, out, device, runs, results, calib, S, rule, phases) -> Path:
     per_image = [results[b].per_image.assign(budget=b) for b in ("equal_time", "equal_steps")]
     summaries = [
         summarize(results[b].per_image, results[b].timing).assign(budget=b) for b in ("equal_time", "equal_steps")
     ]
     train_rows = [{"budget": r["budget"], "model": r["model"], "reused": r["reused"], **row}
                   for r in runs for row in r["log"]]  # fmt: skip
+    curve_rows = [{"budget": r["budget"], "model": r["model"], "reused": r["reused"], "resolution": a.resolution,
+                   **row} for r in runs for row in r.get("curve") or []]  # fmt: skip
 
     first_cols = ["budget", "method", "estimator", "resolution"]
     summary = pd.concat(summaries, ignore_index=True)
     atomic_to_csv(summary[first_cols + [c for c in summary.columns if c not in first_cols]], out / "quality.csv")
     atomic_to_csv(pd.concat(per_image, ignore_index=True), out / "quality_per_image.csv")
-    skip = ("log", "info")
+    skip = ("log", "info", "curve")
     atomic_to_csv(pd.DataFrame([{k: v for k, v in r.items() if k not in skip} for r in runs]), out / "quality_runs.csv")
     atomic_to_csv(pd.DataFrame(train_rows), out / "quality_train.csv")
+    if curve_rows:
+        atomic_to_csv(pd.DataFrame(curve_rows), out / "quality_curve.csv")
     wall = sum(ph["wall_clock_s"] for ph in phases)
     env = environment_record(a, device, runs, S, rule, calib, wall, phases)
     atomic_write_text(out / "quality_env.json", json.dumps(env, indent=2, default=str) + "\n")
@@ -456,6 +564,7 @@ def main_compare(argv=None) -> None:
     (out / STATE).unlink(missing_ok=True)  # consumed
     print(f"[compare] done in {wall:.0f} s: {report}")
     print(report.read_text().split("## Verdict")[1].split("The verdict is computed")[0].strip())
+    return report
 
 
 def build_parser() -> ArgParser:
@@ -483,6 +592,16 @@ def build_parser() -> ArgParser:
         help="equal-steps budget (0: the steps the slowest model made in --seconds; its run is reused)",
     )
     g.add_argument("--calib-steps", type=positive_int, default=10, help="timed steps per model that size the schedules")
+    g.add_argument("--time-budget", type=nonneg_float, default=0.0, help="seconds of this call (0: no limit): "
+                   f"training pauses at an epoch end past it, the progress is kept in <out>/{STATE} and the same "
+                   "command run again continues (e.g. GPU calls of < 10 min)")  # fmt: skip
+    g.add_argument("--eval-estimate", type=positive_float, default=120.0, help="seconds an evaluation is assumed "
+                   "to take until one has been timed (--time-budget starts one only if it fits)")  # fmt: skip
+    g = p.add_argument_group("learning curves")
+    g.add_argument("--curve-every", type=nonneg_int, default=0, help="held-out PSNR (posterior mean) every this "
+                   "many steps, to quality_curve.csv (0: none)")  # fmt: skip
+    g.add_argument("--curve-samples", type=positive_int, default=32, help="held-out crops of each curve point (the "
+                   "first ones of the evaluation's)")  # fmt: skip
     g = p.add_argument_group("models")
     g.add_argument("--models", nargs="+", type=model_name, default=["v1", "v4"], metavar="MODEL",
                    help="the models to train and compare, in this order (default: v1 v4)")  # fmt: skip

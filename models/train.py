@@ -307,6 +307,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (None: all batches)
     max_steps: int | None = None  # total optimizer steps = the cosine schedule's length (None: epochs × steps/epoch)
     time_budget: float | None = None  # stop after this many seconds of training (None: no limit)
+    deadline: float | None = None  # time.time() after which the run pauses at the next epoch end (resume continues)
+    curve_every: int = 0  # a learning-curve point (train()'s `curve` callback) every this many steps (0: none)
     train_samples: int = 4096  # crops per training epoch
     val_samples: int = 256  # crops in the validation set
     weight_decay: float = 0.01  # AdamW weight decay
@@ -330,8 +332,13 @@ class TrainConfig:
     quiet: bool = False  # no progress bar
 
 
-def train(args: TrainConfig) -> dict:
-    """Train one model; returns a summary dict. Every input is checked before anything is written."""
+def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = None) -> dict:
+    """Train one model; returns a summary dict. Every input is checked before anything is written.
+
+    curve(model) → {column: value} (e.g. bench.curves.HeldOutCurve: held-out PSNR of the posterior mean) runs at
+    step 0 and every args.curve_every steps; its rows, with the step and the seconds of training so far (the
+    curve's own time is not counted), go to <name>_curve.csv and the summary's "curve". args.deadline pauses the
+    run at the first epoch end past it (summary "paused": True); --resume continues it where it stopped."""
     device = pick_device(args.device)
     check_resolution(args.resolution)
     check_fraction(args.observed_frac)
@@ -398,12 +405,13 @@ def train(args: TrainConfig) -> dict:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    start_epoch, step, best, log_rows, train_time = 0, 0, float("inf"), [], 0.0
+    start_epoch, step, best, log_rows, train_time, curve_rows = 0, 0, float("inf"), [], 0.0, []
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_val"]
         log_rows, train_time = ckpt.get("log", []), ckpt.get("train_time_s", 0.0)
+        curve_rows = ckpt.get("curve", [])
         _set_rng_state(ckpt["rng"])
         if args.lr != ckpt.get("args", {}).get("lr", args.lr):  # an explicit new --lr: the schedule's new peak
             sched.base_lrs = [args.lr for _ in opt.param_groups]
@@ -421,14 +429,31 @@ def train(args: TrainConfig) -> dict:
     )
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log_csv, loss_png = ckpt_dir / f"{cls.name}_log.csv", ckpt_dir / f"{cls.name}_loss.png"
+    curve_csv = ckpt_dir / f"{cls.name}_curve.csv"
+    every = args.curve_every if curve is not None else 0
+
+    def curve_point(elapsed: float) -> float:
+        """One learning-curve row (the model in eval mode); returns the seconds it took (not training time)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tc = time.perf_counter()
+        model.eval()
+        curve_rows.append({"step": step, "train_time_s": train_time + elapsed, **curve(model)})
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - tc
+
     model.train()
-    stop, skips = False, 0
+    if every and not curve_rows:
+        curve_point(0.0)
+    stop, skips, paused = False, 0, False
     for epoch in range(start_epoch, args.epochs):
-        if stop or step >= total_steps:
+        if stop or paused or step >= total_steps:
             break
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        t0, losses = time.perf_counter(), []
+        t0, losses, curve_s = time.perf_counter(), [], 0.0
         batches = train_batches.epoch(epoch)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
         for i, batch in enumerate(bar):
@@ -446,13 +471,21 @@ def train(args: TrainConfig) -> dict:
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if args.time_budget and train_time + time.perf_counter() - t0 >= args.time_budget:
+            if args.time_budget and train_time + time.perf_counter() - t0 - curve_s >= args.time_budget:
                 stop = True
                 break
+            if every and step % every == 0 and step < total_steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                curve_s += curve_point(time.perf_counter() - t0 - curve_s)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t0
+        epoch_time = time.perf_counter() - t0 - curve_s
+        last = stop or step >= total_steps or epoch == args.epochs - 1
+        if every and last and curve_rows[-1]["step"] != step:
+            curve_point(epoch_time)  # the run's last point: the final model
         train_time += epoch_time
+        paused = bool(args.deadline) and time.time() >= args.deadline and not (stop or step >= total_steps)
         val = validation_loss(model, val_batches, device, not args.no_amp)
         if not math.isfinite(val):  # finite steps, non-finite weights (an overflowing update): nothing is saved
             raise Diverged(divergence_message(args, step, epoch, val, None, latest, 0, "validation loss"))
@@ -471,6 +504,7 @@ def train(args: TrainConfig) -> dict:
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
             "best_val": min(best, val), "rng": _rng_state(), "log": log_rows, "train_time_s": train_time,
             "args": asdict(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
+            "curve": curve_rows,
         }  # fmt: skip
         if val < best:
             best = val
@@ -479,11 +513,16 @@ def train(args: TrainConfig) -> dict:
             save_checkpoint(ckpt_dir / f"{cls.name}_epoch_{epoch:04d}.pth", model, **state)
         save_checkpoint(latest, model, **state)
         atomic_to_csv(pd.DataFrame(log_rows), log_csv)
+        if curve_rows:
+            atomic_to_csv(pd.DataFrame(curve_rows), curve_csv)
         plot_loss_curve(log_csv, loss_png)
+    if paused:
+        print(f"models.train: paused at step {step} (epoch {epoch}, deadline reached); --resume continues the run")
     return {
         "model": args.model, "name": cls.name, "model_version": model.version, "config": asdict(model.cfg),
         "params": n_params, "steps": step, "best_val": best,
-        "train_time_s": train_time, "checkpoint_dir": str(ckpt_dir), "log": log_rows,
+        "train_time_s": train_time, "checkpoint_dir": str(ckpt_dir), "log": log_rows, "curve": curve_rows,
+        "paused": paused,
     }  # fmt: skip
 
 
