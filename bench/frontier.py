@@ -322,6 +322,7 @@ def r_dir(r: int) -> str:
 
 
 def main_frontier(argv=None) -> None:
+    start = time.time()  # the call's budget counts from here (a GPU call's limit is wall-clock)
     p = build_parser()
     a, extra = p.parse_known_args(argv)
     device = pick_device(a.device)
@@ -351,13 +352,13 @@ def main_frontier(argv=None) -> None:
         raise ConfigError(f"--res must be increasing and distinct, got {' '.join(map(str, a.res))}")
     # every resolution's flags are checked before anything is trained (bench.compare's own checks)
     prepared = {r: prepare(compare_argv(a, r, extra, None)) for r in a.res if not finished(res_dir(out, r))}
-    deadline = time.time() + a.time_budget if a.time_budget else None
+    deadline = start + a.time_budget if a.time_budget else None
     for r in a.res:
         if r not in prepared:
             print(f"[frontier] {r}²: done ({res_dir(out, r)}/quality.md)", flush=True)
             continue
         left = None if deadline is None else deadline - time.time()
-        if left is not None and left < 5:
+        if left is not None and left < 1:
             print(f"[frontier] time budget spent before {r}²: run the same command again to continue", flush=True)
             return
         print(f"[frontier] {r}²" + ("" if left is None else f" ({left:.0f} s left in this call)"), flush=True)

@@ -1,0 +1,102 @@
+"""bench.frontier on the CPU: the whole path (two training resolutions, learning curves, zero-shot SR, the plots and
+frontier.md from the saved CSVs) on a synthetic source folder with a manifest, in calls of a few seconds that each
+continue the last (the GPU plan's 9-minute calls, shrunk), and its bad inputs (exit 2, one line, nothing trained)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.frontier import main
+from models.sources import MANIFEST, sha256_file
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/bench/conftest.py
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """Six smooth synthetic 'photographs' (four train, two held out) and their manifest, as make data writes it."""
+    d = tmp_path_factory.mktemp("sources")
+    y, x = np.mgrid[0:72, 0:96] / 72.0
+    entries = []
+    for i in range(6):
+        img = np.stack([np.sin(x * (i + 1) * 3 + c) * 0.4 + 0.5 + 0.1 * np.cos(y * (i + 2) * 4) for c in range(3)], -1)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(d / f"s{i}.png")
+        entries.append({"name": f"s{i}", "file": f"s{i}.png", "split": "val" if i >= 4 else "train",
+                        "sha256": sha256_file(d / f"s{i}.png"), "license": "synthetic"})  # fmt: skip
+    (d / MANIFEST).write_text(json.dumps({"format": 1, "split_rule": "test", "sources": entries}))
+    return d
+
+
+SMOKE = ["--quick", "--models", "v1", "v4", "--seconds", "1", "--curve-every", "3", "--curve-samples", "4",
+         "--calib-steps", "1", "--eval-estimate", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def frontier(sources, tmp_path_factory):
+    """The plan in calls of --time-budget 4 s, each one the same command, until frontier.md is written."""
+    out = tmp_path_factory.mktemp("frontier")
+    calls = 0
+    while not (out / "frontier.md").exists():
+        calls += 1
+        assert calls <= 12, "the plan does not finish"
+        assert main([*SMOKE, "--data", str(sources), "--out", str(out), "--time-budget", "4"]) == 0
+    return out, calls
+
+
+def test_the_plan_continues_across_calls_and_writes_everything(frontier):
+    out, calls = frontier
+    assert calls >= 2  # the time budget cut it and the same command went on
+    for f in ("frontier.md", "frontier.csv", "frontier_curve_r16.png", "frontier_curve_r24.png",
+              "frontier_inference.png", "r16/quality.md", "r24/quality.md", "r16/quality_curve.csv"):  # fmt: skip
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert not list(out.rglob("quality_state.pt"))  # consumed
+    finals = pd.read_csv(out / "frontier.csv")
+    assert set(finals["resolution"]) == {16, 24} and set(finals["model"]) == {"v1", "v4"}
+    assert set(finals["budget"]) == {"equal_steps", "equal_time"} and (finals["infer_ms_mean"] > 0).all()
+    curve = pd.read_csv(out / "r16" / "quality_curve.csv")
+    first = curve[(curve["budget"] == "equal_time") & (curve["model"] == "v1")]
+    assert first["step"].iloc[0] == 0 and first["step"].is_monotonic_increasing and len(first) >= 2
+    assert first["train_time_s"].is_monotonic_increasing and curve["psnr_linear"].nunique() == 1
+    s16 = pd.read_csv(out / "r16" / "quality.csv")
+    assert set(s16["resolution"]) == {16, 32}  # zero-shot SR of the lowest resolution's models
+    assert set(pd.read_csv(out / "r24" / "quality.csv")["resolution"]) == {24}
+    env = json.loads((out / "r16" / "quality_env.json").read_text())
+    assert len(env["phases"]) >= 2 and env["settings"]["models"] == ["v1", "v4"]
+
+
+def test_the_report_is_built_from_the_saved_files(frontier):
+    out, _ = frontier
+    md = (out / "frontier.md").read_text()
+    for needle in ("## 16²", "## 24²", "− linear, per source", "− V1, per crop", "Zero-shot super-resolution",
+                   "frontier_curve_r16.png", "frontier_inference.png", "4 train sources, 2 held out"):  # fmt: skip
+        assert needle in md, needle
+    (out / "frontier.md").unlink()
+    assert main(["--report-only", "--out", str(out)]) == 0
+    assert (out / "frontier.md").read_text() == md
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--seconds", "1", "2", "3"], "--seconds: give one value or one per --res (2), got 3"),
+        (["--res", "24", "16"], "--res must be increasing"),
+        (["--res", "4"], "--res: must be an integer >= 8"),
+        (["--models", "v1", "v9"], "unknown model 'v9'"),
+        (["--lr", "0"], "bench.compare: error: argument --lr"),  # passed through to bench.compare, checked there
+    ],
+)
+def test_bad_inputs_exit_2_before_training(sources, tmp_path, capsys, args, needle):
+    out = tmp_path / "out"
+    code = main(["--quick", "--data", str(sources), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not (out / "r16").exists()
+
+
+def test_default_data_needs_make_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quick", "--out", str(tmp_path / "o")]) == 2
+    assert "run `make data`" in capsys.readouterr().err
