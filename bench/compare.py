@@ -107,7 +107,8 @@ def train_config(a, key: str, out_dir: Path, max_steps: int, time_budget: float 
     """models.train's config for one run; everything but the budget is the same for every model."""
     progress = getattr(a, "progress", None)
     return TrainConfig(
-        deadline=progress.deadline if progress else None, curve_every=getattr(a, "curve_every", 0),
+        pause_after=progress.left() if progress and progress.deadline else None,
+        curve_every=getattr(a, "curve_every", 0), curve_samples=getattr(a, "curve_samples", 32),
         model=key, preset=a.preset, resolution=a.resolution, observed_frac=a.observed_frac, data=a.data or None,
         batch_size=a.batch_size, lr=a.lr, epochs=10**9, max_steps=max_steps, time_budget=time_budget or None,
         train_samples=a.train_samples, val_samples=a.val_samples, seed=a.seed, device=a.device,

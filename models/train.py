@@ -307,8 +307,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap on optimizer steps per epoch (None: all batches)
     max_steps: int | None = None  # total optimizer steps = the cosine schedule's length (None: epochs × steps/epoch)
     time_budget: float | None = None  # stop after this many seconds of training (None: no limit)
-    deadline: float | None = None  # time.time() after which the run pauses at the next epoch end (resume continues)
-    curve_every: int = 0  # a learning-curve point (train()'s `curve` callback) every this many steps (0: none)
+    pause_after: float | None = None  # wall-clock seconds after which the run pauses at an epoch end (--resume goes on)
+    curve_every: int = 0  # held-out PSNR (train()'s `curve` callback; the CLI: bench.curves) every this many steps
+    curve_samples: int = 32  # held-out crops per learning-curve point (the CLI's callback)
     train_samples: int = 4096  # crops per training epoch
     val_samples: int = 256  # crops in the validation set
     weight_decay: float = 0.01  # AdamW weight decay
@@ -337,8 +338,9 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
 
     curve(model) → {column: value} (e.g. bench.curves.HeldOutCurve: held-out PSNR of the posterior mean) runs at
     step 0 and every args.curve_every steps; its rows, with the step and the seconds of training so far (the
-    curve's own time is not counted), go to <name>_curve.csv and the summary's "curve". args.deadline pauses the
-    run at the first epoch end past it (summary "paused": True); --resume continues it where it stopped."""
+    curve's own time is not counted), go to <name>_curve.csv and the summary's "curve". args.pause_after (seconds
+    from now) pauses the run at the first epoch end past it (summary "paused": True); --resume continues it."""
+    deadline = time.time() + args.pause_after if args.pause_after else None
     device = pick_device(args.device)
     check_resolution(args.resolution)
     check_fraction(args.observed_frac)
@@ -485,7 +487,7 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
         if every and last and curve_rows[-1]["step"] != step:
             curve_point(epoch_time)  # the run's last point: the final model
         train_time += epoch_time
-        paused = bool(args.deadline) and time.time() >= args.deadline and not (stop or step >= total_steps)
+        paused = deadline is not None and time.time() >= deadline and not (stop or step >= total_steps)
         val = validation_loss(model, val_batches, device, not args.no_amp)
         if not math.isfinite(val):  # finite steps, non-finite weights (an overflowing update): nothing is saved
             raise Diverged(divergence_message(args, step, epoch, val, None, latest, 0, "validation loss"))
@@ -551,6 +553,11 @@ def build_parser() -> ArgParser:
     p.add_argument("--steps-per-epoch", type=positive_int, default=None, help="cap on optimizer steps per epoch")
     p.add_argument("--max-steps", type=positive_int, default=None, help="total optimizer steps (schedule length)")
     p.add_argument("--time-budget", type=positive_float, default=None, help="stop after this many seconds")
+    p.add_argument("--pause-after", type=positive_float, default=None, help="wall-clock seconds, then pause at an "
+                   "epoch end (the latest checkpoint kept; --resume continues): runs longer than one call")  # fmt: skip
+    p.add_argument("--curve-every", type=nonneg_int, default=0, help="held-out PSNR of the posterior mean every this "
+                   "many steps → <name>_curve.csv (bench.curves; 0: none)")  # fmt: skip
+    p.add_argument("--curve-samples", type=positive_int, default=32, help="held-out crops per curve point")
     p.add_argument("--train-samples", type=positive_int, default=4096, help="crops per training epoch")
     p.add_argument("--val-samples", type=positive_int, default=256, help="crops in the validation set")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.01)
@@ -592,8 +599,23 @@ def parse_args(argv=None) -> TrainConfig:
     return TrainConfig(**vars(args))
 
 
+def curve_for(args: TrainConfig):
+    """The CLI's learning-curve callback (bench.curves.HeldOutCurve on the run's held-out images), or None."""
+    if not args.curve_every:
+        return None
+    from bench.curves import HeldOutCurve
+
+    return HeldOutCurve(args.data, args.resolution, args.observed_frac, args.curve_samples, seed=args.seed,
+                        device=pick_device(args.device), amp=not args.no_amp)  # fmt: skip
+
+
+def main_train(argv=None) -> dict:
+    args = parse_args(argv)
+    return train(args, curve=curve_for(args))
+
+
 def main(argv=None) -> int:
-    return cli_main(lambda a: train(parse_args(a)), argv, build_parser())
+    return cli_main(main_train, argv, build_parser())
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_no_curve_without_callback_or_period(tmp_path):
 
 def test_deadline_pauses_and_resume_matches_a_straight_run(tmp_path):
     straight = train(_cfg(tmp_path / "a", "--epochs", "3", curve_every=2), curve=SlowCurve())
-    first = train(_cfg(tmp_path / "b", "--epochs", "3", deadline=time.time(), curve_every=2), curve=SlowCurve())
+    first = train(_cfg(tmp_path / "b", "--epochs", "3", pause_after=1e-9, curve_every=2), curve=SlowCurve())
     assert first["paused"] and first["steps"] == 2  # one epoch, then the deadline
     resumed = train(_cfg(tmp_path / "b", "--epochs", "3", "--resume", curve_every=2), curve=SlowCurve())
     assert not resumed["paused"] and resumed["steps"] == straight["steps"] == 6
@@ -63,3 +63,12 @@ def test_deadline_pauses_and_resume_matches_a_straight_run(tmp_path):
     b = read_checkpoint(tmp_path / "b/checkpoints_transformer_v4/transformer_v4_latest.pth")
     for k in a["model"]:
         torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-6, rtol=1e-5)
+
+
+def test_cli_curve_is_the_held_out_psnr(tmp_path):
+    from models.train import main
+
+    assert main([*TINY, "--out-dir", str(tmp_path), "--epochs", "2", "--curve-every", "2", "--curve-samples", "2"]) == 0
+    csv = pd.read_csv(tmp_path / "checkpoints_transformer_v4" / "transformer_v4_curve.csv")
+    assert list(csv["step"]) == [0, 2, 4] and (csv["curve_crops"] == 2).all()
+    assert csv["psnr"].between(0, 100).all() and csv["psnr_linear"].nunique() == 1  # the floor: computed once
