@@ -16,6 +16,7 @@ manifest says (by source, checked by sha256), any other folder by file (every 10
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +210,14 @@ class SparseFieldDataset(Dataset):
             "query_index": qry,  # (N_q,)
             "index": i,
         }
+
+
+@functools.lru_cache(maxsize=2)
+def cached_dataset(data, split, resolution, num_samples, observed_frac, seed, augment) -> SparseFieldDataset:
+    """SparseFieldDataset(load_images(data, split), ...) kept for the next identical call (a training set and a
+    validation set): bench.compare trains every model on the same crops, and rendering 16,384 of them costs
+    seconds of a GPU call each time. Read only: the training loop copies the crops to the device."""
+    return SparseFieldDataset(load_images(data, split), resolution, num_samples, observed_frac, seed, augment)
 
 
 class DeviceBatches:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from models import MODELS, build_model, count_parameters
 from models.checkpoint import model_from_checkpoint, save_checkpoint
 from models.common import ENV_TRAIN, ConfigError, check_trainable
-from models.data import DeviceBatches, SparseFieldDataset, check_fraction, check_resolution, load_images
+from models.data import DeviceBatches, cached_dataset, check_fraction, check_resolution
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, cli_main, pick_device
 from models.validate import (
     check_memory,
@@ -381,13 +381,10 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
     if not args.quiet:
         print(f"models.train: rendering {args.train_samples} training and {args.val_samples} validation crops at "
               f"{args.resolution}²", flush=True)  # fmt: skip
-    train_ds = SparseFieldDataset(
-        load_images(args.data, "train"), args.resolution, args.train_samples, args.observed_frac, args.seed
-    )
-    val_ds = SparseFieldDataset(
-        load_images(args.data, "val"), args.resolution, args.val_samples, args.observed_frac,
-        args.seed + 1, augment=False,
-    )  # fmt: skip
+    train_ds = cached_dataset(args.data, "train", args.resolution, args.train_samples, args.observed_frac, args.seed,
+                              True)  # fmt: skip
+    val_ds = cached_dataset(args.data, "val", args.resolution, args.val_samples, args.observed_frac, args.seed + 1,
+                            False)  # fmt: skip
     if args.batch_size > len(train_ds):
         raise ConfigError(f"--batch-size {args.batch_size} is larger than --train-samples {len(train_ds)}")
     train_batches = DeviceBatches(train_ds, args.batch_size, device)
