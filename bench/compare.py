@@ -112,6 +112,7 @@ def train_config(a, key: str, out_dir: Path, max_steps: int, time_budget: float 
         model=key, preset=a.preset, resolution=a.resolution, observed_frac=a.observed_frac, data=a.data or None,
         batch_size=a.batch_size, lr=a.lr, epochs=10**9, max_steps=max_steps, time_budget=time_budget or None,
         train_samples=a.train_samples, val_samples=a.val_samples, seed=a.seed, device=a.device,
+        steps_per_epoch=getattr(a, "steps_per_epoch", None),
         attn_backend=a.attn_backend, mixer_backend=a.mixer_backend, out_dir=str(out_dir), save_every=0,
         overwrite=True, quiet=not a.verbose, **config_overrides(key, {f: getattr(a, f) for f in MODEL_FLAGS}),
     )  # fmt: skip
@@ -405,7 +406,7 @@ SAME_SETTINGS = ("models", "baseline", "seconds", "steps", "calib_steps", "prese
                  "batch_size", "lr", "train_samples", "val_samples", "seed", "data", "attn_backend", "mixer_backend",
                  *MODEL_FLAGS,
                  "num_samples", "eval_steps", "method", "mean_draws", "eval_batch", "resolutions", "show",
-                 "curve_every", "curve_samples")  # fmt: skip
+                 "curve_every", "curve_samples", "steps_per_epoch")  # fmt: skip
 
 
 def phase_record(t0: float) -> dict:
@@ -617,6 +618,9 @@ def build_parser() -> ArgParser:
     g.add_argument("--lr", type=positive_float, default=None, help="default: $LR or 1e-3 (short budget; the "
                    "spec's is 1e-4)")  # fmt: skip
     g.add_argument("--train-samples", type=positive_int, default=16384, help="crops per training epoch")
+    g.add_argument("--steps-per-epoch", type=positive_int, default=None, help="cap on steps per epoch (each epoch "
+                   "a fresh random subset of the crops): the granularity of validation, checkpoints and "
+                   "--time-budget pauses (default: every crop once)")  # fmt: skip
     g.add_argument("--val-samples", type=positive_int, default=256)
     g.add_argument("--seed", type=nonneg_int, default=0)
     g.add_argument("--data", type=existing_dir, default=None, help="folder of images (default: scikit-image photos)")

@@ -95,6 +95,7 @@ def load_runs(out: Path) -> dict[int, dict]:
             "per_image": pd.read_csv(d / "quality_per_image.csv"),
             "runs": pd.read_csv(d / "quality_runs.csv"),
             "curve": pd.read_csv(curve) if curve.is_file() else pd.DataFrame(),
+            "train": pd.read_csv(d / "quality_train.csv"),
         }
     if not found:
         raise ConfigError(f"{out} holds no finished r<res>/ folder: run python -m bench.frontier --out {out} first")
@@ -235,6 +236,28 @@ def sr_table(r: int, d: dict) -> list[str]:
     return lines
 
 
+def limit_table(d: dict) -> list[str]:
+    """Markdown: what limits each equal-time run — the curve's gain over the second half of the training time
+    (still rising: steps), and the last epoch's train vs validation loss (a gap: the data)."""
+    c, t = d["curve"], d["train"]
+    if not len(c):
+        return []
+    lines = ["| model | held-out PSNR at ½ the time → at the end (dB) | gain in the second half | train loss | "
+             "validation loss | val / train |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for k in d["env"]["settings"]["models"]:
+        g = c[(c["model"] == k) & (c["budget"] == "equal_time")]
+        e = t[(t["model"] == k) & (t["budget"] == "equal_time")]
+        if len(g) < 2 or not len(e):
+            continue
+        end = float(g["train_time_s"].iloc[-1])
+        half = g.iloc[(g["train_time_s"] - end / 2).abs().argmin()]
+        last = e.iloc[-1]
+        lines.append(f"| {label(k)} | {half['psnr']:.2f} → {g['psnr'].iloc[-1]:.2f} | "
+                     f"{g['psnr'].iloc[-1] - half['psnr']:+.2f} | {last['train_loss']:.4f} | {last['val_loss']:.4f} | "
+                     f"{last['val_loss'] / last['train_loss']:.2f} |")  # fmt: skip
+    return lines
+
+
 def sweep_table(res: list[int], models: list[str], path: Path = SWEEP_CSV) -> list[str]:
     """Device time per training step (batch 8, make bench's latency regime, each variant's primary CUDA backend)
     at the training resolutions, and its ratio to the first model's."""
@@ -297,7 +320,8 @@ def write_report(out) -> Path:
         if len(d["curve"]):
             p = plot_curves(r, d, out / f"frontier_curve_r{r}.png")
             figures.append(p)
-            lines += [f"![learning curves {r}²]({p.name})", ""]
+            lines += [f"![learning curves {r}²]({p.name})", "", "What limits each equal-time run (from its learning "
+                      "curve and its last epoch's losses):", "", *limit_table(d), ""]  # fmt: skip
     finals = pd.DataFrame(finals)
     atomic_to_csv(finals, out / "frontier.csv")
     if len(finals):
