@@ -36,13 +36,13 @@ SMOKE = ["--quick", "--models", "v1", "v4", "--seconds", "1", "--curve-every", "
 
 @pytest.fixture(scope="module")
 def frontier(sources, tmp_path_factory):
-    """The plan in calls of --time-budget 4 s, each one the same command, until frontier.md is written."""
+    """The plan in calls of --time-budget 8 s, each one the same command, until frontier.md is written."""
     out = tmp_path_factory.mktemp("frontier")
     calls = 0
     while not (out / "frontier.md").exists():
         calls += 1
         assert calls <= 12, "the plan does not finish"
-        assert main([*SMOKE, "--data", str(sources), "--out", str(out), "--time-budget", "4"]) == 0
+        assert main([*SMOKE, "--data", str(sources), "--out", str(out), "--time-budget", "8"]) == 0
     return out, calls
 
 
