@@ -904,6 +904,21 @@ def env_settings(runs: list, raw: pd.DataFrame) -> dict:
     return st
 
 
+def runs_provenance(runs: list, raw: pd.DataFrame) -> str:
+    """One line naming every invocation whose rows the tables hold (a resumed sweep mixes calls): its start,
+    commit and row count. Empty when all rows come from one call."""
+    counts = raw["run_id"].value_counts() if "run_id" in raw else pd.Series(dtype=int)
+    used = [r for r in runs if counts.get(r.get("run_id"), 0)]
+    if len(used) < 2:
+        return ""
+    parts = [f"{r.get('date', '?')[:16]} at `{str(r.get('git_commit', '?'))[:12]}`: {counts[r['run_id']]} rows"
+             for r in used]  # fmt: skip
+    return (
+        f"**Rows from {len(used)} calls** (a resumed sweep; each row's `run_id` names its call, and the "
+        "environment above is the last call's): " + "; ".join(parts) + "."
+    )
+
+
 def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list[Path], str]:
     df = prepare(raw)
     settings = env_settings(runs, raw)
@@ -988,6 +1003,9 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         lines.append("> **REDUCED CPU RUN** — pure-PyTorch backends, small sizes, few repetitions. It shows that "
                      "the pipeline works; the GPU numbers are in `results/README.md`.\n")  # fmt: skip
     lines.append(f"**Environment.** {summary_line(env)}\n")
+    provenance = runs_provenance(runs, raw)
+    if provenance:
+        lines.append(provenance + "\n")
     st = env.get("settings", {})
     timers = ", ".join(sorted(str(t) for t in _col(df, "timer").dropna().unique())) or "—"
     tcol, twords = time_col(df)

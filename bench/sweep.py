@@ -76,6 +76,7 @@ CONFIG_VARIANTS = {  # row label → (model, config overrides): extra series bes
 SCALING_RES = 128  # above it (and in the throughput regime) only variants with sweep_scaling are planned
 LAST = ("triton", "flex")  # backends planned last: our kernel and torch.compile'd code (if either broke the CUDA
 # context, everything else is already on disk)
+KINDS = ("flops", "fwd", "train", "max_batch")  # what a row measures
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
 
@@ -120,6 +121,7 @@ class Settings:
     epoch_samples: int
     out: str
     fresh: bool
+    redo: list[str]  # "model/backend/kind" selectors (empty part: any): rows measured again on a rerun
     triton_autotune: bool
     threads: int | None  # torch.set_num_threads for the run (None: leave as is)
     notes: list[str] = field(default_factory=list)
@@ -200,6 +202,14 @@ def build_parser() -> ArgParser:
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
+    p.add_argument(
+        "--redo",
+        nargs="+",
+        default=[],
+        metavar="MODEL/BACKEND[/KIND]",
+        help="measure these rows again, keep the others: v4/flex, v4 (every backend), /flex (every model), "
+        "//max_batch (every largest-batch row)",
+    )
     return p
 
 
@@ -321,6 +331,7 @@ def settings_from_args(args) -> Settings:
         secondary_max_res=args.secondary_max_res or (128 if mode == "full" else 10**6),
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
+        redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
         triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
         model_levels=model_levels,
     )  # fmt: skip
@@ -368,21 +379,55 @@ def _clean(v):
     return v
 
 
+def _redo_specs(specs: list[str], models: list[str], backends: list[str]) -> list[str]:
+    """--redo's "model/backend[/kind]" selectors, checked against the plan's models, backends and kinds (a typo
+    is an error, not a rerun that silently redoes nothing)."""
+    out = []
+    for spec in specs:
+        model, backend, kind = (spec.split("/") + ["", ""])[:3]
+        if spec.count("/") > 2 or "/" not in spec and not spec:
+            raise ConfigError(f"--redo {spec!r}: give model/backend[/kind]")
+        if model and model not in models:
+            raise ConfigError(f"--redo {spec}: unknown model {model!r}; the sweep's models are {', '.join(models)}")
+        if backend and backend not in backends:
+            raise ConfigError(f"--redo {spec}: unknown backend {backend!r}; choose from {', '.join(backends)}")
+        if kind and kind not in KINDS:
+            raise ConfigError(f"--redo {spec}: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+        if not (model or backend or kind):
+            raise ConfigError(f"--redo {spec!r}: give model/backend[/kind]")
+        out.append(f"{model}/{backend}/{kind}")
+    return out
+
+
+def redo_matches(row: dict, redo: list[str]) -> bool:
+    """Whether a saved row falls under one of --redo's "model/backend/kind" selectors (an empty part matches all)."""
+    for spec in redo:
+        model, backend, kind = (spec.split("/") + ["", ""])[:3]
+        if all(not want or row.get(col) == want for col, want in (("model", model), ("backend", backend),
+                                                                   ("kind", kind))):  # fmt: skip
+            return True
+    return False
+
+
 class RowStore:
     """All rows of one sweep file (results/raw/sweep_<tag>.{csv,json}); rewritten after every row."""
 
-    def __init__(self, out: Path, tag: str, fresh: bool = False):
+    def __init__(self, out: Path, tag: str, fresh: bool = False, redo: list[str] = ()):
         self.csv = out / "raw" / f"sweep_{tag}.csv"
         self.json = out / "raw" / f"sweep_{tag}.json"
         self.rows: dict[tuple, dict] = {}
         self.runs: list[dict] = []
         self.dropped = 0  # rows of an older schema, not kept
+        self.redone = 0  # rows of --redo's model/backend pairs, measured again
         if not fresh and self.json.exists():
             data = json.loads(self.json.read_text())
             self.runs = data.get("runs", [])
             for row in data.get("rows", []):
                 if (row.get("schema") or 1) < SCHEMA:
                     self.dropped += 1
+                    continue
+                if redo_matches(row, redo):
+                    self.redone += 1
                     continue
                 self.rows[row_key(row)] = row
 
@@ -560,7 +605,7 @@ class Sweep:
         self.s = s
         self.device = torch.device(s.device)
         self.out = Path(s.out)
-        self.store = RowStore(self.out, s.tag, s.fresh)
+        self.store = RowStore(self.out, s.tag, s.fresh, s.redo)
         self.t0 = time.perf_counter()
         self.run_id = time.strftime("%Y%m%dT%H%M%S")
         self.oom_at: dict[tuple, int] = {}  # (model, backend, variant, level, batch, kind) → smallest r that OOMed
@@ -742,13 +787,17 @@ class Sweep:
                 self.broken = f"{c.model}/{c.backend}/{c.level} r={c.res} {kind} ({row['note'][:80]})"
         measure.free_memory(self.device)
 
+    def timed_train_row(self, c: Combo) -> dict:
+        """This point's saved training-step row (its measured peak memory seeds the largest-batch search)."""
+        return self.store.get(row_key(self.base(c, "train"))) or {}
+
     def run_max_batch(self, c: Combo, row: dict) -> None:
         s, dev = self.s, self.device
         wl = measure.build_workload(c.model, c.backend, "model", s.preset, dev)
         measure.free_memory(dev)
         free, _total = torch.cuda.mem_get_info(dev)
         capacity_mb = (free + torch.cuda.memory_reserved(dev)) / measure.MiB
-        ref = self.store.get((c.model, c.backend, "model", c.res, c.batch, s.dtype, "train")) or {}
+        ref = self.timed_train_row(c)
         start = c.batch
         if ref.get("status") == "ok" and ref.get("mem_alloc_peak_mb"):
             start = measure.predicted_start(
@@ -818,6 +867,8 @@ class Sweep:
         pairs = [(c, u.kind) for u in plan for c in u.combos]
         est = sum(estimate_seconds(c, k, s, self.device) for c, k in pairs)
         n_done = sum(self.store.done(row_key(self.base(c, k))) for c, k in pairs)
+        if self.store.redone:
+            print(f"--redo {' '.join(s.redo)}: {self.store.redone} saved rows are measured again", flush=True)
         if self.store.dropped:
             print(f"note: {self.store.dropped} rows of an older sweep (schema < {SCHEMA}) in {self.store.json} are "
                   "dropped: they are measured again", flush=True)  # fmt: skip
