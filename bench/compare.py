@@ -132,6 +132,7 @@ class Progress:
         self.state = state or {"settings": dict(vars(a)), "phases": [], "runs": {}, "eval_s": {}}
         self.state.setdefault("runs", {})
         self.state.setdefault("eval_s", {})
+        self.state.setdefault("evals", {})
         self.deadline = time.time() + a.time_budget if a.time_budget else None
         self.t0 = time.perf_counter()
 
@@ -141,7 +142,8 @@ class Progress:
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         keep = {k: v for k, v in self.state.items()}
-        keep["settings"] = {k: v for k, v in self.state["settings"].items() if k != "progress"}
+        keep["settings"] = {k: v for k, v in self.state["settings"].items()
+                            if k not in ("progress", "curve", "ecfg", "device_obj")}  # fmt: skip
         atomic_torch_save(keep, self.out / STATE)
 
     def pause(self, what: str):
@@ -160,10 +162,18 @@ class Progress:
 def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | None) -> dict:
     """Train one model; returns a row for quality_runs.csv (with the log rows under 'log' and the learning
     curve under 'curve'). Under --time-budget: a finished run is taken from the state, a paused one resumed."""
-    progress = getattr(a, "progress", None)
-    done = progress.state["runs"].get(f"{budget}/{key}") if progress else None
+    progress, unit = getattr(a, "progress", None), f"{budget}/{key}"
+    done = progress.state["runs"].get(unit) if progress else None
     if done is not None and not done.get("paused"):
-        return done
+        if unit in progress.state["evals"] or Path(done["checkpoint"]).is_file():
+            evaluate_run(a, done)
+            return done
+        print(f"[compare] {done['checkpoint']} is gone (another machine?): {key.upper()} trains again", flush=True)
+        done = None
+    if done is not None and not Path(done["latest"]).is_file():
+        print(f"[compare] {done['latest']} is gone (another machine?): {key.upper()}'s {BUDGET_LABELS[budget]} run "
+              "starts again", flush=True)  # fmt: skip
+        done = None
     out_dir = Path(a.work_dir) / budget / key  # per model: V4 and V4-nopos share a class (and checkpoint name)
     if progress:
         progress.need(1.0, f"training {key.upper()} ({BUDGET_LABELS[budget]})")
@@ -176,7 +186,8 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if s["paused"]:
-        progress.state["runs"][f"{budget}/{key}"] = {"paused": True, "steps": s["steps"]}
+        latest = str(Path(s["checkpoint_dir"]) / f"{s['name']}_latest.pth")
+        progress.state["runs"][unit] = {"paused": True, "steps": s["steps"], "latest": latest}
         progress.pause(f"the rest of {key.upper()}'s {BUDGET_LABELS[budget]} run (step {s['steps']})")
     log = pd.DataFrame(s["log"])
     per_step = log["time_per_step_s"].iloc[1:] if len(log) > 2 else log["time_per_step_s"]  # skip warm-up epoch
@@ -195,9 +206,29 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
           f"({row['mean_ms_per_step']:.1f} ms/step), peak {row['peak_mem_mb']:.0f} MB, best val {row['best_val']:.4f}",
           flush=True)  # fmt: skip
     if progress:
-        progress.state["runs"][f"{budget}/{key}"] = row
+        progress.state["runs"][unit] = row
         progress.save()
+        evaluate_run(a, row)
     return row
+
+
+def evaluate_run(a, row: dict) -> None:
+    """Evaluate one run's best checkpoint right after its training (its EvalResult goes to the state), so that
+    no checkpoint has to outlive the call that trained it: a later call on a fresh machine needs the state only."""
+    progress = a.progress
+    unit, key = f"{row['budget']}/{row['model']}", row["model"]
+    if unit in progress.state["evals"]:
+        return
+    progress.need(progress.state["eval_s"].get("per_model", a.eval_estimate), f"evaluating {unit}")
+    print(f"[compare] evaluating {key.upper()}'s {BUDGET_LABELS[row['budget']]} checkpoint", flush=True)
+    t0 = time.perf_counter()
+    models = load_models({key: row["checkpoint"]}, a.device_obj, a.attn_backend, a.mixer_backend)
+    progress.state["evals"][unit] = run_evaluation(models, a.ecfg, a.device_obj)
+    took = time.perf_counter() - t0
+    progress.state["eval_s"]["per_model"] = max(took, progress.state["eval_s"].get("per_model", 0.0))
+    if a.device_obj.type == "cuda":
+        torch.cuda.empty_cache()
+    progress.save()
 
 
 def calibrate(a, device) -> dict:
@@ -414,14 +445,35 @@ def phase_record(t0: float) -> dict:
             "wall_clock_s": time.perf_counter() - t0}  # fmt: skip
 
 
+def combine_results(parts: list[EvalResult], keys: list[str], models) -> EvalResult:
+    """One evaluation per model (each with the floors: the same crops, so the same numbers) → one EvalResult:
+    the floors of the first, every model's own rows, timings and grid columns (in `models` order)."""
+    first = parts[0]
+    rows = [first.per_image] + [p.per_image[p.per_image["method"] == k] for p, k in zip(parts[1:], keys[1:])]
+    timing = [first.timing] + [p.timing[p.timing["method"] == k] for p, k in zip(parts[1:], keys[1:])]
+    panels = {}
+    for res, cols in first.panels.items():
+        cols = dict(cols)
+        for p, k in zip(parts[1:], keys[1:]):
+            cols.update({t: v for t, v in p.panels[res].items() if t.split()[0].lower() == k})
+        panels[res] = order_panels(cols, models)
+    return EvalResult(pd.concat(rows, ignore_index=True), pd.concat(timing, ignore_index=True), panels,
+                      first.train_res, first.observed_frac)  # fmt: skip
+
+
 def evaluate_budget(a, device, ecfg, runs, budget, earlier, out, S, t0) -> EvalResult:
-    """Evaluate one budget's checkpoints (reusing `earlier` rows for a reused run) and draw its sample grids."""
-    todo = {r["model"]: r["checkpoint"] for r in runs if r["budget"] == budget and not r["reused"]}
+    """One budget's evaluation (each trained model's, from evaluate_run; `earlier` rows for a reused run) and its
+    sample grids."""
+    todo = [r for r in runs if r["budget"] == budget and not r["reused"]]
     reused = [r["model"] for r in runs if r["budget"] == budget and r["reused"]]
-    print(f"[compare] evaluating the {BUDGET_LABELS[budget]} checkpoints of {', '.join(todo).upper() or '-'} "
+    print(f"[compare] the {BUDGET_LABELS[budget]} evaluation of {', '.join(r['model'] for r in todo).upper() or '-'} "
           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)  # fmt: skip
     if todo:
-        result = run_evaluation(load_models(todo, device, a.attn_backend, a.mixer_backend), ecfg, device)
+        for r in todo:
+            evaluate_run(a, r)  # done already, unless its training ended the call
+        evals = a.progress.state["evals"]
+        keys = [r["model"] for r in todo]
+        result = combine_results([evals[f"{budget}/{k}"] for k in keys], keys, a.models)
         result = merge_results(result, earlier, reused, a.models)
     else:  # every equal-time run made the same number of steps: they are the equal-steps runs too
         result = earlier
@@ -451,7 +503,7 @@ def load_state(out: Path, a) -> dict:
 
 def settings_of(a) -> dict:
     """The run's settings (the flags), without the live objects bench.compare hangs on `a`."""
-    return {k: v for k, v in vars(a).items() if k not in ("progress", "curve")}
+    return {k: v for k, v in vars(a).items() if k not in ("progress", "curve", "ecfg", "device_obj")}
 
 
 def prepare(argv=None):
@@ -496,7 +548,8 @@ def run_compare(a, out: Path, device) -> Path | None:
         print(f"[compare] continuing from {out / STATE}", flush=True)
     if a.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to oversubscribed CI cores
-    ecfg = eval_config(a)
+    a.ecfg = ecfg = eval_config(a)
+    a.device_obj = device
     a.progress = progress = Progress(out, a, state)
     state = progress.state
     a.curve = None
@@ -516,11 +569,8 @@ def run_compare(a, out: Path, device) -> Path | None:
         progress.save()
     results = {}
     if "equal_time" not in state:
-        progress.need(state["eval_s"].get("estimate", a.eval_estimate), "the equal-time evaluation")
-        t_eval = time.perf_counter()
         state["equal_time"] = evaluate_budget(a, device, ecfg, state["time_runs"], "equal_time", None, out, None,
                                               progress.t0)  # fmt: skip
-        state["eval_s"]["estimate"] = time.perf_counter() - t_eval
         if a.phase == "time":
             state["phases"].append({"phase": "time", **phase_record(progress.t0)})
             progress.save()
@@ -532,7 +582,6 @@ def run_compare(a, out: Path, device) -> Path | None:
 
     # phase 2: the equal-steps runs, their evaluation, the data files and the report
     runs, S, rule = train_equal_steps(a, state["time_runs"])
-    progress.need(state["eval_s"].get("estimate", a.eval_estimate), "the equal-steps evaluation")
     results["equal_steps"] = evaluate_budget(a, device, ecfg, runs, "equal_steps", results["equal_time"], out, S,
                                              progress.t0)  # fmt: skip
     last = "steps" if a.phase == "steps" else "part" if state["phases"] else "all"
@@ -597,8 +646,9 @@ def build_parser() -> ArgParser:
     g.add_argument("--time-budget", type=nonneg_float, default=0.0, help="seconds of this call (0: no limit): "
                    f"training pauses at an epoch end past it, the progress is kept in <out>/{STATE} and the same "
                    "command run again continues (e.g. GPU calls of < 10 min)")  # fmt: skip
-    g.add_argument("--eval-estimate", type=positive_float, default=120.0, help="seconds an evaluation is assumed "
-                   "to take until one has been timed (--time-budget starts one only if it fits)")  # fmt: skip
+    g.add_argument("--eval-estimate", type=positive_float, default=120.0, help="seconds one model's evaluation "
+                   "is assumed to take until one has been timed (then the longest so far): under --time-budget an "
+                   "evaluation starts only if it fits")  # fmt: skip
     g = p.add_argument_group("learning curves")
     g.add_argument("--curve-every", type=nonneg_int, default=0, help="held-out PSNR (posterior mean) every this "
                    "many steps, to quality_curve.csv (0: none)")  # fmt: skip

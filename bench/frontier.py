@@ -258,6 +258,25 @@ def limit_table(d: dict) -> list[str]:
     return lines
 
 
+def baseline_sr_table(r: int, d: dict) -> list[str]:
+    """Markdown: each model − the baseline (equal steps, posterior mean) at the training resolution and every
+    zero-shot one, paired per crop and per source image: whether a variant's deficit at super-resolution (V4's
+    index positions) goes away without them."""
+    st, pi = d["env"]["settings"], d["per_image"]
+    pi = pi[pi["budget"] == "equal_steps"]
+    res = sorted(pi["resolution"].unique())
+    if len(res) < 2:
+        return []
+    B = st["baseline"].upper()
+    lines = ["| model | " + " | ".join(f"{x}²: − {B} per crop; per source" for x in res) + " |",
+             "|---|" + "---:|" * len(res)]  # fmt: skip
+    for k in (k for k in st["models"] if k != st["baseline"]):
+        crop = paired_delta(pi, k, st["baseline"], "mean")
+        src = paired_delta(pi, k, st["baseline"], "mean", unit="source")
+        lines.append(f"| {label(k)} | " + " | ".join(f"{_pm(crop, x)}; {_pm(src, x)}" for x in res) + " |")
+    return lines
+
+
 def sweep_table(res: list[int], models: list[str], path: Path = SWEEP_CSV) -> list[str]:
     """Device time per training step (batch 8, make bench's latency regime, each variant's primary CUDA backend)
     at the training resolutions, and its ratio to the first model's."""
@@ -304,7 +323,8 @@ def write_report(out) -> Path:
         sr = sr_table(r, d)
         if sr:
             lines += [f"Zero-shot super-resolution of the {r}² models (equal steps, posterior mean, − linear per "
-                      "crop):", "", *sr, ""]  # fmt: skip
+                      "crop):", "", *sr, "", f"Each model − {st['baseline'].upper()} at every resolution (equal "
+                      "steps, posterior mean):", "", *baseline_sr_table(r, d), ""]  # fmt: skip
         if len(d["curve"]):
             p = plot_curves(r, d, out / f"frontier_curve_r{r}.png")
             figures.append(p)

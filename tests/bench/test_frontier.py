@@ -36,12 +36,17 @@ SMOKE = ["--quick", "--models", "v1", "v4", "--seconds", "1", "--curve-every", "
 
 @pytest.fixture(scope="module")
 def frontier(sources, tmp_path_factory):
-    """The plan in calls of --time-budget 8 s, each one the same command, until frontier.md is written."""
+    """The plan in calls of --time-budget 8 s, each one the same command, until frontier.md is written. Before the
+    third call every checkpoint is deleted, as on a fresh GPU machine that got only <out> back: finished runs were
+    evaluated already (their numbers are in the state), a paused one starts again."""
     out = tmp_path_factory.mktemp("frontier")
     calls = 0
     while not (out / "frontier.md").exists():
         calls += 1
-        assert calls <= 12, "the plan does not finish"
+        assert calls <= 16, "the plan does not finish"
+        if calls == 3:
+            for ckpt in out.rglob("*.pth"):
+                ckpt.unlink()
         assert main([*SMOKE, "--data", str(sources), "--out", str(out), "--time-budget", "8"]) == 0
     return out, calls
 
@@ -72,7 +77,7 @@ def test_the_report_is_built_from_the_saved_files(frontier):
     md = (out / "frontier.md").read_text()
     for needle in ("## 16²", "## 24²", "− linear, per source", "− V1, per crop", "Zero-shot super-resolution",
                    "frontier_curve_r16.png", "frontier_inference.png", "4 train sources, 2 held out",
-                   "gain in the second half"):  # fmt: skip
+                   "gain in the second half", "Each model − V1 at every resolution"):  # fmt: skip
         assert needle in md, needle
     (out / "frontier.md").unlink()
     assert main(["--report-only", "--out", str(out)]) == 0
