@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -223,7 +224,7 @@ def evaluate_run(a, row: dict) -> None:
     print(f"[compare] evaluating {key.upper()}'s {BUDGET_LABELS[row['budget']]} checkpoint", flush=True)
     t0 = time.perf_counter()
     models = load_models({key: row["checkpoint"]}, a.device_obj, a.attn_backend, a.mixer_backend)
-    progress.state["evals"][unit] = run_evaluation(models, a.ecfg, a.device_obj)
+    progress.state["evals"][unit] = compact(run_evaluation(models, a.ecfg, a.device_obj))
     took = time.perf_counter() - t0
     progress.state["eval_s"]["per_model"] = max(took, progress.state["eval_s"].get("per_model", 0.0))
     if a.device_obj.type == "cuda":
@@ -443,6 +444,15 @@ SAME_SETTINGS = ("models", "baseline", "seconds", "steps", "calib_steps", "prese
 def phase_record(t0: float) -> dict:
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
             "wall_clock_s": time.perf_counter() - t0}  # fmt: skip
+
+
+def compact(result: EvalResult) -> EvalResult:
+    """The grid panels the report draws (the training and the highest resolution) as uint8: what the state keeps
+    of a run's evaluation stays small enough to carry between GPU calls (~1 MB per model at 128²)."""
+    keep = {result.train_res, max(result.panels)}
+    panels = {res: {t: [np.clip(np.round(255 * np.asarray(x, dtype=np.float32)), 0, 255).astype(np.uint8) for x in v]
+                    for t, v in cols.items()} for res, cols in result.panels.items() if res in keep}  # fmt: skip
+    return EvalResult(result.per_image, result.timing, panels, result.train_res, result.observed_frac)
 
 
 def combine_results(parts: list[EvalResult], keys: list[str], models) -> EvalResult:
