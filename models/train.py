@@ -485,8 +485,8 @@ def _train(args: TrainConfig, info: ddp.DistInfo, device: torch.device) -> dict:
             print(f"models.train: the run in {ckpt_dir} is finished (epoch {start_epoch} of {args.epochs}, step "
                   f"{step} of {total_steps}); pass a larger --epochs or --max-steps to continue it")  # fmt: skip
 
-    # Data-parallel: the objective inside DDP (gradients all-reduced in backward), the noise from a generator every rank keeps in the single-process global RNG's state, and the
-    # global RNG (dropout) seeded per rank and step.
+    # Data-parallel: the objective inside DDP (gradients all-reduced in backward), the noise from a generator
+    # every rank keeps in the single-process global RNG's state, the global RNG (dropout) seeded per rank and step.
     objective, noise = None, None
     if info.enabled:
         kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
