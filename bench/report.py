@@ -904,6 +904,23 @@ def env_settings(runs: list, raw: pd.DataFrame) -> dict:
     return st
 
 
+def devices_line(raw: pd.DataFrame) -> str:
+    """Which devices the rows ran on (rows record device_index / device_name; older sweeps do not: "")."""
+    if "device_name" not in raw or raw["device_name"].isna().all():
+        return ""
+    rows = raw[raw["status"].isin(["ok", "oom"])] if "status" in raw else raw
+    idx = rows["device_index"] if "device_index" in rows else pd.Series([None] * len(rows), index=rows.index)
+    names = [("cpu" if pd.isna(i) else f"cuda:{int(i)}", str(n)) for i, n in zip(idx, rows["device_name"], strict=True)]
+    counts = pd.Series(names, dtype=object).value_counts(sort=False) if names else pd.Series(dtype=int)
+    parts = [f"{dev} {name} ({n} rows)" for (dev, name), n in sorted(counts.items())]
+    if not parts:
+        return ""
+    if len(parts) == 1:
+        return f"**Devices.** every measured row ran on {parts[0]}."
+    return (f"**Devices.** the rows ran on {len(parts)} devices, one process each (`bench.multi_gpu`: a deterministic "
+            f"share of the plan per GPU, merged here): {', '.join(parts)}.")  # fmt: skip
+
+
 def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list[Path], str]:
     df = prepare(raw)
     settings = env_settings(runs, raw)
@@ -920,7 +937,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
             "host_ms", "host_pct", "us_per_token", "us_per_token_device", "samples_per_s", "tokens_per_s",
             "tokens_per_s_device", "gflop_analytic", "tflops", "tflops_device", "pct_peak_device", "epoch_min",
             "peak_mem_gb", "mem_alloc_peak_mb", "mem_reserved_peak_mb", "nvml_used_peak_mb", "rss_peak_mb",
-            "sm_clock_mhz", "power_w", "params", "graph_note", "profile_note", "note"]  # fmt: skip
+            "sm_clock_mhz", "power_w", "params", "device_index", "device_name", "graph_note", "profile_note",
+            "note"]  # fmt: skip
     bench = df[df["kind"].isin(["fwd", "train", "fwd_graph"])]
     written.append(atomic_to_csv(bench.sort_values(["level", "kind", "series", "res"])[[c for c in cols if c in bench]],
                                  out / f"model_bench_{tag}.csv"))  # fmt: skip
@@ -988,6 +1006,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         lines.append("> **REDUCED CPU RUN** — pure-PyTorch backends, small sizes, few repetitions. It shows that "
                      "the pipeline works; the GPU numbers are in `results/README.md`.\n")  # fmt: skip
     lines.append(f"**Environment.** {summary_line(env)}\n")
+    if devices := devices_line(raw):
+        lines.append(f"{devices}\n")
     st = env.get("settings", {})
     timers = ", ".join(sorted(str(t) for t in _col(df, "timer").dropna().unique())) or "—"
     tcol, twords = time_col(df)
