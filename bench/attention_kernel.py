@@ -171,18 +171,15 @@ def naive_attention(q, k, v, dropout_p=0.0):
     return torch.matmul(p, v)
 
 
-_FLEX = {}
-
-
 def _flex_fn():
-    """torch.compile'd FlexAttention (compiled once per process; each new shape recompiles)."""
-    if "fn" not in _FLEX:
-        try:
-            from torch.nn.attention.flex_attention import flex_attention
-        except ImportError as e:
-            raise Unavailable(f"FlexAttention not in this torch: {e}") from None
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
+    """torch.compile'd FlexAttention: the model's own (models.common.flex_compiled, recompile limit raised)."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError as e:
+        raise Unavailable(f"FlexAttention not in this torch: {e}") from None
+    from models.common import flex_compiled
+
+    return flex_compiled()
 
 
 def make_backend(name: str, dropout_p: float = 0.0):

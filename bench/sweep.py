@@ -122,6 +122,7 @@ class Settings:
     epoch_samples: int
     out: str
     fresh: bool
+    redo: list[str]  # "model/backend", "model" or "/backend": rows of these are measured again on a rerun
     triton_autotune: bool
     threads: int | None  # torch.set_num_threads for the run (None: leave as is)
     notes: list[str] = field(default_factory=list)
@@ -207,6 +208,13 @@ def build_parser() -> ArgParser:
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
+    p.add_argument(
+        "--redo",
+        nargs="+",
+        default=[],
+        metavar="MODEL/BACKEND",
+        help="measure these rows again, keep the others: v4/flex, v4 (every backend) or /flex (every model)",
+    )
     return p
 
 
@@ -328,6 +336,7 @@ def settings_from_args(args) -> Settings:
         secondary_max_res=args.secondary_max_res or (128 if mode == "full" else 10**6),
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
+        redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
         triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
         model_levels=model_levels, gpus=pick_gpus(args.gpus, args.device, gpu_count()),
     )  # fmt: skip
@@ -375,12 +384,37 @@ def _clean(v):
     return v
 
 
+def _redo_specs(specs: list[str], models: list[str], backends: list[str]) -> list[str]:
+    """--redo's "model/backend" selectors, checked against the plan's models and backends (a typo is an error,
+    not a rerun that silently redoes nothing)."""
+    out = []
+    for spec in specs:
+        model, _, backend = spec.partition("/")
+        if model and model not in models:
+            raise ConfigError(f"--redo {spec}: unknown model {model!r}; the sweep's models are {', '.join(models)}")
+        if backend and backend not in backends:
+            raise ConfigError(f"--redo {spec}: unknown backend {backend!r}; choose from {', '.join(backends)}")
+        if not model and not backend:
+            raise ConfigError(f"--redo {spec!r}: give model/backend, model or /backend")
+        out.append(f"{model}/{backend}")
+    return out
+
+
+def redo_matches(row: dict, redo: list[str]) -> bool:
+    """Whether a saved row falls under one of --redo's "model/backend" selectors (an empty side matches all)."""
+    for spec in redo:
+        model, _, backend = spec.partition("/")
+        if (not model or row.get("model") == model) and (not backend or row.get("backend") == backend):
+            return True
+    return False
+
+
 class RowStore:
     """All rows of one sweep file (results/raw/sweep_<tag>.{csv,json}); rewritten after every row.
 
     part=i (a worker of the multi-GPU sweep, bench.multi_gpu): reads the merged file, writes sweep_<tag>.gpu<i>.*."""
 
-    def __init__(self, out: Path, tag: str, fresh: bool = False, part: int | None = None):
+    def __init__(self, out: Path, tag: str, fresh: bool = False, redo: list[str] = (), part: int | None = None):
         name = f"sweep_{tag}" if part is None else f"sweep_{tag}.gpu{part}"
         self.csv = out / "raw" / f"{name}.csv"
         self.json = out / "raw" / f"{name}.json"
@@ -388,12 +422,16 @@ class RowStore:
         self.rows: dict[tuple, dict] = {}
         self.runs: list[dict] = []
         self.dropped = 0  # rows of an older schema, not kept
+        self.redone = 0  # rows of --redo's model/backend pairs, measured again
         if not fresh and source.exists():
             data = json.loads(source.read_text())
             self.runs = data.get("runs", [])
             for row in data.get("rows", []):
                 if (row.get("schema") or 1) < SCHEMA:
                     self.dropped += 1
+                    continue
+                if redo_matches(row, redo):
+                    self.redone += 1
                     continue
                 self.rows[row_key(row)] = row
 
@@ -592,7 +630,7 @@ class Sweep:
         self.s = s
         self.device = torch.device(s.device)
         self.out = Path(s.out)
-        self.store = RowStore(self.out, s.tag, s.fresh, part=s.shard[0] if s.shard[1] > 1 else None)
+        self.store = RowStore(self.out, s.tag, s.fresh, s.redo, part=s.shard[0] if s.shard[1] > 1 else None)
         cuda = self.device.type == "cuda"
         self.device_index = (self.device.index or 0) if cuda else None
         self.device_name = torch.cuda.get_device_name(self.device_index) if cuda else (cpu_name() or "cpu")
@@ -859,6 +897,8 @@ class Sweep:
         pairs = [(c, u.kind) for u in plan for c in u.combos]
         est = sum(estimate_seconds(c, k, s, self.device) for c, k in pairs)
         n_done = sum(self.store.done(row_key(self.base(c, k))) for c, k in pairs)
+        if self.store.redone:
+            print(f"--redo {' '.join(s.redo)}: {self.store.redone} saved rows are measured again", flush=True)
         if self.store.dropped:
             print(f"note: {self.store.dropped} rows of an older sweep (schema < {SCHEMA}) in {self.store.json} are "
                   "dropped: they are measured again", flush=True)  # fmt: skip

@@ -113,11 +113,25 @@ def check_attn_backend(backend: str) -> str:
     return backend
 
 
+FLEX_RECOMPILE_LIMIT = 64  # graphs torch keeps per compiled function: one per (shape, grad mode, autocast state)
+
+
 @functools.cache
-def _flex_compiled():
+def flex_compiled():
+    """torch.compile'd FlexAttention, once per process (static shapes: each new (B, H, Nq, Nk, D), grad mode or
+    autocast state compiles its own graph).
+
+    torch's default recompile limit (8 graphs per function) is reached by one sweep: 5 resolutions x (self,
+    cross) shapes x (grad, no grad). Past it, torch silently falls back to the unfused flex_attention that
+    materialises the whole score matrix (the H200 sweep at 312d327 timed that fallback as "flex" at r = 48: 61 ms
+    eager against 6.7 ms for triton). So the limit is raised, and hitting it is made an error, never a slow path.
+    """
+    import torch._dynamo.config as dynamo_config
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention)  # compiled once per process; torch recompiles per new shape
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FLEX_RECOMPILE_LIMIT)
+    dynamo_config.fail_on_recompile_limit_hit = True
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _flex_attention():
@@ -130,7 +144,7 @@ def _flex_attention():
 
     def flex(q, k, v):  # (B, H, Nq, Dh), (B, H, Nk, Dh), (B, H, Nk, Dh) -> (B, H, Nq, Dh)
         if q.is_cuda:
-            return _flex_compiled()(q, k, v)
+            return flex_compiled()(q, k, v)
         with warnings.catch_warnings():  # "called without torch.compile()": intended off CUDA
             warnings.filterwarnings("ignore", message=".*torch.compile", category=UserWarning)
             try:

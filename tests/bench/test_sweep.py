@@ -117,6 +117,9 @@ def test_unavailable_backend_becomes_a_row(tmp_path):
         (["--batch", "0"], "--batch: must be an integer >= 1, got 0"),
         (["--models", "v1", "--backends", "sdpa"], "none of sdpa is a v1 backend"),
         (["--timer", "stopwatch"], "unknown timer"),
+        (["--models", "v4", "--redo", "v9/sdpa"], "--redo v9/sdpa: unknown model 'v9'"),
+        (["--models", "v4", "--backends", "sdpa", "--redo", "v4/nope"], "unknown backend 'nope'"),
+        (["--redo", "/"], "give model/backend"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
@@ -330,6 +333,20 @@ def test_time_budget_skips_rows_that_a_rerun_then_measures(tmp_path):
     assert set(df["status"]) == {"skipped"} and df["note"].str.contains("time budget").all()
     assert sweep.main(args) == 0
     assert set(rows(tmp_path)["status"]) == {"ok"}
+
+
+def test_redo_measures_only_the_named_rows_again(tmp_path, capsys):
+    args = ["--quick", "--models", "v1", "v4", "--backends", "reference", "sdpa", "--levels", "mixer", "--res", "8",
+            "--no-flops", "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main(args) == 0
+    before = rows(tmp_path).set_index(["model", "kind"])["run_id"]
+    assert sweep.main([*args, "--redo", "v4/sdpa"]) == 0
+    assert "--redo v4/sdpa: 2 saved rows are measured again" in capsys.readouterr().out
+    after = rows(tmp_path).set_index(["model", "kind"])["run_id"]
+    assert (after.loc["v1"] == before.loc["v1"]).all()  # kept
+    assert (after.loc["v4"] != before.loc["v4"]).all()  # measured again
+    assert sweep.redo_matches({"model": "v2", "backend": "flex"}, ["/flex"])
+    assert not sweep.redo_matches({"model": "v2", "backend": "sdpa"}, ["v4/", "/flex"])
 
 
 def test_sticky_cuda_errors_are_recognised():

@@ -101,3 +101,15 @@ def test_compiled_flex_matches_sdpa_gpu(dtype, n, nk):
     for a, b in zip(grads_f, grads_r):
         scale = b.abs().max().clamp_min(1e-6)
         torch.testing.assert_close(a.float() / scale, b.float() / scale, **TOL[dtype])
+
+
+def test_flex_compiled_fails_loudly_instead_of_falling_back():
+    # torch's default of 8 graphs per function is reached by one sweep (shapes x grad mode x autocast), after
+    # which it silently ran the unfused, score-materialising flex_attention; now the limit is raised and a hit
+    # is an error (torch.compile is lazy: nothing compiles here)
+    import torch._dynamo.config as dynamo_config
+
+    from models.common import FLEX_RECOMPILE_LIMIT, flex_compiled
+
+    assert callable(flex_compiled())
+    assert dynamo_config.recompile_limit >= FLEX_RECOMPILE_LIMIT and dynamo_config.fail_on_recompile_limit_hit
