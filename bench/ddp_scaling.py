@@ -39,6 +39,7 @@ import torch
 
 from bench.env import environment, summary_line
 from models.common import ConfigError
+from models.distributed import NO_MULTICAST
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.validate import guard_committed_results, model_name, positive_int, resolution, writable_dir
 
@@ -143,7 +144,8 @@ def run_worker(a) -> dict:
 def launch(c: Case, world: int, a, timeout: float = LAUNCH_TIMEOUT_S) -> dict:
     """torchrun --standalone --nproc_per_node=world ... --worker c; the record, or a failed row saying why."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    env.setdefault("NCCL_NVLS_ENABLE", "0")
+    for name, value in NO_MULTICAST.items():  # NVLink multicast off (the 2-GPU machine's notes), unless set
+        env.setdefault(name, value)
     env.pop("WORLD_SIZE", None)
     with tempfile.TemporaryDirectory(prefix="ddp_scaling_") as tmp:
         result = Path(tmp) / "result.json"

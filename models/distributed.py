@@ -28,6 +28,9 @@ from models.common import ConfigError
 from models.validate import env_value, positive_float
 
 BACKENDS = ("auto", "nccl", "gloo")  # --dist-backend / $DIST_BACKEND; auto: nccl on CUDA, gloo on CPU
+# NVLink multicast off unless the caller says otherwise: the models' gradients are a few MB, where NVLS gains
+# nothing, and on shared hosts (the 2-GPU H200 machine's notes) a program using it can take the GPUs down.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 TIMEOUT_S = 600.0  # a collective that waits longer than this fails instead of hanging ($DIST_TIMEOUT_S)
 
 
@@ -136,6 +139,8 @@ def setup(backend_flag: str | None, device_flag: str, environ=None) -> tuple[Dis
     if device.startswith("cuda"):
         torch.cuda.set_device(int(device.split(":")[1]))
     timeout = env_value("DIST_TIMEOUT_S", positive_float, TIMEOUT_S)
+    for name, value in NO_MULTICAST.items():  # before NCCL reads them; an explicit setting is kept
+        os.environ.setdefault(name, value)
     if not dist.is_initialized():
         kw = {"device_id": torch.device(device)} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout), **kw)
