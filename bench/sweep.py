@@ -18,7 +18,8 @@ and throughput (--tokens per batch, default 2^19: batch 512 at 32², 32 at 128²
 Rows are written as they complete (results/raw/sweep_B<batch>_<dtype>.{csv,json}, atomically); a rerun skips
 rows already done (same model, backend, level, resolution, batch, dtype, kind) unless --fresh. OOM or a
 missing backend becomes a row (oom / unavailable) and the sweep goes on. At the end bench.report renders
-the tables, plots and results/README.md.
+the tables, plots and results/README.md. On a host with several GPUs the rows are spread over them, one process
+per GPU, each a deterministic share of the plan (bench.multi_gpu; --gpus 1 keeps to one GPU).
 
 Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line prints it), in two resumable calls.
 --time-budget (default 420 s of measuring) stops starting rows after it, so one call stays under 9 min; the rows
