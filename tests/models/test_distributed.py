@@ -1,5 +1,6 @@
 """Data-parallel training on CPU: torchrun with gloo in 2 processes equals one process with the same global batch
-and seed, and its checkpoint resumes at world size 1; the shards, the noise and the one-line launch errors."""
+and seed, and its checkpoint resumes at world size 1 (and V4's single-process checkpoint at world size 2); the
+shards, the noise and the one-line launch errors."""
 
 import os
 import signal
@@ -71,6 +72,18 @@ def test_two_gloo_ranks_equal_one_process_and_resume_at_world_one(tmp_path, mode
     out = train(parse_args([*args, "--epochs", "2", "--out-dir", str(resumed), "--resume"]))
     assert out["steps"] == 4 and out["world_size"] == 1
     _weights_close(read_checkpoint(resumed / ckpt)["model"], read_checkpoint(one / ckpt)["model"])
+
+    if model != "v4":
+        return
+    # and the other way: a single-process checkpoint continued by 2 ranks
+    up = tmp_path / "w1to2"
+    (up / f"checkpoints_{name}").mkdir(parents=True)
+    (up / ckpt).write_bytes((one / f"checkpoints_{name}/{name}_epoch_0000.pth").read_bytes())
+    r = torchrun(2, [*args, "--epochs", "2", "--out-dir", str(up), "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = read_checkpoint(up / ckpt)
+    assert c["step"] == 4 and c["world_size"] == 2
+    _weights_close(c["model"], read_checkpoint(one / ckpt)["model"])
 
 
 def test_device_batches_shards_are_the_single_process_batch():
