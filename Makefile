@@ -41,7 +41,10 @@ reproduce: $(SETUP)   # make reproduce ARGS="results results/run2 --tol 5"
 train: $(SETUP)
 	$(RUN)$(PY) -m models.train --model $(MODEL) $(ARGS)
 
-train-ddp: $(SETUP)   # make train-ddp NPROC=2 MODEL=v4 ARGS="--batch-size 64": one process per GPU (gloo on CPU)
+# make train-ddp NPROC=2 MODEL=v4 ARGS="--batch-size 64": one process per GPU (gloo on CPU). The launch is checked
+# first, in one line (models.distributed's preflight: flags, backend, GPUs, global batch), then torchrun starts the ranks.
+train-ddp: $(SETUP)
+	$(PY) -m models.distributed --nproc $(NPROC) -- --model $(MODEL) $(ARGS)
 	$(RUN)$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m models.train --model $(MODEL) $(ARGS)
 
 ddp-scaling: $(SETUP)   # make ddp-scaling NPROC=2: steps/s and parallel efficiency on 1 and NPROC GPUs → results/

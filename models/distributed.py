@@ -187,3 +187,57 @@ def mean_loss(loss: torch.Tensor) -> torch.Tensor:
     out = loss.detach().float().clone()
     dist.all_reduce(out, dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+# ----------------------------------------------------------------------------------------------
+# Preflight: `make train-ddp` checks the launch once, in one line, before torchrun starts N processes
+# ----------------------------------------------------------------------------------------------
+
+
+def preflight(nproc: int, train_argv: list[str], environ=None, cuda_count: int | None = None) -> None:
+    """What every rank would refuse, checked once for a launch of `nproc` processes: models.train's flags, the
+    backend against the devices, the GPUs against nproc, the global batch against nproc. ConfigError on failure."""
+    from models.common import ENV_TRAIN
+    from models.train import build_parser
+    from models.validate import positive_int
+
+    environ = os.environ if environ is None else environ
+    if nproc < 1:
+        raise ConfigError(f"NPROC must be >= 1, got {nproc}")
+    args = build_parser().parse_args(train_argv)  # a bad flag: argparse's one line, exit 2
+    if nproc == 1:
+        return
+    cuda_count = torch.cuda.device_count() if cuda_count is None else cuda_count
+    pick_backend(args.dist_backend, args.device, cuda=cuda_count > 0)
+    rank_device(DistInfo(rank=nproc - 1, world=nproc, local_rank=nproc - 1), args.device, cuda_count)
+    batch, flag = args.batch_size, "--batch-size"
+    if batch is None:
+        flag = next(k for k, v in ENV_TRAIN.items() if v == "batch_size")  # the spec's $BATCH_SIZE
+        batch = env_value(flag, positive_int, None, environ)
+    if batch is not None:
+        check_batch(batch, nproc, flag)
+
+
+def _preflight_main(argv=None) -> int:
+    """python -m models.distributed --nproc N -- <models.train flags>: exit 2 with one line on a bad launch."""
+    import sys
+
+    from models.utils import cli_main
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) < 2 or argv[0] != "--nproc":
+        sys.stderr.write("models.distributed: error: usage: python -m models.distributed --nproc N -- TRAIN_FLAGS\n")
+        return 2
+    try:
+        nproc = int(argv[1])
+    except ValueError:
+        sys.stderr.write(f"models.train: error: NPROC must be an integer, got {argv[1]!r}\n")
+        return 2
+    rest = argv[2:][1:] if argv[2:3] == ["--"] else argv[2:]
+    from models.train import build_parser
+
+    return cli_main(lambda a: preflight(nproc, a), rest, build_parser())
+
+
+if __name__ == "__main__":
+    raise SystemExit(_preflight_main())

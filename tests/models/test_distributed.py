@@ -3,6 +3,8 @@ and seed, and its checkpoint resumes at world size 1 (and V4's single-process ch
 shards, the noise and the one-line launch errors."""
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +158,26 @@ def test_launch_checks():
     with pytest.raises(ConfigError, match="RANK must be in"):
         ddp.launch_info({"WORLD_SIZE": "2", "RANK": "2"})
     assert ddp.check_batch(64, 2) == 32
+    with pytest.raises(ConfigError, match="more processes per node than there are GPUs"):
+        ddp.preflight(3, ["--model", "v4", "--batch-size", "6"], {}, cuda_count=2)
+    ddp.preflight(2, ["--model", "v4", "--batch-size", "6"], {}, cuda_count=2)  # fine: 2 GPUs, 3 per rank
+    ddp.preflight(1, ["--model", "v4", "--batch-size", "5"], {}, cuda_count=0)  # one process: nothing to divide
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(
+    "args,env,needle",
+    [
+        (["ARGS=--batch-size 5"], {}, "models.train: error: --batch-size 5 is the global batch and must be divisible"),
+        ([], {"BATCH_SIZE": "3"}, "models.train: error: BATCH_SIZE 3 is the global batch"),
+        (["ARGS=--lr nan"], {}, "models.train: error: argument --lr: must be a finite number > 0"),
+    ],
+)
+def test_make_train_ddp_checks_the_launch_in_one_line_before_torchrun(args, env, needle):
+    top = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    cmd = ["make", "--no-print-directory", "train-ddp", f"PY={sys.executable}", "NPROC=2", "MODEL=v4", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**top, "PYTHONPATH": str(ROOT), **env},
+                       timeout=300)  # fmt: skip
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 2 and re.match(r"make(\[\d+\])?: \*\*\* ", lines[-1]) and lines[-1].endswith("Error 2")
+    assert lines[-2].startswith(needle) and not any("torch.distributed.run" in ln for ln in lines[:-2]), lines
