@@ -229,6 +229,30 @@ def markdown(df: pd.DataFrame, env: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_case_memory(c: Case, a, device: torch.device, world: int) -> None:
+    """Refuse, in one line and before any launch, a case whose training step cannot fit: per GPU on CUDA; on a CPU
+    all `world` processes share the RAM (models.validate's estimate, as models.train uses it)."""
+    from models import count_parameters
+    from models.train import config_overrides
+    from models.validate import available_memory, check_memory, memory_check, run_bytes
+    from models.variants import get_variant
+
+    v = get_variant(c.model)
+    cfg = v.config(a.preset, config_overrides(c.model, {"mixer_backend": a.mixer_backend}), {})
+    params = count_parameters(v.cls(cfg))
+
+    def estimate(batch, res):  # one rank: its batch, its copy of the crops (2 global batches)
+        return run_bytes(v.cls, cfg, res, batch, True, device.type, params, 2 * batch * world)
+
+    what = f"case {c}: a {c.model} training step on {device.type}"
+    if device.type == "cuda":
+        check_memory(estimate, c.batch, c.res, device, what, None, "--cases RES")
+        return
+    avail, src = available_memory(device)
+    memory_check(lambda b, r: world * estimate(b, r), c.batch, c.res, avail, src, f"{what} × {world} processes",
+                 "--cases BATCH", "--cases RES")  # fmt: skip
+
+
 def run_parent(a) -> list[Path]:
     device = pick_device(a.device)
     cuda = device.type == "cuda"
@@ -241,6 +265,8 @@ def run_parent(a) -> list[Path]:
     if not cuda and (out.resolve() == (REPO / "results").resolve()):
         raise ConfigError(f"--out {out}: a CPU run never writes into results/; use results/cpu or another folder")
     worlds = sorted({1, a.nproc})
+    for c in a.cases:
+        check_case_memory(c, a, device, max(worlds))
     rows = [launch(c, w, a) for c in a.cases for w in worlds]
     df = scaling_table(rows)
     command = "python -m bench.ddp_scaling " + " ".join(a.argv)

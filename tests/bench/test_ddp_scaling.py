@@ -48,9 +48,11 @@ def test_efficiency_against_the_world_one_row():
         (["--cases", "v9:64:64"], "unknown model 'v9'"),
         (["--cases", "v4:4:8"], "must be an integer >= 8"),
         (["--device", "cpu", "--out", str(REPO / "results")], "a CPU run never writes into results/"),
+        (["--cases", "v4:64:64", "--out", "/tmp"], "v4 training step on cpu × 2 processes needs ~"),  # before a launch
     ],
 )
-def test_bad_input_is_one_line(argv, words, capsys):
+def test_bad_input_is_one_line(argv, words, capsys, monkeypatch):
+    monkeypatch.setenv("MEM_BUDGET_GB", "4")
     assert ddp_scaling.main(["--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
