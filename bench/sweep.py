@@ -925,7 +925,8 @@ def banner(s: Settings) -> str:
               + (", CUDA-graph + profiler device time" if s.device_time else ""))  # fmt: skip
     if s.mode == "full":
         thr = f"throughput regime {s.tokens:,} tokens/batch" if s.tokens else "no throughput regime"
-        return (f"FULL sweep on {s.device}: preset {s.preset!r}, latency batch {s.batch}, {thr}, {s.dtype} autocast,"
+        where = f"{s.gpus} GPUs (one process each, a share of the plan per GPU)" if s.gpus > 1 else s.device
+        return (f"FULL sweep on {where}: preset {s.preset!r}, latency batch {s.batch}, {thr}, {s.dtype} autocast,"
                 f" levels {s.levels}, r = {s.res}; {timing}")  # fmt: skip
     what = "QUICK smoke sweep (tiny models) — not a benchmark" if s.mode == "quick" else (
         "REDUCED CPU sweep — no CUDA here, so this is NOT the GPU benchmark")  # fmt: skip
