@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -129,7 +130,8 @@ def run_parallel(settings, world: int, spawn=None) -> None:
           f"part files under {out / 'raw'}", flush=True)  # fmt: skip
     sweep.merge_parts(out, settings.tag, fresh=settings.fresh)  # leftovers of an interrupted run first
     try:
-        spawn(_worker, (settings, world), world)
+        run_id = settings.run_id or time.strftime("%Y%m%dT%H%M%S")  # one call: one run_id on every GPU
+        spawn(_worker, (replace(settings, run_id=run_id), world), world)
     finally:
         n = sweep.merge_parts(out, settings.tag, fresh=False)
         print(f"merged {n} rows from {world} GPUs into {out / 'raw' / f'sweep_{settings.tag}.json'}", flush=True)

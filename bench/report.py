@@ -921,6 +921,22 @@ def devices_line(raw: pd.DataFrame) -> str:
             f"share of the plan per GPU, merged here): {', '.join(parts)}.")  # fmt: skip
 
 
+def runs_provenance(runs: list, raw: pd.DataFrame) -> str:
+    """One line naming every invocation whose rows the tables hold (a resumed sweep mixes calls): its start,
+    commit and row count. Empty when all rows come from one call."""
+    counts = raw["run_id"].value_counts() if "run_id" in raw else pd.Series(dtype=int)
+    # one call on several GPUs is one run_id with a record per GPU (bench.multi_gpu): counted once
+    used = list({r.get("run_id"): r for r in runs if counts.get(r.get("run_id"), 0)}.values())
+    if len(used) < 2:
+        return ""
+    parts = [f"{r.get('date', '?')[:16]} at `{str(r.get('git_commit', '?'))[:12]}`: {counts[r['run_id']]} rows"
+             for r in used]  # fmt: skip
+    return (
+        f"**Rows from {len(used)} calls** (a resumed sweep; each row's `run_id` names its call, and the "
+        "environment above is the last call's): " + "; ".join(parts) + "."
+    )
+
+
 def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list[Path], str]:
     df = prepare(raw)
     settings = env_settings(runs, raw)
@@ -1008,6 +1024,9 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     lines.append(f"**Environment.** {summary_line(env)}\n")
     if devices := devices_line(raw):
         lines.append(f"{devices}\n")
+    provenance = runs_provenance(runs, raw)
+    if provenance:
+        lines.append(provenance + "\n")
     st = env.get("settings", {})
     timers = ", ".join(sorted(str(t) for t in _col(df, "timer").dropna().unique())) or "—"
     tcol, twords = time_col(df)

@@ -79,6 +79,7 @@ CONFIG_VARIANTS = {  # row label → (model, config overrides): extra series bes
 SCALING_RES = 128  # above it (and in the throughput regime) only variants with sweep_scaling are planned
 LAST = ("triton", "flex")  # backends planned last: our kernel and torch.compile'd code (if either broke the CUDA
 # context, everything else is already on disk)
+KINDS = ("flops", "fwd", "train", "max_batch")  # what a row measures
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
 
@@ -123,13 +124,14 @@ class Settings:
     epoch_samples: int
     out: str
     fresh: bool
-    redo: list[str]  # "model/backend", "model" or "/backend": rows of these are measured again on a rerun
+    redo: list[str]  # "model/backend/kind" selectors (empty part: any): rows measured again on a rerun
     triton_autotune: bool
     threads: int | None  # torch.set_num_threads for the run (None: leave as is)
     notes: list[str] = field(default_factory=list)
     gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
     shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
     render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
+    run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
     model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
     @property
@@ -213,8 +215,9 @@ def build_parser() -> ArgParser:
         "--redo",
         nargs="+",
         default=[],
-        metavar="MODEL/BACKEND",
-        help="measure these rows again, keep the others: v4/flex, v4 (every backend) or /flex (every model)",
+        metavar="MODEL/BACKEND[/KIND]",
+        help="measure these rows again, keep the others: v4/flex, v4 (every backend), /flex (every model), "
+        "//max_batch (every largest-batch row)",
     )
     return p
 
@@ -386,26 +389,31 @@ def _clean(v):
 
 
 def _redo_specs(specs: list[str], models: list[str], backends: list[str]) -> list[str]:
-    """--redo's "model/backend" selectors, checked against the plan's models and backends (a typo is an error,
-    not a rerun that silently redoes nothing)."""
+    """--redo's "model/backend[/kind]" selectors, checked against the plan's models, backends and kinds (a typo
+    is an error, not a rerun that silently redoes nothing)."""
     out = []
     for spec in specs:
-        model, _, backend = spec.partition("/")
+        model, backend, kind = (spec.split("/") + ["", ""])[:3]
+        if spec.count("/") > 2 or "/" not in spec and not spec:
+            raise ConfigError(f"--redo {spec!r}: give model/backend[/kind]")
         if model and model not in models:
             raise ConfigError(f"--redo {spec}: unknown model {model!r}; the sweep's models are {', '.join(models)}")
         if backend and backend not in backends:
             raise ConfigError(f"--redo {spec}: unknown backend {backend!r}; choose from {', '.join(backends)}")
-        if not model and not backend:
-            raise ConfigError(f"--redo {spec!r}: give model/backend, model or /backend")
-        out.append(f"{model}/{backend}")
+        if kind and kind not in KINDS:
+            raise ConfigError(f"--redo {spec}: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+        if not (model or backend or kind):
+            raise ConfigError(f"--redo {spec!r}: give model/backend[/kind]")
+        out.append(f"{model}/{backend}/{kind}")
     return out
 
 
 def redo_matches(row: dict, redo: list[str]) -> bool:
-    """Whether a saved row falls under one of --redo's "model/backend" selectors (an empty side matches all)."""
+    """Whether a saved row falls under one of --redo's "model/backend/kind" selectors (an empty part matches all)."""
     for spec in redo:
-        model, _, backend = spec.partition("/")
-        if (not model or row.get("model") == model) and (not backend or row.get("backend") == backend):
+        model, backend, kind = (spec.split("/") + ["", ""])[:3]
+        if all(not want or row.get(col) == want for col, want in (("model", model), ("backend", backend),
+                                                                   ("kind", kind))):  # fmt: skip
             return True
     return False
 
@@ -636,7 +644,7 @@ class Sweep:
         self.device_index = (self.device.index or 0) if cuda else None
         self.device_name = torch.cuda.get_device_name(self.device_index) if cuda else (cpu_name() or "cpu")
         self.t0 = time.perf_counter()
-        self.run_id = time.strftime("%Y%m%dT%H%M%S")
+        self.run_id = s.run_id or time.strftime("%Y%m%dT%H%M%S")  # the multi-GPU workers share their call's
         self.oom_at: dict[tuple, int] = {}  # (model, backend, variant, level, batch, kind) → smallest r that OOMed
         self.broken: str | None = None  # set when a CUDA error poisoned the context
         self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
@@ -816,13 +824,17 @@ class Sweep:
                 self.broken = f"{c.model}/{c.backend}/{c.level} r={c.res} {kind} ({row['note'][:80]})"
         measure.free_memory(self.device)
 
+    def timed_train_row(self, c: Combo) -> dict:
+        """This point's saved training-step row (its measured peak memory seeds the largest-batch search)."""
+        return self.store.get(row_key(self.base(c, "train"))) or {}
+
     def run_max_batch(self, c: Combo, row: dict) -> None:
         s, dev = self.s, self.device
         wl = measure.build_workload(c.model, c.backend, "model", s.preset, dev)
         measure.free_memory(dev)
         free, _total = torch.cuda.mem_get_info(dev)
         capacity_mb = (free + torch.cuda.memory_reserved(dev)) / measure.MiB
-        ref = self.store.get((c.model, c.backend, "model", c.res, c.batch, s.dtype, "train")) or {}
+        ref = self.timed_train_row(c)
         start = c.batch
         if ref.get("status") == "ok" and ref.get("mem_alloc_peak_mb"):
             start = measure.predicted_start(

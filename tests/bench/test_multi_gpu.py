@@ -68,7 +68,9 @@ def test_two_workers_merge_into_the_single_run_table_and_a_rerun_resumes(tmp_pat
     a, b = table(one), table(two)
     assert list(a.index) == list(b.index) and (a["status"] == b["status"]).all()  # same rows, same outcome
     assert not list((two / "raw").glob("*.gpu*"))  # the parts are folded in
-    assert (two / "README.md").is_file() and "**Devices.**" in (two / "README.md").read_text()
+    page = (two / "README.md").read_text()
+    assert "**Devices.**" in page and "Rows from" not in page  # one call on two GPUs: one run_id, not two calls
+    assert b["run_id"].nunique() == 1
     runs = json.loads((two / "raw" / "sweep_B2_fp32.json").read_text())["runs"]
     assert sorted(r["shard"][0] for r in runs) == [0, 1] and all(r["shard"][1] == 2 for r in runs)
 

@@ -36,3 +36,18 @@ def test_committed_results_rerender_byte_for_byte(tmp_path):
     for path in text:
         rel = path.relative_to(out)
         assert path.read_bytes() == (RESULTS / rel).read_bytes(), f"{rel} differs from the committed file"
+
+
+def test_runs_provenance_names_each_call_of_a_resumed_sweep():
+    import pandas as pd
+
+    from bench.report import runs_provenance
+
+    runs = [{"run_id": "a", "git_commit": "1111111aaaa", "date": "2026-12-01T10:00:00"},
+            {"run_id": "b", "git_commit": "2222222", "date": "2026-12-01T11:00:00"},
+            {"run_id": "c", "git_commit": "3333333", "date": "2026-12-01T12:00:00"}]  # fmt: skip
+    raw = pd.DataFrame({"run_id": ["a", "a", "c"]})
+    line = runs_provenance(runs, raw)
+    assert "Rows from 2 calls" in line and "`1111111aaaa`: 2 rows" in line and "`3333333`: 1 rows" in line
+    assert "2222222" not in line  # a call that left no rows is not named
+    assert runs_provenance(runs, pd.DataFrame({"run_id": ["a"]})) == ""  # one call: nothing to say

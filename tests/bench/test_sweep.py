@@ -120,6 +120,8 @@ def test_unavailable_backend_becomes_a_row(tmp_path):
         (["--models", "v4", "--redo", "v9/sdpa"], "--redo v9/sdpa: unknown model 'v9'"),
         (["--models", "v4", "--backends", "sdpa", "--redo", "v4/nope"], "unknown backend 'nope'"),
         (["--redo", "/"], "give model/backend"),
+        (["--redo", "//fwd/x"], "give model/backend"),
+        (["--redo", "//maxbatch"], "unknown kind 'maxbatch'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
@@ -341,12 +343,23 @@ def test_redo_measures_only_the_named_rows_again(tmp_path, capsys):
     assert sweep.main(args) == 0
     before = rows(tmp_path).set_index(["model", "kind"])["run_id"]
     assert sweep.main([*args, "--redo", "v4/sdpa"]) == 0
-    assert "--redo v4/sdpa: 2 saved rows are measured again" in capsys.readouterr().out
+    assert "--redo v4/sdpa/: 2 saved rows are measured again" in capsys.readouterr().out
     after = rows(tmp_path).set_index(["model", "kind"])["run_id"]
     assert (after.loc["v1"] == before.loc["v1"]).all()  # kept
     assert (after.loc["v4"] != before.loc["v4"]).all()  # measured again
     assert sweep.redo_matches({"model": "v2", "backend": "flex"}, ["/flex"])
-    assert not sweep.redo_matches({"model": "v2", "backend": "sdpa"}, ["v4/", "/flex"])
+    assert not sweep.redo_matches({"model": "v2", "backend": "sdpa"}, ["v4//", "/flex/"])
+    assert sweep.redo_matches({"model": "v1", "backend": "mamba_ssm", "kind": "max_batch"}, ["//max_batch"])
+    assert not sweep.redo_matches({"model": "v1", "backend": "mamba_ssm", "kind": "train"}, ["//max_batch"])
+
+
+def test_max_batch_search_finds_its_points_training_row(quick_run):
+    # the search's first probe comes from the point's measured training peak; the lookup once used a key without
+    # the variant field, found nothing and started every search at the sweep's batch (the H200 run at 4f6ab756)
+    s = sweep.settings_from_args(sweep.build_parser().parse_args([*QUICK, "--out", str(quick_run)]))
+    sw = sweep.Sweep(s)
+    row = sw.timed_train_row(sweep.Combo("v1", "reference", "model", 8, s.batch))
+    assert row["kind"] == "train" and row["status"] == "ok" and row["res"] == 8 and row["median_ms"] > 0
 
 
 def test_sticky_cuda_errors_are_recognised():
