@@ -106,7 +106,7 @@ def run_worker(a) -> dict:
 
         def step():
             batch = next(it)
-            loss_fn = partial(objective, batch) if objective else partial(flow_matching_loss, model, batch)
+            loss_fn = partial(objective, batch) if objective is not None else partial(flow_matching_loss, model, batch)
             return train_step(loss_fn, opt, device, amp)
 
         for _ in range(a.warmup):

@@ -518,7 +518,9 @@ def _train(args: TrainConfig, info: ddp.DistInfo, device: torch.device) -> dict:
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch or step >= total_steps:
                 break
-            step_loss = partial(objective, batch, noise) if objective else partial(flow_matching_loss, model, batch)
+            step_loss = (
+                partial(objective, batch, noise) if objective is not None else partial(flow_matching_loss, model, batch)
+            )
             loss, grad_norm = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip, skip_nonfinite=True)
             if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):  # diverged: never applied
                 skips += 1
