@@ -905,20 +905,26 @@ def env_settings(runs: list, raw: pd.DataFrame) -> dict:
 
 
 def devices_line(raw: pd.DataFrame) -> str:
-    """Which devices the rows ran on (rows record device_index / device_name; older sweeps do not: "")."""
+    """Which devices the rows ran on (rows record device_index / device_name; rows of older sweeps do not, and are
+    counted apart, never as a device of their own). "" when no row records its device."""
     if "device_name" not in raw or raw["device_name"].isna().all():
         return ""
     rows = raw[raw["status"].isin(["ok", "oom"])] if "status" in raw else raw
-    idx = rows["device_index"] if "device_index" in rows else pd.Series([None] * len(rows), index=rows.index)
-    names = [("cpu" if pd.isna(i) else f"cuda:{int(i)}", str(n)) for i, n in zip(idx, rows["device_name"], strict=True)]
+    known = rows[rows["device_name"].notna()]
+    idx = known["device_index"] if "device_index" in known else pd.Series([None] * len(known), index=known.index)
+    names = [
+        ("cpu" if pd.isna(i) else f"cuda:{int(i)}", str(n)) for i, n in zip(idx, known["device_name"], strict=True)
+    ]
     counts = pd.Series(names, dtype=object).value_counts(sort=False) if names else pd.Series(dtype=int)
     parts = [f"{dev} {name} ({n} rows)" for (dev, name), n in sorted(counts.items())]
     if not parts:
         return ""
+    older = len(rows) - len(known)
+    tail = f"; {older} rows of earlier calls predate the device columns" if older else ""
     if len(parts) == 1:
-        return f"**Devices.** every measured row ran on {parts[0]}."
+        return f"**Devices.** every row that records its device ran on {parts[0]}{tail}."
     return (f"**Devices.** the rows ran on {len(parts)} devices, one process each (`bench.multi_gpu`: a deterministic "
-            f"share of the plan per GPU, merged here): {', '.join(parts)}.")  # fmt: skip
+            f"share of the plan per GPU, merged here): {', '.join(parts)}{tail}.")  # fmt: skip
 
 
 def runs_provenance(runs: list, raw: pd.DataFrame) -> str:

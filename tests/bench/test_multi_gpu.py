@@ -124,7 +124,15 @@ def test_gpus_on_cpu_is_a_one_line_error(capsys, tmp_path):
 def test_devices_line():
     assert report.devices_line(pd.DataFrame({"status": ["ok"]})) == ""  # older sweeps: no device columns
     one = pd.DataFrame({"status": ["ok", "ok"], "device_index": [0, 0], "device_name": ["H200", "H200"]})
-    assert report.devices_line(one) == "**Devices.** every measured row ran on cuda:0 H200 (2 rows)."
+    assert report.devices_line(one) == "**Devices.** every row that records its device ran on cuda:0 H200 (2 rows)."
     two = pd.DataFrame({"status": ["ok", "oom", "skipped"], "device_index": [0, 1, 1], "device_name": ["H200"] * 3})
     line = report.devices_line(two)
     assert "2 devices" in line and "cuda:0 H200 (1 rows)" in line and "cuda:1 H200 (1 rows)" in line
+    # a resumed sweep whose earlier calls predate the device columns: those rows are not a device of their own
+    mixed = pd.DataFrame({"status": ["ok"] * 3, "device_index": [None, None, 0], "device_name": [None, None, "H200"]})
+    line = report.devices_line(mixed)
+    assert (
+        "cuda:0 H200 (1 rows); 2 rows of earlier calls predate" in line
+        and "cpu" not in line
+        and "2 devices" not in line
+    )
