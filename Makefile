@@ -15,7 +15,8 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
 MALLOC ?= $(if $(and $(TCMALLOC),$(filter-out torch,$(TORCH))),tcmalloc,glibc)
 RUN    := $(if $(filter tcmalloc,$(MALLOC)),LD_PRELOAD=$(TCMALLOC) SPARSE_KEEP_MALLOC=1 ,)
 
-.PHONY: setup test data bench bench-cpu plots reproduce train sample eval compare frontier kernel-bench gpu-test lint format clean
+NPROC  ?= 2
+.PHONY: setup test data bench bench-cpu plots reproduce train train-ddp ddp-scaling sample eval compare frontier kernel-bench gpu-test lint format clean
 
 setup: $(SETUP)
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +43,15 @@ reproduce: $(SETUP)   # make reproduce ARGS="results results/run2 --tol 5"
 
 train: $(SETUP)
 	$(RUN)$(PY) -m models.train --model $(MODEL) $(ARGS)
+
+# make train-ddp NPROC=2 MODEL=v4 ARGS="--batch-size 64": one process per GPU (gloo on CPU). The launch is checked
+# first, in one line (models.distributed's preflight: flags, backend, GPUs, global batch), then torchrun starts the ranks.
+train-ddp: $(SETUP)
+	$(PY) -m models.distributed --nproc $(NPROC) -- --model $(MODEL) $(ARGS)
+	$(RUN)$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m models.train --model $(MODEL) $(ARGS)
+
+ddp-scaling: $(SETUP)   # make ddp-scaling NPROC=2: steps/s and parallel efficiency on 1 and NPROC GPUs → results/
+	$(PY) -m bench.ddp_scaling --nproc $(NPROC) $(ARGS)
 
 sample: $(SETUP)
 	$(RUN)$(PY) -m models.sample $(ARGS)

@@ -904,11 +904,35 @@ def env_settings(runs: list, raw: pd.DataFrame) -> dict:
     return st
 
 
+def devices_line(raw: pd.DataFrame) -> str:
+    """Which devices the rows ran on (rows record device_index / device_name; rows of older sweeps do not, and are
+    counted apart, never as a device of their own). "" when no row records its device."""
+    if "device_name" not in raw or raw["device_name"].isna().all():
+        return ""
+    rows = raw[raw["status"].isin(["ok", "oom"])] if "status" in raw else raw
+    known = rows[rows["device_name"].notna()]
+    idx = known["device_index"] if "device_index" in known else pd.Series([None] * len(known), index=known.index)
+    names = [
+        ("cpu" if pd.isna(i) else f"cuda:{int(i)}", str(n)) for i, n in zip(idx, known["device_name"], strict=True)
+    ]
+    counts = pd.Series(names, dtype=object).value_counts(sort=False) if names else pd.Series(dtype=int)
+    parts = [f"{dev} {name} ({n} rows)" for (dev, name), n in sorted(counts.items())]
+    if not parts:
+        return ""
+    older = len(rows) - len(known)
+    tail = f"; {older} rows of earlier calls predate the device columns" if older else ""
+    if len(parts) == 1:
+        return f"**Devices.** every row that records its device ran on {parts[0]}{tail}."
+    return (f"**Devices.** the rows ran on {len(parts)} devices, one process each (`bench.multi_gpu`: a deterministic "
+            f"share of the plan per GPU, merged here): {', '.join(parts)}{tail}.")  # fmt: skip
+
+
 def runs_provenance(runs: list, raw: pd.DataFrame) -> str:
     """One line naming every invocation whose rows the tables hold (a resumed sweep mixes calls): its start,
     commit and row count. Empty when all rows come from one call."""
     counts = raw["run_id"].value_counts() if "run_id" in raw else pd.Series(dtype=int)
-    used = [r for r in runs if counts.get(r.get("run_id"), 0)]
+    # one call on several GPUs is one run_id with a record per GPU (bench.multi_gpu): counted once
+    used = list({r.get("run_id"): r for r in runs if counts.get(r.get("run_id"), 0)}.values())
     if len(used) < 2:
         return ""
     parts = [f"{r.get('date', '?')[:16]} at `{str(r.get('git_commit', '?'))[:12]}`: {counts[r['run_id']]} rows"
@@ -935,7 +959,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
             "host_ms", "host_pct", "us_per_token", "us_per_token_device", "samples_per_s", "tokens_per_s",
             "tokens_per_s_device", "gflop_analytic", "tflops", "tflops_device", "pct_peak_device", "epoch_min",
             "peak_mem_gb", "mem_alloc_peak_mb", "mem_reserved_peak_mb", "nvml_used_peak_mb", "rss_peak_mb",
-            "sm_clock_mhz", "power_w", "params", "graph_note", "profile_note", "note"]  # fmt: skip
+            "sm_clock_mhz", "power_w", "params", "device_index", "device_name", "graph_note", "profile_note",
+            "note"]  # fmt: skip
     bench = df[df["kind"].isin(["fwd", "train", "fwd_graph"])]
     written.append(atomic_to_csv(bench.sort_values(["level", "kind", "series", "res"])[[c for c in cols if c in bench]],
                                  out / f"model_bench_{tag}.csv"))  # fmt: skip
@@ -1003,6 +1028,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         lines.append("> **REDUCED CPU RUN** — pure-PyTorch backends, small sizes, few repetitions. It shows that "
                      "the pipeline works; the GPU numbers are in `results/README.md`.\n")  # fmt: skip
     lines.append(f"**Environment.** {summary_line(env)}\n")
+    if devices := devices_line(raw):
+        lines.append(f"{devices}\n")
     provenance = runs_provenance(runs, raw)
     if provenance:
         lines.append(provenance + "\n")

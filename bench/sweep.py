@@ -18,7 +18,8 @@ and throughput (--tokens per batch, default 2^19: batch 512 at 32², 32 at 128²
 Rows are written as they complete (results/raw/sweep_B<batch>_<dtype>.{csv,json}, atomically); a rerun skips
 rows already done (same model, backend, level, resolution, batch, dtype, kind) unless --fresh. OOM or a
 missing backend becomes a row (oom / unavailable) and the sweep goes on. At the end bench.report renders
-the tables, plots and results/README.md.
+the tables, plots and results/README.md. On a host with several GPUs the rows are spread over them, one process
+per GPU, each a deterministic share of the plan (bench.multi_gpu; --gpus 1 keeps to one GPU).
 
 Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line prints it), in two resumable calls.
 --time-budget (default 420 s of measuring) stops starting rows after it, so one call stays under 9 min; the rows
@@ -47,6 +48,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -54,9 +56,10 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import measure
-from bench.env import environment, nvml_info, summary_line
+from bench.env import cpu_name, environment, nvml_info, summary_line
 from bench.flops import analytic_flops, count_flops, counting_device
 from bench.measure import LEVELS, REFERENCE_BACKENDS, all_backends, primary_backends
+from bench.multi_gpu import gpu_count, pick_gpus
 from bench.points import DeviceTimeConfig, measure_group
 from bench.rounds import RoundsConfig
 from models.common import ConfigError
@@ -125,6 +128,10 @@ class Settings:
     triton_autotune: bool
     threads: int | None  # torch.set_num_threads for the run (None: leave as is)
     notes: list[str] = field(default_factory=list)
+    gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
+    shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
+    render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
+    run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
     model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
     @property
@@ -198,6 +205,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--epoch-samples", type=positive_int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
     p.add_argument("--preset", default=None, help="model size preset: default | small | tiny")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--gpus", type=positive_int, default=None, help="spread the rows over this many GPUs of the host, "
+                   "one process each (default: all visible GPUs; 1: one GPU, as always)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs default to 1)")
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
@@ -333,7 +342,7 @@ def settings_from_args(args) -> Settings:
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
         triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
-        model_levels=model_levels,
+        model_levels=model_levels, gpus=pick_gpus(args.gpus, args.device, gpu_count()),
     )  # fmt: skip
     if args.cuda_graph:
         s.notes.append("--cuda-graph is the default now: every timed row has its CUDA-graph device time")
@@ -410,17 +419,21 @@ def redo_matches(row: dict, redo: list[str]) -> bool:
 
 
 class RowStore:
-    """All rows of one sweep file (results/raw/sweep_<tag>.{csv,json}); rewritten after every row."""
+    """All rows of one sweep file (results/raw/sweep_<tag>.{csv,json}); rewritten after every row.
 
-    def __init__(self, out: Path, tag: str, fresh: bool = False, redo: list[str] = ()):
-        self.csv = out / "raw" / f"sweep_{tag}.csv"
-        self.json = out / "raw" / f"sweep_{tag}.json"
+    part=i (a worker of the multi-GPU sweep, bench.multi_gpu): reads the merged file, writes sweep_<tag>.gpu<i>.*."""
+
+    def __init__(self, out: Path, tag: str, fresh: bool = False, redo: list[str] = (), part: int | None = None):
+        name = f"sweep_{tag}" if part is None else f"sweep_{tag}.gpu{part}"
+        self.csv = out / "raw" / f"{name}.csv"
+        self.json = out / "raw" / f"{name}.json"
+        source = out / "raw" / f"sweep_{tag}.json"
         self.rows: dict[tuple, dict] = {}
         self.runs: list[dict] = []
         self.dropped = 0  # rows of an older schema, not kept
         self.redone = 0  # rows of --redo's model/backend pairs, measured again
-        if not fresh and self.json.exists():
-            data = json.loads(self.json.read_text())
+        if not fresh and source.exists():
+            data = json.loads(source.read_text())
             self.runs = data.get("runs", [])
             for row in data.get("rows", []):
                 if (row.get("schema") or 1) < SCHEMA:
@@ -447,6 +460,22 @@ class RowStore:
         text = json.dumps({"runs": self.runs, "rows": rows}, indent=1, default=str)
         atomic_write_text(self.json, text)
         atomic_to_csv(pd.DataFrame(rows), self.csv)
+
+
+def merge_parts(out: Path, tag: str, fresh: bool = False) -> int:
+    """Fold the multi-GPU workers' part files into raw/sweep_<tag>.{json,csv} and remove them (fresh: drop them and
+    start the merged file empty). Returns the number of rows taken from the parts."""
+    from bench.multi_gpu import merge_into, part_paths
+
+    parts = part_paths(out / "raw", tag)
+    store = RowStore(out, tag, fresh)
+    n = 0 if fresh else merge_into(store, parts, row_key)
+    if parts or fresh or n:
+        store.flush()
+    for p in parts:
+        p.unlink(missing_ok=True)
+        p.with_suffix(".csv").unlink(missing_ok=True)
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,6 +573,11 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
     return plan
 
 
+def unit_seconds(unit: Unit, s: Settings, device: torch.device) -> float:
+    """The estimated seconds of one unit of the plan (what bench.multi_gpu balances)."""
+    return sum(estimate_seconds(c, unit.kind, s, device) for c in unit.combos)
+
+
 def estimate_seconds(combo: Combo, kind: str, s: Settings, device: torch.device) -> float:
     """A rough cost model for the progress bar and the up-front estimate (not a measurement). Per timed point:
     build + first + memory call, warm-up, min_reps (capped by max_point_s), the profiled steps, the capture
@@ -605,9 +639,12 @@ class Sweep:
         self.s = s
         self.device = torch.device(s.device)
         self.out = Path(s.out)
-        self.store = RowStore(self.out, s.tag, s.fresh, s.redo)
+        self.store = RowStore(self.out, s.tag, s.fresh, s.redo, part=s.shard[0] if s.shard[1] > 1 else None)
+        cuda = self.device.type == "cuda"
+        self.device_index = (self.device.index or 0) if cuda else None
+        self.device_name = torch.cuda.get_device_name(self.device_index) if cuda else (cpu_name() or "cpu")
         self.t0 = time.perf_counter()
-        self.run_id = time.strftime("%Y%m%dT%H%M%S")
+        self.run_id = s.run_id or time.strftime("%Y%m%dT%H%M%S")  # the multi-GPU workers share their call's
         self.oom_at: dict[tuple, int] = {}  # (model, backend, variant, level, batch, kind) → smallest r that OOMed
         self.broken: str | None = None  # set when a CUDA error poisoned the context
         self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
@@ -628,7 +665,7 @@ class Sweep:
             "model": c.model, "backend": c.backend, "level": c.level, "res": c.res,
             "batch": 1 if flops_row else c.batch, "dtype": "fp32" if flops_row else self.s.dtype, "kind": kind,
             "variant": c.variant, "N": c.N, "preset": self.s.preset, "run_id": self.run_id, "mode": self.s.mode,
-            "schema": SCHEMA,
+            "schema": SCHEMA, "device_index": self.device_index, "device_name": self.device_name,
             **({} if flops_row or kind == "max_batch" else {"regime": regime(c.batch, c.res, self.s)}),
         }  # fmt: skip
 
@@ -864,6 +901,12 @@ class Sweep:
     def run(self) -> None:
         s = self.s
         plan = make_plan(s, self.device)
+        rank, world = s.shard
+        if world > 1:  # this GPU's share (bench.multi_gpu): deterministic, by estimated cost, in priority order
+            from bench.multi_gpu import share_plan
+
+            cost = partial(unit_seconds, s=s, device=self.device)
+            plan = share_plan(plan, world, cost)[rank]
         pairs = [(c, u.kind) for u in plan for c in u.combos]
         est = sum(estimate_seconds(c, k, s, self.device) for c, k in pairs)
         n_done = sum(self.store.done(row_key(self.base(c, k))) for c, k in pairs)
@@ -894,7 +937,8 @@ def banner(s: Settings) -> str:
               + (", CUDA-graph + profiler device time" if s.device_time else ""))  # fmt: skip
     if s.mode == "full":
         thr = f"throughput regime {s.tokens:,} tokens/batch" if s.tokens else "no throughput regime"
-        return (f"FULL sweep on {s.device}: preset {s.preset!r}, latency batch {s.batch}, {thr}, {s.dtype} autocast,"
+        where = f"{s.gpus} GPUs (one process each, a share of the plan per GPU)" if s.gpus > 1 else s.device
+        return (f"FULL sweep on {where}: preset {s.preset!r}, latency batch {s.batch}, {thr}, {s.dtype} autocast,"
                 f" levels {s.levels}, r = {s.res}; {timing}")  # fmt: skip
     what = "QUICK smoke sweep (tiny models) — not a benchmark" if s.mode == "quick" else (
         "REDUCED CPU sweep — no CUDA here, so this is NOT the GPU benchmark")  # fmt: skip
@@ -929,7 +973,12 @@ def run(argv=None) -> None:
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        _run_sweep(s)
+        if s.gpus > 1:
+            from bench.multi_gpu import run_parallel
+
+            run_parallel(s, s.gpus)
+        else:
+            _run_sweep(s)
     finally:
         torch.set_num_threads(threads)
         if saved_env is None:
@@ -940,7 +989,8 @@ def run(argv=None) -> None:
 
 def _run_sweep(s: Settings) -> None:
     sweep = Sweep(s)
-    env = environment(sweep.device, run_id=sweep.run_id, reduced=s.mode != "full", settings=asdict(s))
+    env = environment(sweep.device, run_id=sweep.run_id, reduced=s.mode != "full", settings=asdict(s),
+                      device_index=sweep.device_index, device_name=sweep.device_name, shard=list(s.shard))  # fmt: skip
     print(summary_line(env), flush=True)
     sweep.store.runs.append(env)
     sweep.store.flush()
@@ -964,14 +1014,23 @@ def _run_sweep(s: Settings) -> None:
                       **{k: nv.get(k) for k in ("sm_clock_mhz", "power_draw_w", "temperature_c")}}  # fmt: skip
         env["wall_s"] = time.perf_counter() - sweep.t0
         sweep.store.flush()
+    if not s.render:
+        print(f"sweep share {s.shard[0] + 1}/{s.shard[1]} on {s.device} done in {env['wall_s']:.0f} s", flush=True)
+        return
     print(f"sweep done in {env['wall_s']:.0f} s; rendering tables and plots", flush=True)
+    render_report(s)
+
+
+def render_report(s: Settings) -> None:
+    """bench.report over the run's folder (a failure leaves the raw rows, and says how to re-render)."""
     from bench.report import render
 
     try:
         written = render(Path(s.out))
     except Exception:  # the measurements are safe on disk whatever happens here
         traceback.print_exc()
-        print(f"REPORT FAILED — the raw data is complete in {sweep.store.json}; re-render with "
+        raw = Path(s.out) / "raw" / f"sweep_{s.tag}.json"
+        print(f"REPORT FAILED — the raw data is complete in {raw}; re-render with "
               f"`python -m bench.report --out {s.out}`", flush=True)  # fmt: skip
         return
     print(f"wrote {len(written)} files under {s.out} (see {Path(s.out) / 'README.md'})")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from models.common import ConfigError
+from models.distributed import shard
 from models.sources import MANIFEST, manifest_paths
 
 # Photographs bundled in scikit-image's wheel (skimage/data/*). Validation images are never trained on.
@@ -231,9 +232,15 @@ class DeviceBatches:
 
     Deterministic: epoch e's order and masks come from (seed, e) alone, so a run resumed at an epoch boundary
     sees the same batches. shuffle=False keeps the dataset order (validation: call epoch(0) every time).
+
+    Data-parallel (rank, world): batch_size is the GLOBAL batch. Every rank draws the same order and the global
+    batch's random keys from the same generator, and keeps its rows [models.distributed.shard]: the ranks' shards
+    together are exactly the single-process batch (same crops, same masks), whatever the world size. Each batch
+    carries "shard" = (lo, hi, global batch), from which flow_matching_loss slices the noise the same way.
     """
 
-    def __init__(self, ds: SparseFieldDataset, batch_size: int, device, shuffle: bool = True, drop_last: bool = True):
+    def __init__(self, ds: SparseFieldDataset, batch_size: int, device, shuffle: bool = True, drop_last: bool = True,
+                 rank: int = 0, world: int = 1):  # fmt: skip
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if drop_last and batch_size > len(ds):
@@ -243,6 +250,9 @@ class DeviceBatches:
         self.coords = ds.coords.to(self.device)  # (N, 2)
         self.n_in = num_observed(self.values.shape[1], ds.observed_frac)
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, ds.seed
+        if not 0 <= rank < world:
+            raise ConfigError(f"rank must be in [0, world {world}), got {rank}")
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         n = self.values.shape[0]
@@ -260,8 +270,12 @@ class DeviceBatches:
             yield self.batch(order[i * self.batch_size : (i + 1) * self.batch_size], g)
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> dict:
-        B, (N, C) = index.shape[0], self.values.shape[1:]
-        keys = torch.rand(B, N, generator=generator, device=self.device)  # (B, N)
+        """The batch of the global `index`, this rank's rows of it (all of it in a single process)."""
+        total, (N, C) = index.shape[0], self.values.shape[1:]
+        keys = torch.rand(total, N, generator=generator, device=self.device)  # (B_global, N): every rank draws all
+        lo, hi = shard(total, self.rank, self.world)
+        index, keys = index[lo:hi], keys[lo:hi]  # (B, ), (B, N): this rank's rows
+        B = index.shape[0]
         perm = keys.argsort(dim=1)  # (B, N): a random permutation of the pixels per sample
         inp = perm[:, : self.n_in].sort(dim=1).values  # (B, N_in), row-major
         qry = perm[:, self.n_in :].sort(dim=1).values  # (B, N_q)
@@ -275,4 +289,5 @@ class DeviceBatches:
             "input_index": inp,
             "query_index": qry,
             "index": index,
+            "shard": (lo, hi, total),  # this rank's rows of the global batch
         }

@@ -8,6 +8,7 @@ config trains the velocity head directly (Lipman et al.'s loss). See models/comm
     python -m models.train --model v4 --resolution 32 --epochs 10
     BATCH_SIZE=32 NUM_HEADS=4 python -m models.train --model v4      # the spec's environment variables
     python -m models.train --model v4 --resume                        # continue from *_latest.pth
+    torchrun --nproc_per_node=2 -m models.train --model v4            # data-parallel (models/distributed.py)
 
 Writes checkpoints_<name>/<name>_{best,latest,epoch_XXXX}.pth (atomically), <name>_log.csv and
 <name>_loss.png, where <name> is `mamba` (V1) or `transformer_v4` (V4), as the spec names them.
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models import MODELS, build_model, count_parameters
+from models import distributed as ddp
 from models.checkpoint import model_from_checkpoint, save_checkpoint
 from models.common import ENV_TRAIN, ConfigError, check_trainable
 from models.data import DeviceBatches, cached_dataset, check_fraction, check_resolution
@@ -73,6 +75,20 @@ class Diverged(ConfigError):
 # ----------------------------------------------------------------------------------------------
 
 
+def flow_noise(x1: torch.Tensor, generator: torch.Generator | None = None, shard=None):
+    """The noise x0 (B, Nq, C) and times t (B,) of a batch. shard = (lo, hi, B_global) (a data-parallel rank's
+    rows, models.data.DeviceBatches): the global batch's noise is drawn and rows lo:hi kept, so the ranks together
+    use the single-process noise. None or the whole batch: the same two draws as always."""
+    B = x1.shape[0]
+    lo, hi, total = shard if shard is not None else (0, B, B)
+    if (lo, hi, total) == (0, B, B):
+        return torch.randn(x1.shape, generator=generator, device=x1.device), torch.rand(B, generator=generator,
+                                                                                         device=x1.device)  # fmt: skip
+    x0 = torch.randn((total, *x1.shape[1:]), generator=generator, device=x1.device)[lo:hi]  # (B, Nq, C)
+    t = torch.rand(total, generator=generator, device=x1.device)[lo:hi]  # (B,)
+    return x0, t
+
+
 def flow_matching_loss(model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
     """The flow-matching regression at a random time t ~ U[0, 1) on the straight noise→data path.
 
@@ -81,14 +97,24 @@ def flow_matching_loss(model, batch: dict, generator: torch.Generator | None = N
     t → 1, where v = (x1 − x_t)/(1 − t) is ill-conditioned, and weights every t's denoising alike.
     """
     x1 = batch["query_values"]  # (B, Nq, C)
-    B = x1.shape[0]
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-    t = torch.rand(B, generator=generator, device=x1.device)
+    x0, t = flow_noise(x1, generator, batch.get("shard"))
     xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
     args = (xt, batch["query_coords"], t, batch["input_coords"], batch["input_values"])
     if model.cfg.prediction == "x1":
         return F.mse_loss(model.predict_x1(*args).float(), x1)
     return F.mse_loss(model(*args).float(), x1 - x0)
+
+
+class FlowMatchingObjective(torch.nn.Module):
+    """flow_matching_loss as a module's forward: what DistributedDataParallel wraps (DDP hooks the gradient
+    all-reduce into a forward call, and the loss calls the model's predict_x1, not its forward)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        return flow_matching_loss(self.model, batch, generator)
 
 
 def autocast_for(device: torch.device, enabled: bool = True):
@@ -115,11 +141,17 @@ def train_step(
     if any, is stepped by the caller.
 
     Returns (loss, grad_norm before clipping), tensors, not synced. skip_nonfinite: check both (one sync) and, when
-    either is not finite, drop the grads and leave the weights and the optimizer's state alone."""
+    either is not finite, drop the grads and leave the weights and the optimizer's state alone.
+
+    Data-parallel (a process group of > 1 rank, models.distributed; loss_fn a DDP forward): the gradients are
+    all-reduced by DDP inside backward, and the returned loss is the mean over the ranks, so the loss, the gradient
+    norm and the skip decision are the same on every rank."""
     opt.zero_grad(set_to_none=True)
     with autocast_for(device, amp):
         loss = loss_fn()
     loss.backward()
+    if ddp.active():
+        loss = ddp.mean_loss(loss)
     params = [p for group in opt.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if skip_nonfinite and not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
@@ -130,16 +162,21 @@ def train_step(
 
 
 @torch.no_grad()
-def validation_loss(model, batches: DeviceBatches, device, amp=True, seed=1234) -> float:
-    """Mean loss over the validation set with fixed masks, noise and times (comparable across epochs and models)."""
+def validation_loss(model, batches: DeviceBatches, device, amp=True, seed=1234, info=ddp.SINGLE) -> float:
+    """Mean loss over the validation set with fixed masks, noise and times (comparable across epochs and models).
+    Data-parallel: each rank scores its rows of every batch and the sums are reduced (the single-process value)."""
     model.eval()
     g = torch.Generator(device=device).manual_seed(seed)
     total, n = 0.0, 0
     for batch in batches.epoch(0):
+        bs = batch["query_values"].shape[0]
+        if bs == 0:  # a last batch smaller than the world: no rows here, but the noise stream moves on
+            flow_noise(batch["query_values"], g, batch["shard"])
+            continue
         with autocast_for(device, amp):
             loss = flow_matching_loss(model, batch, g)
-        bs = batch["query_values"].shape[0]
         total, n = total + loss.item() * bs, n + bs
+    total, n = ddp.reduce_scalars(info, [total, n], "sum", device)
     model.train()
     return total / max(n, 1)
 
@@ -155,13 +192,27 @@ def peak_memory_mb(device) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rng_state():
-    return {
+def _rng_state(noise: torch.Generator | None = None, device=None):
+    """The RNG states a checkpoint keeps. Data-parallel runs draw their noise from `noise` (the stream a single
+    process draws from its global RNG): it is saved in the global RNG's place, so any world size continues it."""
+    s = {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
+    if noise is not None and device.type == "cuda":
+        s["cuda"][device.index or 0] = noise.get_state()
+    elif noise is not None:
+        s["torch"] = noise.get_state()
+    return s
+
+
+def _noise_generator(device) -> torch.Generator:
+    """A generator in the state of the global RNG of `device` (what a single process would draw next)."""
+    g = torch.Generator(device=device)
+    g.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    return g
 
 
 def _set_rng_state(s):
@@ -242,20 +293,22 @@ def check_resume(args, ckpt: dict, path: Path, cfg) -> None:
             print(f"models.train: resume: --{key.replace('_', '-')} changes from {rec[key]} to {getattr(args, key)}")
 
 
-def choose_batch_size(args, cls, model, device) -> None:
+def choose_batch_size(args, cls, model, device, world: int = 1, verbose: bool = True) -> None:
     """Fill in the batch size (CPU: the largest power of two <= CPU_BATCH that fits, announced) and refuse, in one
-    line, a batch size or resolution whose training step does not fit in memory (say what fits instead)."""
+    line, a batch size or resolution whose training step does not fit in memory (say what fits instead).
+    world > 1: the batch is global, each rank holds batch / world of it (the estimate is per rank)."""
     params, samples = count_parameters(model), args.train_samples + args.val_samples
 
     def estimate(batch, res):
-        return run_bytes(cls, model.cfg, res, batch, True, device.type, params, samples)
+        return run_bytes(cls, model.cfg, res, -(-batch // world), True, device.type, params, samples)
 
     if args.batch_size is None:
         if device.type == "cpu":
             fits = fit_batch(estimate, args.resolution, device, CPU_BATCH)
             args.batch_size = min(fits or 1, CPU_BATCH)
-            print(f"models.train: CPU run: --batch-size {args.batch_size} (the GPU default "
-                  f"{DEFAULTS['batch_size']} is for GPUs; pass --batch-size to choose)")  # fmt: skip
+            if verbose:
+                print(f"models.train: CPU run: --batch-size {args.batch_size} (the GPU default "
+                      f"{DEFAULTS['batch_size']} is for GPUs; pass --batch-size to choose)")  # fmt: skip
         else:
             args.batch_size = DEFAULTS["batch_size"]
     check_memory(estimate, args.batch_size, args.resolution, device, f"a {args.model} training step on {device.type}")
@@ -317,7 +370,8 @@ class TrainConfig:
     grad_clip: float = GRAD_CLIP  # max global gradient norm
     nan_policy: str = "stop"  # a non-finite loss / gradient norm: stop (one line, exit 1) | skip the step
     seed: int = 0  # weights, data order, masks and noise
-    device: str = "auto"  # auto | cpu | cuda[:i]
+    device: str = "auto"  # auto | cpu | cuda[:i] (under torchrun: auto | cpu | cuda, each rank on cuda:LOCAL_RANK)
+    dist_backend: str | None = None  # torchrun: auto (nccl on CUDA, gloo on CPU) | nccl | gloo; None: $DIST_BACKEND
     no_amp: bool = False  # disable bf16 autocast on CUDA
     mixer_backend: str = "auto"  # Mamba models: auto | mamba_ssm | reference | ...
     attn_backend: str = "sdpa"  # seed | sdpa | triton | flex
@@ -336,12 +390,28 @@ class TrainConfig:
 def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = None) -> dict:
     """Train one model; returns a summary dict. Every input is checked before anything is written.
 
+    Under torchrun (WORLD_SIZE > 1) every rank runs this: --batch-size is the global batch, each rank trains on its
+    rows of it inside DistributedDataParallel, rank 0 writes the checkpoints and the log (the others wait at a
+    barrier), and the log's losses, epoch time and peak memory are reduced over the ranks (models/distributed.py).
+
     curve(model) → {column: value} (e.g. bench.curves.HeldOutCurve: held-out PSNR of the posterior mean) runs at
-    step 0 and every args.curve_every steps; its rows, with the step and the seconds of training so far (the
-    curve's own time is not counted), go to <name>_curve.csv and the summary's "curve". args.pause_after (seconds
-    from now) pauses the run at the first epoch end past it (summary "paused": True); --resume continues it."""
+    step 0 and every args.curve_every steps (on every rank, the same work); its rows, with the step and the seconds
+    of training so far (the curve's own time is not counted), go to <name>_curve.csv and the summary's "curve".
+    args.pause_after (seconds from now) pauses the run at the first epoch end past it (summary "paused": True);
+    --resume continues it.
+    """
+    launch = ddp.launch_info()
+    if launch.enabled and args.batch_size is not None:
+        ddp.check_batch(args.batch_size, launch.world)  # one line, before the process group or any data
+    info, device_flag = ddp.setup(args.dist_backend, args.device)
+    try:
+        return _train(args, info, pick_device(device_flag), curve)
+    finally:
+        ddp.teardown(info)
+
+
+def _train(args: TrainConfig, info: ddp.DistInfo, device: torch.device, curve=None) -> dict:
     deadline = time.time() + args.pause_after if args.pause_after else None
-    device = pick_device(args.device)
     check_resolution(args.resolution)
     check_fraction(args.observed_frac)
     for name in ("batch_size", "epochs", "train_samples", "val_samples"):
@@ -375,10 +445,12 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
     check_trainable(model)  # e.g. flex attention with dropout > 0: one line, before any data or output
     args.lr = DEFAULTS["lr"] if args.lr is None else args.lr
     args.epochs = DEFAULTS["epochs"] if args.epochs is None else args.epochs
-    choose_batch_size(args, cls, model, device)
+    choose_batch_size(args, cls, model, device, info.world, verbose=info.main)
+    ddp.check_batch(args.batch_size, info.world)  # a resumed run's batch too
+    quiet = args.quiet or not info.main
 
     # Data (checked before anything is written).
-    if not args.quiet:
+    if not quiet:
         print(f"models.train: rendering {args.train_samples} training and {args.val_samples} validation crops at "
               f"{args.resolution}²", flush=True)  # fmt: skip
     train_ds = cached_dataset(args.data, "train", args.resolution, args.train_samples, args.observed_frac, args.seed,
@@ -387,8 +459,9 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
                             False)  # fmt: skip
     if args.batch_size > len(train_ds):
         raise ConfigError(f"--batch-size {args.batch_size} is larger than --train-samples {len(train_ds)}")
-    train_batches = DeviceBatches(train_ds, args.batch_size, device)
-    val_batches = DeviceBatches(val_ds, args.batch_size, device, shuffle=False, drop_last=False)
+    train_batches = DeviceBatches(train_ds, args.batch_size, device, rank=info.rank, world=info.world)
+    val_batches = DeviceBatches(val_ds, args.batch_size, device, shuffle=False, drop_last=False, rank=info.rank,
+                                world=info.world)  # fmt: skip
     steps_per_epoch = len(train_batches)
     if args.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.steps_per_epoch)
@@ -416,17 +489,29 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
             sched.base_lrs = [args.lr for _ in opt.param_groups]
             for g, lam in zip(opt.param_groups, sched.lr_lambdas, strict=True):
                 g["initial_lr"], g["lr"] = args.lr, args.lr * lam(sched.last_epoch)
-        if start_epoch >= args.epochs or step >= total_steps:
+        if (start_epoch >= args.epochs or step >= total_steps) and info.main:
             print(f"models.train: the run in {ckpt_dir} is finished (epoch {start_epoch} of {args.epochs}, step "
                   f"{step} of {total_steps}); pass a larger --epochs or --max-steps to continue it")  # fmt: skip
 
+    # Data-parallel: the objective inside DDP (gradients all-reduced in backward), the noise from a generator
+    # every rank keeps in the single-process global RNG's state, the global RNG (dropout) seeded per rank and step.
+    objective, noise = None, None
+    if info.enabled:
+        kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        objective = torch.nn.parallel.DistributedDataParallel(FlowMatchingObjective(model), **kw)
+        noise = _noise_generator(device)
+        torch.manual_seed(args.seed + 1_000_003 * (info.rank + 1) + step)
+
     n_params = count_parameters(model)
-    print(
-        f"{cls.__name__} ({args.model}): {n_params / 1e6:.2f}M parameters | device {device} | "
-        f"res {args.resolution} | batch {args.batch_size} | {steps_per_epoch} steps/epoch | "
-        f"backends: {getattr(model, 'mixer_backend', '-')}/{model.cfg.attn_backend}"
-    )
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if info.main:
+        per_rank = f"{info.world} ranks ({info.backend}), {args.batch_size // info.world} per rank"
+        world = f" | {per_rank}" if info.enabled else ""
+        print(
+            f"{cls.__name__} ({args.model}): {n_params / 1e6:.2f}M parameters | device {device} | "
+            f"res {args.resolution} | batch {args.batch_size}{world} | {steps_per_epoch} steps/epoch | "
+            f"backends: {getattr(model, 'mixer_backend', '-')}/{model.cfg.attn_backend}"
+        )
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     log_csv, loss_png = ckpt_dir / f"{cls.name}_log.csv", ckpt_dir / f"{cls.name}_loss.png"
     curve_csv = ckpt_dir / f"{cls.name}_curve.csv"
     every = args.curve_every if curve is not None else 0
@@ -454,11 +539,13 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
             torch.cuda.reset_peak_memory_stats(device)
         t0, losses, curve_s = time.perf_counter(), [], 0.0
         batches = train_batches.epoch(epoch)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=quiet)
         for i, batch in enumerate(bar):
             if i >= steps_per_epoch or step >= total_steps:
                 break
-            step_loss = partial(flow_matching_loss, model, batch)
+            step_loss = (
+                partial(objective, batch, noise) if objective is not None else partial(flow_matching_loss, model, batch)
+            )
             loss, grad_norm = train_step(step_loss, opt, device, not args.no_amp, args.grad_clip, skip_nonfinite=True)
             if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):  # diverged: never applied
                 skips += 1
@@ -470,7 +557,9 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if args.time_budget and train_time + time.perf_counter() - t0 - curve_s >= args.time_budget:
+            if args.time_budget and ddp.any_rank(
+                info, train_time + time.perf_counter() - t0 - curve_s >= args.time_budget, device
+            ):  # every rank stops at the same step
                 stop = True
                 break
             if every and step % every == 0 and step < total_steps:
@@ -479,47 +568,52 @@ def train(args: TrainConfig, curve: Callable[[torch.nn.Module], dict] | None = N
                 curve_s += curve_point(time.perf_counter() - t0 - curve_s)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t0 - curve_s
+        epoch_time = ddp.reduce_scalars(info, [time.perf_counter() - t0 - curve_s], "max", device)[0]  # slowest rank
         last = stop or step >= total_steps or epoch == args.epochs - 1
         if every and last and curve_rows[-1]["step"] != step:
             curve_point(epoch_time)  # the run's last point: the final model
         train_time += epoch_time
-        paused = deadline is not None and time.time() >= deadline and not (stop or step >= total_steps)
-        val = validation_loss(model, val_batches, device, not args.no_amp)
+        past = deadline is not None and time.time() >= deadline and not (stop or step >= total_steps)
+        paused = ddp.any_rank(info, past, device)  # every rank pauses at the same epoch end
+        val = validation_loss(model, val_batches, device, not args.no_amp, info=info)
         if not math.isfinite(val):  # finite steps, non-finite weights (an overflowing update): nothing is saved
             raise Diverged(divergence_message(args, step, epoch, val, None, latest, 0, "validation loss"))
         row = {
             "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val, "epoch_time_s": epoch_time, "steps": len(losses),
-            "time_per_step_s": epoch_time / max(len(losses), 1), "peak_mem_mb": peak_memory_mb(device),
-            "lr": sched.get_last_lr()[0], "train_time_s": train_time,
+            "time_per_step_s": epoch_time / max(len(losses), 1),
+            "peak_mem_mb": ddp.reduce_scalars(info, [peak_memory_mb(device)], "max", device)[0],  # the largest rank
+            "lr": sched.get_last_lr()[0], "train_time_s": train_time, "world_size": info.world,
         }  # fmt: skip
         log_rows.append(row)
-        print(
-            f"epoch {epoch:4d} | step {step:6d} | train {row['train_loss']:.4f} | val {val:.4f} | "
-            f"{epoch_time:6.1f}s | peak {row['peak_mem_mb']:.0f} MB"
-        )
+        if info.main:
+            print(
+                f"epoch {epoch:4d} | step {step:6d} | train {row['train_loss']:.4f} | val {val:.4f} | "
+                f"{epoch_time:6.1f}s | peak {row['peak_mem_mb']:.0f} MB"
+            )
         state = {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-            "best_val": min(best, val), "rng": _rng_state(), "log": log_rows, "train_time_s": train_time,
-            "args": asdict(args), "resolution": args.resolution, "observed_frac": args.observed_frac,
-            "curve": curve_rows,
+            "best_val": min(best, val), "rng": _rng_state(noise, device), "log": log_rows,
+            "train_time_s": train_time, "args": asdict(args), "resolution": args.resolution,
+            "observed_frac": args.observed_frac, "world_size": info.world, "curve": curve_rows,
         }  # fmt: skip
-        if val < best:
-            best = val
-            save_checkpoint(ckpt_dir / f"{cls.name}_best.pth", model, **state)
-        if args.save_every and (epoch + 1) % args.save_every == 0:
-            save_checkpoint(ckpt_dir / f"{cls.name}_epoch_{epoch:04d}.pth", model, **state)
-        save_checkpoint(latest, model, **state)
-        atomic_to_csv(pd.DataFrame(log_rows), log_csv)
-        if curve_rows:
-            atomic_to_csv(pd.DataFrame(curve_rows), curve_csv)
-        plot_loss_curve(log_csv, loss_png)
-    if paused:
+        if info.main:  # rank 0 writes (atomically); the others wait below, so no rank runs ahead of a checkpoint
+            if val < best:
+                save_checkpoint(ckpt_dir / f"{cls.name}_best.pth", model, **state)
+            if args.save_every and (epoch + 1) % args.save_every == 0:
+                save_checkpoint(ckpt_dir / f"{cls.name}_epoch_{epoch:04d}.pth", model, **state)
+            save_checkpoint(latest, model, **state)
+            atomic_to_csv(pd.DataFrame(log_rows), log_csv)
+            if curve_rows:
+                atomic_to_csv(pd.DataFrame(curve_rows), curve_csv)
+            plot_loss_curve(log_csv, loss_png)
+        best = min(best, val)
+        ddp.barrier(info)
+    if paused and info.main:
         print(f"models.train: paused at step {step} (epoch {epoch}, deadline reached); --resume continues the run")
     return {
         "model": args.model, "name": cls.name, "model_version": model.version, "config": asdict(model.cfg),
-        "params": n_params, "steps": step, "best_val": best,
+        "params": n_params, "steps": step, "best_val": best, "world_size": info.world,
         "train_time_s": train_time, "checkpoint_dir": str(ckpt_dir), "log": log_rows, "curve": curve_rows,
         "paused": paused,
     }  # fmt: skip
@@ -569,7 +663,9 @@ def build_parser() -> ArgParser:
         f"stop (one-line error, the last good checkpoint kept) or skip that step (stop after {MAX_SKIPS})",
     )
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (torchrun: each rank on cuda:LOCAL_RANK)")
+    p.add_argument("--dist-backend", default=None, choices=ddp.BACKENDS, help="under torchrun: auto (nccl on "
+                   "CUDA, gloo on CPU; default, or $DIST_BACKEND) | nccl | gloo")  # fmt: skip
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--mixer-backend", default="auto", help="V1: auto | mamba_ssm | cpu_fused | reference")
     p.add_argument("--attn-backend", default="sdpa", help="seed | sdpa | triton | flex (flex: --dropout 0)")

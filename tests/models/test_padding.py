@@ -28,7 +28,7 @@ def test_padded_length_rules():
 def _encode_with_grads(model, seq):
     seq = seq.clone().requires_grad_()
     out = model.encode(seq)
-    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    (out * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum().backward()
     return out.detach(), seq.grad, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
