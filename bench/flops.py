@@ -18,7 +18,8 @@
 
 Unit everywhere: FLOPs = 2 × multiply-adds (a GEMM (m×k)·(k×n) is 2·m·k·n).
 What is counted: GEMMs (projections, FFN, decoder, Fourier matmul), the depthwise conv, the attention core
-(QKᵀ and PV), the selective scan (Mamba-1) and the chunked SSD's four GEMMs (Mamba-2: `mamba2_ssd_flops`). Not counted by any of the three: norms, softmax, activations, residual
+(QKᵀ and PV), the selective scan (Mamba-1) and the chunked SSD's four GEMMs (Mamba-2: `mamba2_ssd_flops`).
+Not counted by any of the three: norms, softmax, activations, residual
 adds, sin/cos, dropout — O(N·D) elementwise work (fvcore's layer_norm handle is switched off to match).
 
 The reference scan (models.mamba.selective_scan_ref) is a chunked doubling scan made of ~40 small elementwise
