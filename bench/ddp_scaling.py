@@ -25,8 +25,6 @@ import argparse
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ import torch
 
 from bench.env import environment, summary_line
 from models.common import ConfigError
-from models.distributed import NO_MULTICAST
+from models.distributed import NO_MULTICAST, torchrun
 from models.utils import ArgParser, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.validate import guard_committed_results, model_name, positive_int, resolution, writable_dir
 
@@ -149,22 +147,16 @@ def launch(c: Case, world: int, a, timeout: float = LAUNCH_TIMEOUT_S) -> dict:
     env.pop("WORLD_SIZE", None)
     with tempfile.TemporaryDirectory(prefix="ddp_scaling_") as tmp:
         result = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-               "-m", "bench.ddp_scaling", "--worker", str(c), "--result", str(result), "--preset", a.preset,
-               "--steps", str(a.steps), "--warmup", str(a.warmup), "--device", a.device,
-               "--mixer-backend", a.mixer_backend]  # fmt: skip
-        cmd += ["--dist-backend", a.dist_backend] if a.dist_backend else []
+        args = ["--worker", str(c), "--result", str(result), "--preset", a.preset, "--steps", str(a.steps),
+                "--warmup", str(a.warmup), "--device", a.device, "--mixer-backend", a.mixer_backend]  # fmt: skip
+        args += ["--dist-backend", a.dist_backend] if a.dist_backend else []
         base = {"model": c.model, "res": c.res, "N": c.res * c.res, "batch_per_gpu": c.batch, "world": world,
                 "global_batch": c.batch * world}  # fmt: skip
         print(f"ddp_scaling: {c} on {world} process{'es' if world > 1 else ''} ...", flush=True)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        proc, timed_out = torchrun(world, "bench.ddp_scaling", args, REPO, env, timeout)
+        if timed_out:
             return {**base, "status": "timeout", "note": f"no result in {timeout:.0f} s"}
+        err = proc.stderr
         if proc.returncode != 0 or not result.is_file():
             lines = [ln for ln in err.strip().splitlines() if ln.strip()]
             why = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")

@@ -18,7 +18,8 @@
 
 Unit everywhere: FLOPs = 2 × multiply-adds (a GEMM (m×k)·(k×n) is 2·m·k·n).
 What is counted: GEMMs (projections, FFN, decoder, Fourier matmul), the depthwise conv, the attention core
-(QKᵀ and PV) and the selective scan. Not counted by any of the three: norms, softmax, activations, residual
+(QKᵀ and PV), the selective scan (Mamba-1) and the chunked SSD's four GEMMs (Mamba-2: `mamba2_ssd_flops`).
+Not counted by any of the three: norms, softmax, activations, residual
 adds, sin/cos, dropout — O(N·D) elementwise work (fvcore's layer_norm handle is switched off to match).
 
 The reference scan (models.mamba.selective_scan_ref) is a chunked doubling scan made of ~40 small elementwise
@@ -119,6 +120,22 @@ def mamba_out_proj_flops(B: int, L: int, d_inner: int, d_model: int) -> int:
     return linear_flops(B * L, d_inner, d_model)
 
 
+def mamba2_ssd_flops(B: int, L: int, nheads: int, headdim: int, d_state: int, ngroups: int, chunk: int) -> dict:
+    """The chunked SSD of Mamba-2 (Dao & Gu 2024) as mamba_ssm's kernels and models.mamba2.ssd_ref run it, on
+    c = ⌈L/T⌉ chunks of T steps (the last chunk padded), in GEMMs only (decays, exp, cumsum: elementwise):
+      C·Bᵀ per chunk and group (T × T × n)                    2·B·c·T·T·g·n
+      (C·Bᵀ ∘ decay)·(Δx) per chunk and head (T × T × p)        2·B·c·T·T·h·p   (dense: the causal half is masked)
+      chunk end states Σ_s (w_s x_s) ⊗ B_s per head (p × n × T)  2·B·c·T·h·p·n
+      C_t · (state entering the chunk) per head (T × n × p)      2·B·c·T·h·n·p"""
+    Lp = -(-L // chunk) * chunk  # c·T
+    return {
+        "mamba2.ssd_cb": 2 * B * Lp * chunk * ngroups * d_state,
+        "mamba2.ssd_intra": 2 * B * Lp * chunk * nheads * headdim,
+        "mamba2.ssd_states": 2 * B * Lp * nheads * headdim * d_state,
+        "mamba2.ssd_inter": 2 * B * Lp * nheads * d_state * headdim,
+    }
+
+
 def attention_qkv_flops(B: int, Nq: int, Nk: int, d_model: int) -> int:
     # Q = x_q W_q (2·B·Nq·D²);  K, V = x_k [W_k ; W_v] (2·B·Nk·D·2D)
     return linear_flops(B * Nq, d_model, d_model) + linear_flops(B * Nk, d_model, 2 * d_model)
@@ -155,8 +172,37 @@ def mamba_dims(cfg) -> dict:
     return {"d_inner": d_inner, "dt_rank": math.ceil(cfg.d_model / 16), "d_state": cfg.d_state, "d_conv": cfg.d_conv}
 
 
+def mamba2_dims(cfg) -> dict:
+    """A Mamba-2 mixer's sizes (models.mamba builds both Mamba-2 backends with these; ngroups 1)."""
+    d_inner = cfg.expand * cfg.d_model
+    return {"d_inner": d_inner, "nheads": d_inner // mamba_mod.MAMBA2_HEADDIM, "headdim": mamba_mod.MAMBA2_HEADDIM,
+            "d_state": mamba_mod.MAMBA2_D_STATE, "ngroups": 1, "d_conv": cfg.d_conv,
+            "chunk": mamba_mod.MAMBA2_CHUNK}  # fmt: skip
+
+
+def mamba2_mixer_parts(cfg, B: int, L: int) -> dict[str, int]:
+    """One Mamba-2 mixer on (B, L, D): in_proj to [z, x, B, C, Δ], the causal depthwise conv over [x, B, C], the
+    chunked SSD, out_proj (the D skip, gate and RMSNorm are elementwise)."""
+    m, D = mamba2_dims(cfg), cfg.d_model
+    h, n, g = m["nheads"], m["d_state"], m["ngroups"]
+    parts = {
+        "mamba2.in_proj": linear_flops(B * L, D, 2 * m["d_inner"] + 2 * g * n + h),
+        "mamba2.conv1d": mamba_conv_flops(B, L, m["d_inner"] + 2 * g * n, m["d_conv"]),
+    }
+    parts.update(mamba2_ssd_flops(B, L, h, m["headdim"], n, g, m["chunk"]))
+    parts["mamba2.out_proj"] = linear_flops(B * L, m["d_inner"], D)
+    return parts
+
+
+def is_mamba2(cfg) -> bool:
+    return str(getattr(cfg, "mixer_backend", "")) in mamba_mod.MAMBA2_BACKENDS
+
+
 def mamba_mixer_parts(cfg, B: int, L: int) -> dict[str, int]:
-    """One Mamba mixer on (B, L, D)."""
+    """One Mamba mixer on (B, L, D): Mamba-1's (selective scan), or Mamba-2's where the config's mixer backend is
+    a Mamba-2 one (the variant's record names "mamba" either way: the backend picks the mixer)."""
+    if is_mamba2(cfg):
+        return mamba2_mixer_parts(cfg, B, L)
     m, D = mamba_dims(cfg), cfg.d_model
     return {
         "mamba.in_proj": mamba_in_proj_flops(B, L, D, m["d_inner"]),
@@ -519,6 +565,7 @@ _ELEMENTWISE = (
     "mul", "add", "sub", "div", "neg", "exp", "sin", "cos", "silu", "gelu", "softplus", "softmax", "sigmoid",
     "dropout", "unflatten", "mean", "sum", "pow", "rsqrt", "sqrt", "tanh", "relu", "log", "clone", "copy",
     "expm1", "scatter", "fill", "zeros", "ones", "empty", "arange", "linspace", "where", "masked_fill",
+    "cumsum", "repeat_interleave", "constant_pad_nd", "pad", "tril", "stack", "masked_fill_", "square",
 )  # fmt: skip
 
 
@@ -545,10 +592,13 @@ def count_flopcounter(module: nn.Module, args: tuple, cfg) -> tuple[float, list[
     """FLOPs from FlopCounterMode, plus analytic terms for kernels it cannot see (listed in the note)."""
     calls: dict[str, list] = {"scan": [], "attn": []}
     hooks = []
-    mamba_cuda = mamba_mod.MambaCUDA
+    calls["ssd"] = []
+    mamba_cuda, mamba2_cuda = mamba_mod.MambaCUDA, mamba_mod.Mamba2CUDA
     for m in module.modules():
         if mamba_cuda is not None and isinstance(m, mamba_cuda):
             hooks.append(m.register_forward_hook(lambda mod, a, out: calls["scan"].append((mod, a[0].shape))))
+        elif mamba2_cuda is not None and isinstance(m, mamba2_cuda):
+            hooks.append(m.register_forward_hook(lambda mod, a, out: calls["ssd"].append((mod, a[0].shape))))
         elif isinstance(m, Attention):
             hooks.append(m.register_forward_hook(lambda mod, a, out: calls["attn"].append((mod, a[0], a[1]))))
     try:
@@ -567,6 +617,13 @@ def count_flopcounter(module: nn.Module, args: tuple, cfg) -> tuple[float, list[
         extra["selective scan (selective_scan_cuda)"] += mamba_skip_gate_flops(b, L, d_inner)
         if not conv_seen:
             extra["conv1d (causal_conv1d_cuda)"] += mamba_conv_flops(b, L, d_inner, mod.d_conv)
+    for mod, (b, L, _) in calls["ssd"]:  # mamba_ssm.Mamba2: its SSD (Triton) and causal_conv1d_cuda are opaque
+        extra["SSD (mamba_ssm Triton kernels)"] += sum(
+            mamba2_ssd_flops(b, L, mod.nheads, mod.headdim, mod.d_state, mod.ngroups, mod.chunk_size).values()
+        )
+        if not conv_seen:
+            conv_dim = mod.d_ssm + 2 * mod.ngroups * mod.d_state
+            extra["conv1d (causal_conv1d_cuda)"] += mamba_conv_flops(b, L, conv_dim, mod.d_conv)
     for mod, q, k in calls["attn"]:
         if mod.backend == "triton":  # Triton launches are not dispatcher ops
             b, nq, e = q.shape
@@ -584,7 +641,8 @@ def _fvcore_with_fallback(module: nn.Module, args: tuple, cfg, notes: list) -> t
     try:
         return count_fvcore(module, args, cfg)
     except Exception as e:
-        mixers = [m for m in module.modules() if mamba_mod.MambaCUDA is not None and isinstance(m, mamba_mod.MambaCUDA)]
+        fused = tuple(c for c in (mamba_mod.MambaCUDA, mamba_mod.Mamba2CUDA) if c is not None)
+        mixers = [m for m in module.modules() if fused and isinstance(m, fused)]
         if not mixers:
             raise
         first_error = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
@@ -654,8 +712,6 @@ def count_flops(model, cfg, level: str, module: nn.Module, args: tuple, N: int) 
             result.notes.extend(notes)
         except Exception as e:
             result.notes.append(f"flopcounter failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-    if str(getattr(cfg, "mixer_backend", "")).startswith("mamba2"):  # TODO: a Mamba-2 (SSD) component
-        result.notes.append("analytic: Mamba-1's formula (bench.flops has no Mamba-2 component yet)")
     if any(isinstance(m, mamba_mod.MambaRef) for m in module.modules()):
         result.notes.append("reference scan counted as one op (9·B·L·d_inner·d_state)")
     return result

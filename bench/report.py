@@ -524,11 +524,11 @@ def architectures_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFram
     b0, out = _short(BASELINE), []
     for m in present:
         v = get_variant(m)
-        pr = _get(df, kind="flops", level="model", model=m)
+        pr = _get(df, kind="flops", level="model", model=m, backend=p[m])  # the primary backend's mixer
         if pr is None:
-            pr = _get(df, level="model", model=m)
-        a = _get(df, kind="flops", level="model", res=r0, model=BASELINE)
-        b = _get(df, kind="flops", level="model", res=r0, model=m)
+            pr = _get(df, level="model", model=m, backend=p[m])
+        a = _get(df, kind="flops", level="model", res=r0, model=BASELINE, backend=p[BASELINE])
+        b = _get(df, kind="flops", level="model", res=r0, model=m, backend=p[m])
         flops = b["gflop_analytic"] / a["gflop_analytic"] if a is not None and b is not None else None
         t = _get(df, kind="train", level="model", res=r0, batch=batch, model=m, backend=p[m])
         step = t["median_ms"] / base_t["median_ms"] if t is not None and base_t is not None else None
@@ -565,8 +565,8 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
     for k in compared:
         for r, spec_ratio in (exp[k].compute or {}).items():
             for level in ("mixer", "encoder", "model"):
-                a = _get(df, kind="flops", level=level, res=r, model=base)
-                b = _get(df, kind="flops", level=level, res=r, model=k)
+                a = _get(df, kind="flops", level=level, res=r, model=base, backend=p[base])
+                b = _get(df, kind="flops", level=level, res=r, model=k, backend=p[k])
                 if a is not None and b is not None:
                     m = b["gflop_analytic"] / a["gflop_analytic"]
                     agree = (
@@ -643,9 +643,9 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
     for m in everyone:
         if exp[m].params_m is None:
             continue
-        pr = _get(df, kind="flops", level="model", model=m)
+        pr = _get(df, kind="flops", level="model", model=m, backend=p[m])  # the primary backend's mixer
         if pr is None:
-            pr = _get(df, level="model", model=m)
+            pr = _get(df, level="model", model=m, backend=p[m])
         n = pr["params"] / 1e6 if pr is not None and pd.notna(pr.get("params")) else None
         want = exp[m].params_m
         rows.append({

@@ -18,6 +18,9 @@ device, an unknown backend.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -241,3 +244,20 @@ def _preflight_main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(_preflight_main())
+
+
+def torchrun(nproc: int, module: str, args: list[str], cwd, env: dict, timeout: float):
+    """`torchrun --standalone --nproc_per_node=N -m MODULE ARGS` (torch's own launcher, a free port), in a session
+    of its own so that a hang past `timeout` seconds kills every rank. Returns (CompletedProcess, timed_out)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", module, *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        timed_out = True
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), timed_out

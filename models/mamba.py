@@ -51,6 +51,7 @@ except Exception:
 MIXER_BACKENDS = ("auto", "mamba_ssm", "cpu_fused", "reference", "mamba2", "mamba2_ref")
 MAMBA2_BACKENDS = ("mamba2", "mamba2_ref")  # the Mamba-2 family; every other backend is Mamba-1
 MAMBA2_D_STATE, MAMBA2_HEADDIM = 64, 64  # Mamba-2 mixers (the config's d_state is Mamba-1's)
+MAMBA2_CHUNK = 256  # SSD chunk length T of both Mamba-2 backends (mamba_ssm.Mamba2's default; bench.flops uses it)
 INSTALL_HINT = "pip install mamba-ssm causal-conv1d --no-build-isolation (needs a CUDA GPU and toolchain)"
 SCAN_CHUNK = 2048  # mamba_ssm's selective-scan chunk (128 threads × 16 items) for L > 1024
 PAD_CHOICES = "auto, off or a positive integer k"
@@ -323,7 +324,8 @@ def make_mixer(backend: str, d_model: int, d_state: int, d_conv: int, expand: in
                 f"mixer backend {backend!r} needs expand·d_model ({expand}·{d_model}) divisible by its head dim "
                 f"{MAMBA2_HEADDIM}"
             )
-        kw = dict(d_model=d_model, d_state=MAMBA2_D_STATE, d_conv=d_conv, expand=expand, headdim=MAMBA2_HEADDIM)
+        kw = dict(d_model=d_model, d_state=MAMBA2_D_STATE, d_conv=d_conv, expand=expand, headdim=MAMBA2_HEADDIM,
+                  chunk_size=MAMBA2_CHUNK)  # fmt: skip
         if backend == "mamba2":
             resolve_mixer_backend(backend)
             return Mamba2CUDA(**kw)

@@ -35,11 +35,13 @@ def ssd_naive(x, dt, A, B, C):
     return torch.stack(ys, dim=1)  # (b, l, h, p)
 
 
-def ssd_ref(x, dt, A, B, C, chunk_size: int = 64):
-    """Chunked SSD, same signature and result as `ssd_naive` (fp32)."""
+def ssd_ref(x, dt, A, B, C, chunk_size: int = 256):
+    """Chunked SSD, same signature and result as `ssd_naive` (fp32). As mamba_ssm's kernels do, C·B is formed once
+    per group (not per head) and every product is a two-operand einsum (a GEMM: what bench.flops counts)."""
     b, l, h, p = x.shape
-    rep = h // B.shape[2]
-    B, C = B.repeat_interleave(rep, dim=2).float(), C.repeat_interleave(rep, dim=2).float()  # (b, l, h, n)
+    g = B.shape[2]
+    rep = h // g
+    B, C = B.float(), C.float()  # (b, l, g, n)
     x, dt, A = x.float(), dt.float(), A.float()
     T = chunk_size
     pad = (-l) % T  # Δ = 0 on the padding: decay 1, no input, so the carried state passes through unchanged
@@ -48,17 +50,18 @@ def ssd_ref(x, dt, A, B, C, chunk_size: int = 64):
         dt = F.pad(dt, (0, 0, 0, pad))
     c, n = (l + pad) // T, B.shape[-1]
     x = x.view(b, c, T, h, p)  # (b, c, T, h, p)
-    B, C = B.view(b, c, T, h, n), C.view(b, c, T, h, n)  # (b, c, T, h, n)
+    B, C = B.view(b, c, T, g, n), C.view(b, c, T, g, n)  # (b, c, T, g, n)
     dt = dt.view(b, c, T, h)  # (b, c, T, h)
     S = torch.cumsum(dt * A, dim=2)  # (b, c, T, h) log-decay accumulated from the chunk start
     # intra-chunk (the quadratic dual): y_t = Σ_{s≤t} (C_t·B_s) exp(S_t − S_s) Δ_s x_s
     causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (t, s)
     seg = (S[:, :, :, None] - S[:, :, None, :]).masked_fill(~causal[:, :, None], float("-inf"))  # (b, c, t, s, h)
-    scores = torch.einsum("bcthn,bcshn->bctsh", C, B) * torch.exp(seg)  # (b, c, t, s, h)
-    y = torch.einsum("bctsh,bcshp->bcthp", scores, dt[..., None] * x)  # (b, c, T, h, p)
+    cb = torch.einsum("bctgn,bcsgn->bctsg", C, B).repeat_interleave(rep, dim=-1)  # (b, c, t, s, h)
+    y = torch.einsum("bctsh,bcshp->bcthp", cb * torch.exp(seg), dt[..., None] * x)  # (b, c, T, h, p)
     # each chunk's end state from a zero start: Σ_s exp(S_T − S_s) Δ_s x_s ⊗ B_s
-    w = torch.exp(S[:, :, -1:] - S) * dt  # (b, c, T, h)
-    chunk_states = torch.einsum("bcsh,bcshp,bcshn->bchpn", w, x, B)  # (b, c, h, p, n)
+    wx = (torch.exp(S[:, :, -1:] - S) * dt)[..., None] * x  # (b, c, T, h, p)
+    Bh = B.repeat_interleave(rep, dim=3)  # (b, c, T, h, n)
+    chunk_states = torch.einsum("bcshp,bcshn->bchpn", wx, Bh)  # (b, c, h, p, n)
     # carry the states across chunks (sequential over c = L/T chunks)
     chunk_decay = torch.exp(S[:, :, -1])  # (b, c, h)
     state = x.new_zeros(b, h, p, n)
@@ -67,7 +70,8 @@ def ssd_ref(x, dt, A, B, C, chunk_size: int = 64):
         starts.append(state)
         state = chunk_decay[:, i, :, None, None] * state + chunk_states[:, i]
     starts = torch.stack(starts, dim=1)  # (b, c, h, p, n) state entering each chunk
-    y = y + torch.einsum("bcthn,bchpn->bcthp", C, starts) * torch.exp(S)[..., None]  # (b, c, T, h, p)
+    Ch = C.repeat_interleave(rep, dim=3)  # (b, c, T, h, n)
+    y = y + torch.einsum("bcthn,bchpn->bcthp", Ch, starts) * torch.exp(S)[..., None]  # (b, c, T, h, p)
     return y.reshape(b, c * T, h, p)[:, :l]  # (b, l, h, p)
 
 
@@ -88,7 +92,7 @@ class Mamba2Ref(nn.Module):
     """Pure-PyTorch Mamba-2 mixer with mamba_ssm.Mamba2's parameters and init. (B, L, D) -> (B, L, D)."""
 
     def __init__(self, d_model, d_state=64, d_conv=4, expand=2, headdim=64, A_init_range=(1, 16),
-                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, chunk_size=64):  # fmt: skip
+                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, chunk_size=256):  # fmt: skip
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.headdim = d_model, d_state, d_conv, headdim
         self.d_inner = expand * d_model
@@ -113,7 +117,9 @@ class Mamba2Ref(nn.Module):
         h, p, n = self.nheads, self.headdim, self.d_state
         zxbcdt = self.in_proj(u)  # (B, L, 2·d_inner + 2n + h)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * n, h], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :L]).transpose(1, 2)  # (B, L, d_inner + 2n), causal
+        w, bias = self.conv1d.weight, self.conv1d.bias  # causal depthwise: left-padded, exactly L outputs
+        xBC = F.conv1d(F.pad(xBC.transpose(1, 2), (self.d_conv - 1, 0)), w, bias, groups=w.shape[0])
+        xBC = F.silu(xBC).transpose(1, 2)  # (B, L, d_inner + 2n)
         x, Bm, Cm = xBC.split([self.d_inner, n, n], dim=-1)
         with torch.autocast(u.device.type, enabled=False):
             dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, L, h)

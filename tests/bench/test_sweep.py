@@ -470,3 +470,16 @@ def test_report_of_three_variants_has_ratio_columns_and_the_architectures_table(
     assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "compute vs V1 (spec)"] == "1.7x"
     assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "training step vs V1 (32², batch 8)"].startswith("1.00×")
     assert arch.loc["V4 (Transformer)", "layers (spec)"] == 6
+
+
+def test_architectures_table_reads_the_primary_backends_rows():
+    """A secondary backend's rows come later in a resumed sweep (here V1 on mamba2, another parameter count): the
+    spec's table must still read the primary backend's (it once took the last row of the model)."""
+    rows_ = _synthetic_gpu_rows()
+    rows_ += [{**r, "model": "v2"} for r in rows_ if r["model"] == "v1"]
+    rows_ += [{**r, "backend": "mamba2", "params": 1, "gflop_analytic": 1e-6} for r in rows_ if r["model"] == "v1"]
+    df = pd.DataFrame(rows_)
+    arch = report.architectures_table(df, [{"gpu": "NVIDIA H200"}], 8).set_index("variant")
+    want = df[(df["model"] == "v1") & (df["backend"] == "mamba_ssm") & (df["kind"] == "flops")]["params"].iloc[-1]
+    assert arch.loc["V1 (Mamba)", "parameters"] == f"{report.fmt_num(want / 1e6)}M"
+    assert arch.loc["V2 (bidirectional Mamba + Perceiver)", "FLOPs vs V1 (32², model, analytic)"] == "1.00×"

@@ -5,7 +5,6 @@ shards, the noise and the one-line launch errors."""
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +30,10 @@ def torchrun(nproc: int, args: list[str], timeout=LAUNCH_TIMEOUT_S) -> subproces
     killed on timeout)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DIST_TIMEOUT_S": "60"}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "models.train", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    proc, timed_out = ddp.torchrun(nproc, "models.train", args, ROOT, env, timeout)
+    if timed_out:
+        pytest.fail(f"torchrun did not finish in {timeout} s:\n{proc.stderr[-3000:]}")
+    return proc
 
 
 def _weights_close(a: dict, b: dict):
