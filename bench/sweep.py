@@ -388,13 +388,19 @@ def _clean(v):
     return v
 
 
+def _redo_parts(spec: str) -> tuple[str, str, str]:
+    """ "model/backend/kind" → its three parts ("" where a part is left out)."""
+    model, backend, kind = (spec.split("/") + ["", ""])[:3]
+    return model, backend, kind
+
+
 def _redo_specs(specs: list[str], models: list[str], backends: list[str]) -> list[str]:
     """--redo's "model/backend[/kind]" selectors, checked against the plan's models, backends and kinds (a typo
     is an error, not a rerun that silently redoes nothing)."""
     out = []
     for spec in specs:
-        model, backend, kind = (spec.split("/") + ["", ""])[:3]
-        if spec.count("/") > 2 or "/" not in spec and not spec:
+        model, backend, kind = _redo_parts(spec)
+        if spec.count("/") > 2 or not (model or backend or kind):
             raise ConfigError(f"--redo {spec!r}: give model/backend[/kind]")
         if model and model not in models:
             raise ConfigError(f"--redo {spec}: unknown model {model!r}; the sweep's models are {', '.join(models)}")
@@ -402,8 +408,6 @@ def _redo_specs(specs: list[str], models: list[str], backends: list[str]) -> lis
             raise ConfigError(f"--redo {spec}: unknown backend {backend!r}; choose from {', '.join(backends)}")
         if kind and kind not in KINDS:
             raise ConfigError(f"--redo {spec}: unknown kind {kind!r}; choose from {', '.join(KINDS)}")
-        if not (model or backend or kind):
-            raise ConfigError(f"--redo {spec!r}: give model/backend[/kind]")
         out.append(f"{model}/{backend}/{kind}")
     return out
 
@@ -411,9 +415,8 @@ def _redo_specs(specs: list[str], models: list[str], backends: list[str]) -> lis
 def redo_matches(row: dict, redo: list[str]) -> bool:
     """Whether a saved row falls under one of --redo's "model/backend/kind" selectors (an empty part matches all)."""
     for spec in redo:
-        model, backend, kind = (spec.split("/") + ["", ""])[:3]
-        if all(not want or row.get(col) == want for col, want in (("model", model), ("backend", backend),
-                                                                   ("kind", kind))):  # fmt: skip
+        wanted = zip(("model", "backend", "kind"), _redo_parts(spec), strict=True)
+        if all(not want or row.get(col) == want for col, want in wanted):
             return True
     return False
 
