@@ -194,14 +194,10 @@ def mamba2_mixer_parts(cfg, B: int, L: int) -> dict[str, int]:
     return parts
 
 
-def is_mamba2(cfg) -> bool:
-    return str(getattr(cfg, "mixer_backend", "")) in mamba_mod.MAMBA2_BACKENDS
-
-
 def mamba_mixer_parts(cfg, B: int, L: int) -> dict[str, int]:
     """One Mamba mixer on (B, L, D): Mamba-1's (selective scan), or Mamba-2's where the config's mixer backend is
     a Mamba-2 one (the variant's record names "mamba" either way: the backend picks the mixer)."""
-    if is_mamba2(cfg):
+    if mamba_mod.mixer_family(str(getattr(cfg, "mixer_backend", ""))) == "Mamba-2":
         return mamba2_mixer_parts(cfg, B, L)
     m, D = mamba_dims(cfg), cfg.d_model
     return {
@@ -590,9 +586,8 @@ def count_fvcore(module: nn.Module, args: tuple, cfg) -> tuple[float, list[str]]
 
 def count_flopcounter(module: nn.Module, args: tuple, cfg) -> tuple[float, list[str]]:
     """FLOPs from FlopCounterMode, plus analytic terms for kernels it cannot see (listed in the note)."""
-    calls: dict[str, list] = {"scan": [], "attn": []}
+    calls: dict[str, list] = {"scan": [], "ssd": [], "attn": []}
     hooks = []
-    calls["ssd"] = []
     mamba_cuda, mamba2_cuda = mamba_mod.MambaCUDA, mamba_mod.Mamba2CUDA
     for m in module.modules():
         if mamba_cuda is not None and isinstance(m, mamba_cuda):
