@@ -511,6 +511,13 @@ def _range(lo: float, hi: float, unit: str) -> str:
     return f"~{lo}–{hi} {unit}".replace(f"~{lo}–{lo} ", f"~{lo} ")
 
 
+def _params_row(df: pd.DataFrame, model: str, backend: str) -> pd.Series | None:
+    """The row whose `params` a spec table quotes: the variant's FLOP row on its primary backend (another backend
+    can have another mixer, e.g. mamba2), else any of its model-level rows on that backend."""
+    row = _get(df, kind="flops", level="model", model=model, backend=backend)
+    return row if row is not None else _get(df, level="model", model=model, backend=backend)
+
+
 def architectures_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFrame:
     """The spec's "All Architectures" table (layers, parameters, compute vs V1) next to this sweep's values, for a
     sweep of three or more variants (with two, the headline table is the comparison)."""
@@ -524,9 +531,7 @@ def architectures_table(df: pd.DataFrame, runs: list, batch: int) -> pd.DataFram
     b0, out = _short(BASELINE), []
     for m in present:
         v = get_variant(m)
-        pr = _get(df, kind="flops", level="model", model=m, backend=p[m])  # the primary backend's mixer
-        if pr is None:
-            pr = _get(df, level="model", model=m, backend=p[m])
+        pr = _params_row(df, m, p[m])
         a = _get(df, kind="flops", level="model", res=r0, model=BASELINE, backend=p[BASELINE])
         b = _get(df, kind="flops", level="model", res=r0, model=m, backend=p[m])
         flops = b["gflop_analytic"] / a["gflop_analytic"] if a is not None and b is not None else None
@@ -643,9 +648,7 @@ def spec_table(df: pd.DataFrame, runs: list, batch: int, fits: pd.DataFrame) -> 
     for m in everyone:
         if exp[m].params_m is None:
             continue
-        pr = _get(df, kind="flops", level="model", model=m, backend=p[m])  # the primary backend's mixer
-        if pr is None:
-            pr = _get(df, level="model", model=m, backend=p[m])
+        pr = _params_row(df, m, p[m])
         n = pr["params"] / 1e6 if pr is not None and pd.notna(pr.get("params")) else None
         want = exp[m].params_m
         rows.append({
@@ -1030,9 +1033,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     lines.append(f"**Environment.** {summary_line(env)}\n")
     if devices := devices_line(raw):
         lines.append(f"{devices}\n")
-    provenance = runs_provenance(runs, raw)
-    if provenance:
-        lines.append(provenance + "\n")
+    if provenance := runs_provenance(runs, raw):
+        lines.append(f"{provenance}\n")
     st = env.get("settings", {})
     timers = ", ".join(sorted(str(t) for t in _col(df, "timer").dropna().unique())) or "—"
     tcol, twords = time_col(df)
