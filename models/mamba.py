@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import selective_scan_cpu as cpu_scan
 from models.common import ConfigError
-from models.mamba2 import Mamba2Ref
+from models.mamba2 import MAMBA2_CHUNK, Mamba2Ref
 
 try:  # optional compiled dependency
     from mamba_ssm import Mamba as MambaCUDA
@@ -51,7 +51,6 @@ except Exception:
 MIXER_BACKENDS = ("auto", "mamba_ssm", "cpu_fused", "reference", "mamba2", "mamba2_ref")
 MAMBA2_BACKENDS = ("mamba2", "mamba2_ref")  # the Mamba-2 family; every other backend is Mamba-1
 MAMBA2_D_STATE, MAMBA2_HEADDIM = 64, 64  # Mamba-2 mixers (the config's d_state is Mamba-1's)
-MAMBA2_CHUNK = 256  # SSD chunk length T of both Mamba-2 backends (mamba_ssm.Mamba2's default; bench.flops uses it)
 INSTALL_HINT = "pip install mamba-ssm causal-conv1d --no-build-isolation (needs a CUDA GPU and toolchain)"
 SCAN_CHUNK = 2048  # mamba_ssm's selective-scan chunk (128 threads × 16 items) for L > 1024
 PAD_CHOICES = "auto, off or a positive integer k"

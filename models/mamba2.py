@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+MAMBA2_CHUNK = 256  # SSD chunk length T of both Mamba-2 backends (mamba_ssm.Mamba2's default; bench.flops uses it)
+
 
 def ssd_naive(x, dt, A, B, C):
     """Sequential SSD. x (b, l, h, p); dt (b, l, h) after softplus; A (h,); B, C (b, l, g, n) → y (b, l, h, p)."""
@@ -35,7 +37,7 @@ def ssd_naive(x, dt, A, B, C):
     return torch.stack(ys, dim=1)  # (b, l, h, p)
 
 
-def ssd_ref(x, dt, A, B, C, chunk_size: int = 256):
+def ssd_ref(x, dt, A, B, C, chunk_size: int = MAMBA2_CHUNK):
     """Chunked SSD, same signature and result as `ssd_naive` (fp32). As mamba_ssm's kernels do, C·B is formed once
     per group (not per head) and every product is a two-operand einsum (a GEMM: what bench.flops counts)."""
     b, l, h, p = x.shape
@@ -92,7 +94,7 @@ class Mamba2Ref(nn.Module):
     """Pure-PyTorch Mamba-2 mixer with mamba_ssm.Mamba2's parameters and init. (B, L, D) -> (B, L, D)."""
 
     def __init__(self, d_model, d_state=64, d_conv=4, expand=2, headdim=64, A_init_range=(1, 16),
-                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, chunk_size=256):  # fmt: skip
+                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, chunk_size=MAMBA2_CHUNK):  # fmt: skip
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.headdim = d_model, d_state, d_conv, headdim
         self.d_inner = expand * d_model
