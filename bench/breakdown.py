@@ -8,8 +8,11 @@
 Components, first match wins (kernel names as CUDA 12–13 / torch 2.x / mamba_ssm 2.x / Triton print them):
     attn         attention core: FlashAttention (pytorch_flash::flash_*), cuDNN SDPA (*sdpa*flash_fprop/bprop*),
                  memory-efficient (fmha_cutlass*), our Triton kernels (_attn_fwd_kernel, _attn_bwd_*), softmax
-                 (the seed backend's materialised weights; its QKᵀ and PV bmm are GEMMs by name)
-    scan         mamba_ssm's selective_scan_fwd/bwd_kernel
+                 (the seed backend's materialised weights; its QKᵀ and PV bmm are GEMMs by name), and cuDNN
+                 SDPA's backward helpers (cudnn::fusion::convert_dq_to_16bits, compute_dot_do_o) and dropout seed
+                 unpacking (philox::unpack_cudnn)
+    scan         mamba_ssm's selective_scan_fwd/bwd_kernel, and its Mamba-2 SSD Triton kernels (_chunk_cumsum_*,
+                 _chunk_state_*, _state_passing_*, _bmm_chunk_*, _chunk_scan_*)
     conv         causal_conv1d_*_kernel, and a depthwise conv1d of the reference backend
     optimizer    AdamW and gradient clipping: multi_tensor_apply_kernel (foreach / fused Adam, LpNorm), lpnorm_cleanup
     gemm         projections and FFN: cuBLAS / cuBLASLt (nvjet_*, sm90_xmma_gemm_*, ampere_*gemm*, cutlass::Kernel2,
@@ -29,8 +32,10 @@ import numpy as np
 import pandas as pd
 
 COMPONENTS = {  # key → (title, pattern); order = classification order and stacking order
-    "attn": ("attention core", r"flash|fmha|sdpa|_attn_|attention|softmax"),
-    "scan": ("selective scan", r"selective_scan"),
+    "attn": ("attention core", r"flash|fmha|sdpa|_attn_|attention|softmax|convert_dq_to_16bits|compute_dot_do_o"
+                               r"|unpack_cudnn"),
+    "scan": ("selective scan / SSD", r"selective_scan|_chunk_cumsum_|_chunk_state_|_state_passing_|_bmm_chunk_"
+                                     r"|_chunk_scan_"),
     "conv": ("causal conv", r"causal_conv1d|conv_depthwise|depthwise_conv|conv1d|convolve|_fprop_|_dgrad|_wgrad"),
     "optimizer": ("optimizer (AdamW, clipping)", r"multi_tensor_apply|adam|lpnorm|foreach"),
     "gemm": ("GEMMs (projections, FFN)", r"gemm|gemv|nvjet|cutlass|cublas|xmma|s16816|s1688|splitkreduce|dot_kernel"),

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.breakdown import breakdown_table, plot_breakdown
+from bench.breakdown import COMPONENTS, breakdown_table, plot_breakdown
 from bench.env import summary_line
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
 from models.variants import BASELINE, VARIANTS, get_variant, series_name
@@ -1080,8 +1080,8 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
                   "unchanged). pad=off is the same model unpadded.", "", md_table(pad)]  # fmt: skip
     if not bdt.empty:
         lines += ["## Where the time goes (GPU kernel time per component, training step, batch " f"{batch})", "",
-                  "From torch.profiler's kernels grouped by name (bench.breakdown): attention core, selective scan, "
-                  "causal conv, GEMMs, norms and elementwise, optimizer (AdamW + clipping), other.", "",
+                  "From torch.profiler's kernels grouped by name (bench.breakdown): "
+                  + ", ".join(title for title, _ in COMPONENTS.values()) + ".", "",
                   md_table(bdt)]  # fmt: skip
     lines += ["## FLOPs three ways (per sample, one forward pass)", "", md_table(three)]
     lines += ["## Plots", ""]

@@ -255,8 +255,11 @@ def test_mamba_ssm_three_counts_agree_on_gpu(level, backend):
     fc = count_flops("v1", wl.cfg, level, wl.module, wl.forward_args(wl.inputs(1, N, dev)), N)
     assert fc.fvcore and fc.flopcounter, fc.note
     assert fc.agree, (fc.analytic, fc.fvcore, fc.flopcounter, fc.note)
-    fv, _ = flops.count_fvcore(wl.module, wl.forward_args(wl.inputs(1, N, dev)), wl.cfg)
-    assert fv > 0
+    if backend == "mamba_ssm":  # fvcore traces through mamba_ssm.Mamba's autograd functions
+        fv, _ = flops.count_fvcore(wl.module, wl.forward_args(wl.inputs(1, N, dev)), wl.cfg)
+        assert fv > 0
+    else:  # jit tracing hands mamba_ssm.Mamba2's Triton kernels tensors for ints: each mixer is then one op
+        assert "mamba_ssm mixers counted as one op each" in fc.note, fc.note
 
 
 @pytest.mark.gpu
