@@ -160,6 +160,19 @@ class Progress:
             self.pause(what)
 
 
+def unit_seconds(a, key: str, max_steps: int, time_budget: float | None) -> float:
+    """Seconds a fresh run and its evaluation will take (its time budget, or its steps at the calibrated rate, with
+    15% + 10 s for model set-up and validation): a run starts only if both fit in what is left of the call, since
+    its checkpoint need not outlive the call (a fresh machine has only the state). A run too long for any call
+    (more than --time-budget) starts anyway and pauses at an epoch end."""
+    progress = a.progress
+    calib = progress.state.get("calib", {})
+    train_s = time_budget if time_budget else max_steps * calib.get(key, 0.0)
+    need = 1.15 * train_s + 10.0 + progress.state["eval_s"].get("per_model", a.eval_estimate)
+    call = a.call_budget or a.time_budget
+    return need if call and need <= call else 1.0
+
+
 def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | None) -> dict:
     """Train one model; returns a row for quality_runs.csv (with the log rows under 'log' and the learning
     curve under 'curve'). Under --time-budget: a finished run is taken from the state, a paused one resumed."""
@@ -177,7 +190,8 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
         done = None
     out_dir = Path(a.work_dir) / budget / key  # per model: V4 and V4-nopos share a class (and checkpoint name)
     if progress:
-        progress.need(1.0, f"training {key.upper()} ({BUDGET_LABELS[budget]})")
+        progress.need(unit_seconds(a, key, max_steps, time_budget) if not done else 1.0,
+                      f"training {key.upper()} ({BUDGET_LABELS[budget]})")  # fmt: skip
     print(f"[compare] {BUDGET_LABELS[budget]}: {'resuming' if done else 'training'} {key.upper()} for {max_steps} "
           "steps" + (f" or {time_budget:.1f} s" if time_budget else ""), flush=True)  # fmt: skip
     cfg = train_config(a, key, out_dir, max_steps, time_budget)
@@ -656,6 +670,9 @@ def build_parser() -> ArgParser:
     g.add_argument("--time-budget", type=nonneg_float, default=0.0, help="seconds of this call (0: no limit): "
                    f"training pauses at an epoch end past it, the progress is kept in <out>/{STATE} and the same "
                    "command run again continues (e.g. GPU calls of < 10 min)")  # fmt: skip
+    g.add_argument("--call-budget", type=nonneg_float, default=0.0, help="seconds of a whole call (default: "
+                   "--time-budget): a run and its evaluation that fit in one call start only when both fit in what "
+                   "is left, so no checkpoint has to outlive its call")  # fmt: skip
     g.add_argument("--eval-estimate", type=positive_float, default=120.0, help="seconds one model's evaluation "
                    "is assumed to take until one has been timed (then the longest so far): under --time-budget an "
                    "evaluation starts only if it fits")  # fmt: skip

@@ -396,6 +396,7 @@ def main_frontier(argv=None) -> None:
         print(f"[frontier] {r}²" + ("" if left is None else f" ({left:.0f} s left in this call)"), flush=True)
         ca, cout, cdev = prepared[r]
         ca.time_budget = left or 0.0
+        ca.call_budget = a.time_budget  # the whole call's: a unit that fits in a call waits for the next one
         try:
             run_compare(ca, cout, cdev)
         except Paused:

@@ -213,3 +213,24 @@ def test_three_models_with_a_throwaway_variant_and_another_baseline(throwaway, t
     before = md
     (out / "quality.md").unlink()
     assert main(["--report-only", "--out", str(out)]) == 0 and (out / "quality.md").read_text() == before
+
+
+def test_a_run_that_fits_in_a_call_waits_for_one_with_room_for_its_evaluation():
+    """unit_seconds: a fresh run starts only when its training and its evaluation both fit in what is left of the
+    call (its checkpoint need not outlive the call); one longer than any call starts anyway (it pauses at epochs)."""
+    from types import SimpleNamespace
+
+    from bench.compare import unit_seconds
+
+    state = {"calib": {"v1": 0.03}, "eval_s": {}}
+    progress = SimpleNamespace(state=state)
+    a = SimpleNamespace(progress=progress, eval_estimate=120.0, time_budget=200.0, call_budget=450.0)
+    assert unit_seconds(a, "v1", 1000, 150.0) == pytest.approx(1.15 * 150 + 10 + 120)  # equal time: its T
+    assert unit_seconds(a, "v1", 1000, None) == pytest.approx(1.15 * 30 + 10 + 120)  # equal steps: calibrated rate
+    state["eval_s"]["per_model"] = 40.0  # once an evaluation was timed, its time replaces the estimate
+    assert unit_seconds(a, "v1", 1000, 150.0) == pytest.approx(1.15 * 150 + 10 + 40)
+    assert unit_seconds(a, "v1", 1000, 600.0) == 1.0  # longer than a whole call: start, pause at an epoch end
+    a.call_budget = 0.0  # a plain bench.compare call: the call is its --time-budget
+    assert unit_seconds(a, "v1", 1000, 150.0) == 1.0
+    a.time_budget = 0.0  # no limit
+    assert unit_seconds(a, "v1", 1000, 150.0) == 1.0
