@@ -8,7 +8,7 @@ For each variant × backend × level (mixer | encoder | model) × resolution r (
     flops      FLOPs of one forward pass, three ways (analytic, fvcore, FlopCounterMode), at B = 1
     fwd        forward (no grad, bf16 autocast) + peak memory
     train      training step (forward + backward + AdamW) + peak memory, epoch time
-    max_batch  the largest batch whose training step fits (primary backends, whole model; --max-batch)
+    max_batch  the largest batch whose training step fits (every backend but the reference scans; --max-batch)
 Every fwd / train point keeps its eager wall time (median of ≥ 20 repetitions in 3 rounds interleaved across the
 models and backends of its (level, r, batch), NVML SM clock and power per row) and its device time: the same step
 captured in one CUDA graph and replayed, the summed GPU kernel time of torch.profiler, host overhead = eager −
@@ -568,11 +568,18 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
             plan += [Unit(k, [Combo(m, primary[m], "model", r0, s.spec_batch) for m in series]) for k in timed]
     secondary = dict(levels=[lv for lv in level_order if lv in s.secondary_levels], max_res=s.secondary_max_res)
     section(lambda m, b: b != primary[m] and b not in LAST, **secondary)
-    if s.max_batch and "model" in s.levels:
-        for m in s.models:
-            if primary[m] in s.backends[m] and "model" in s.model_levels.get(m, s.levels) and get_variant(m).max_batch:
-                plan += [Unit("max_batch", [Combo(m, primary[m], "model", r, s.batch)]) for r in s.res]
+
+    def max_batch(pick) -> None:  # the largest-batch search: whole model, every backend but the reference scans
+        for m in s.models if s.max_batch and "model" in s.levels else ():
+            if "model" in s.model_levels.get(m, s.levels) and get_variant(m).max_batch:
+                for b in s.backends[m]:
+                    if pick(m, b) and b not in REFERENCE_BACKENDS:
+                        plan.extend(Unit("max_batch", [Combo(m, b, "model", r, s.batch)]) for r in s.res)
+
+    max_batch(lambda m, b: b == primary[m])
+    max_batch(lambda m, b: b != primary[m] and b not in LAST)
     section(lambda m, b: b != primary[m] and b in LAST, **secondary)
+    max_batch(lambda m, b: b != primary[m] and b in LAST)
     return plan
 
 
@@ -861,11 +868,17 @@ class Sweep:
             return ok
 
         cap, note = s.max_batch_cap, f"training step, first probe {start}"
+        index_cap, why = cap, ""
         if c.backend == "mamba_ssm":  # its CUDA kernels offset pointers with uint32: B·2·d_inner·L < 2^32
             index_cap = (2**32 - 1) // (2 * wl.cfg.expand * wl.cfg.d_model * c.N)
-            if index_cap < cap:
-                cap = max(1, index_cap)
-                note += f"; cap {cap} = mamba_ssm's uint32 offsets (B·2·d_inner·N < 2^32)"
+            why = "mamba_ssm's uint32 offsets (B·2·d_inner·N < 2^32)"
+        elif c.backend == "mamba2":  # its Triton SSD kernels offset the in_proj output with int32 arithmetic
+            width = max(m.in_proj.out_features for m in wl.module.modules() if hasattr(m, "chunk_size"))
+            index_cap = (2**31 - 1) // (width * c.N)
+            why = f"Mamba-2's int32 offsets (B·{width}·N < 2^31, {width} = in_proj width)"
+        if index_cap < cap:
+            cap = max(1, index_cap)
+            note += f"; cap {cap} = {why}"
         start = min(start, cap)
         mb = measure.search_max_batch(fits, start, cap, s.max_batch_probes)
         row.update(

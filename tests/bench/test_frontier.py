@@ -68,8 +68,10 @@ def test_the_plan_continues_across_calls_and_writes_everything(frontier):
     s16 = pd.read_csv(out / "r16" / "quality.csv")
     assert set(s16["resolution"]) == {16, 32}  # zero-shot SR of the lowest resolution's models
     assert set(pd.read_csv(out / "r24" / "quality.csv")["resolution"]) == {24}
-    env = json.loads((out / "r16" / "quality_env.json").read_text())
-    assert len(env["phases"]) >= 2 and env["settings"]["models"] == ["v1", "v4"]
+    envs = [json.loads((out / f"r{r}" / "quality_env.json").read_text()) for r in (16, 24)]
+    assert envs[0]["settings"]["models"] == ["v1", "v4"]
+    # every call left a phase record in the resolution it worked on (how the calls fell is the machine's speed)
+    assert sum(len(env["phases"]) for env in envs) >= calls
 
 
 def test_the_report_is_built_from_the_saved_files(frontier):

@@ -320,8 +320,11 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     assert 120 < est < s.time_budget_s + 240  # a budget cut skips the rest; a rerun continues
     mb = sweep.settings_from_args(sweep.build_parser().parse_args(["--max-batch", "--res", "32", "64"]))
     units = [u for u in sweep.make_plan(mb, torch.device("cuda")) if u.kind == "max_batch"]
-    assert {u.combos[0].backend for u in units} == {"mamba_ssm", "sdpa"}
     assert {u.combos[0].model for u in units} == {k for k, v in VARIANTS.items() if v.max_batch}
+    searched = [(u.combos[0].model, u.combos[0].backend) for u in units]
+    assert {b for _, b in searched} == {"mamba_ssm", "mamba2", "sdpa", "seed", "triton", "flex"}  # not the references
+    first = [b for m, b in searched if m == "v4"]  # the primary backend first, ours and compiled code last
+    assert first[:2] == ["sdpa", "sdpa"] and set(first[-4:]) == {"triton", "flex"}
     ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--tokens", "0"]))
     assert ext.res[-3:] == [224, 256, 320] and ext.tokens == 0
     assert not any(c.batch not in (8, 64) for u in sweep.make_plan(ext, torch.device("cuda")) for c in u.combos)
