@@ -9,7 +9,8 @@ frontier, zero-shot super-resolution and the verdict per resolution → <out>/fr
 One bench.compare run per training resolution (--res, default 32 64), each in <out>/r<res>/ with its own
 quality.md (both budgets, every model paired with --baseline, the computed verdict), all of them under ONE
 --time-budget: the first unfinished resolution continues (training pauses at an epoch end, what is done is kept in
-<out>/r<res>/quality_state.pt), then the next; when it is spent the call ends and the same command run again goes on.
+<out>/r<res>/quality_state.pt), and what is left of the call goes to the next (a run and its evaluation start only
+if both fit); when it is spent the call ends and the same command run again goes on.
 The lowest resolution is also evaluated zero-shot at --sr (default 64 96 128, the interpolation floors beside).
 Flags this script does not know are passed to every bench.compare run (e.g. --num-samples, --eval-steps, --lr).
 Every model comes from models.variants' table (default: all of them); nothing here branches on a model's name.
@@ -385,23 +386,28 @@ def main_frontier(argv=None) -> None:
     # every resolution's flags are checked before anything is trained (bench.compare's own checks)
     prepared = {r: prepare(compare_argv(a, r, extra, None)) for r in a.res if not finished(res_dir(out, r))}
     deadline = start + a.time_budget if a.time_budget else None
+    paused = False
     for r in a.res:
         if r not in prepared:
             print(f"[frontier] {r}²: done ({res_dir(out, r)}/quality.md)", flush=True)
             continue
         left = None if deadline is None else deadline - time.time()
         if left is not None and left < 1:
-            print(f"[frontier] time budget spent before {r}²: run the same command again to continue", flush=True)
-            return
+            print(f"[frontier] time budget spent before {r}²", flush=True)
+            paused = True
+            break
         print(f"[frontier] {r}²" + ("" if left is None else f" ({left:.0f} s left in this call)"), flush=True)
         ca, cout, cdev = prepared[r]
         ca.time_budget = left or 0.0
         ca.call_budget = a.time_budget  # the whole call's: a unit that fits in a call waits for the next one
         try:
             run_compare(ca, cout, cdev)
-        except Paused:
-            print("[frontier] paused: run the same command again to continue", flush=True)
-            return
+        except Paused:  # the resolutions are independent runs: what is left of the call goes to the next one
+            print(f"[frontier] {r}² paused", flush=True)
+            paused = True
+    if paused:
+        print("[frontier] paused: run the same command again to continue", flush=True)
+        return
     print(f"[frontier] all resolutions done: wrote {write_report(out)}", flush=True)
 
 
