@@ -903,27 +903,29 @@ _PLAN_STATS = {"hits": 0, "misses": 0}
 
 
 class _Plan:
-    """A compiled kernel with its grid and trailing constexpr arguments, for one launch key."""
+    """A compiled kernel with its grid and trailing constexpr arguments, for one launch key; ``ptrs``: the
+    positions of the tensor arguments, passed to the C launcher as raw device addresses (ints)."""
 
-    __slots__ = ("kernel", "grid", "tail")
+    __slots__ = ("kernel", "grid", "tail", "ptrs")
 
-    def __init__(self, kernel, grid, tail):
-        self.kernel, self.grid, self.tail = kernel, grid, tail
+    def __init__(self, kernel, grid, tail, ptrs=()):
+        self.kernel, self.grid, self.tail, self.ptrs = kernel, grid, tail, ptrs
 
 
-def _make_plan(kernel, compiled, nargs: int, consts: dict, grid, config):
+def _make_plan(kernel, compiled, args: tuple, consts: dict, grid, config):
     """Plan from the first (dispatched) launch; None when the compiled kernel cannot be reused safely."""
     tuned = isinstance(kernel, Autotuner)
     jit = kernel.fn if tuned else kernel
     if tuned:
         config = kernel.best_config
     meta = {**consts, **(config.kwargs if config is not None else {})}
-    names = jit.arg_names[nargs:]
+    names = jit.arg_names[len(args) :]
     if compiled is None or not hasattr(compiled, "run") or any(n not in meta for n in names):
         return None
     g = grid(config.all_kwargs() if config is not None else meta) if callable(grid) else grid
     g = tuple(g) + (1,) * (3 - len(g))
-    return _Plan(compiled, g, tuple(meta[n] for n in names))
+    ptrs = tuple(i for i, x in enumerate(args) if isinstance(x, torch.Tensor))
+    return _Plan(compiled, g, tuple(meta[n] for n in names), ptrs)
 
 
 def _launch(kernel, key, grid, args: tuple, consts: dict, config=None) -> None:
@@ -931,25 +933,30 @@ def _launch(kernel, key, grid, args: tuple, consts: dict, config=None) -> None:
 
     ``key`` holds the shapes, strides, dtypes, flags and pointer alignments the arguments derive from, so a
     hit reuses the compiled kernel, its (autotuned) config and grid as they are: no argument binding, no
-    autotuner lookup. A miss (first call of a shape) takes triton's normal path and records the plan. A
-    pinned ``config`` (tests, tuning) always takes the normal path.
+    autotuner lookup, and tensors passed as their device addresses (ints), which triton's C launcher takes as
+    they are: for a tensor it calls ``data_ptr()`` and asks the driver whether the address is a device pointer
+    (cuPointerGetAttribute, one driver call per pointer argument, ~25 per fwd+bwd), which the public functions'
+    own checks (CUDA tensors, one device) already answer. A miss (first call of a shape) takes triton's normal
+    path and records the plan. A pinned ``config`` (tests, tuning) always takes the normal path.
     """
     plan = _PLANS.get(key) if _FAST_LAUNCH and config is None else None
     if plan is None:
         compiled = _select(kernel, config)[grid](*args, **consts)
         if _FAST_LAUNCH and config is None:
             _PLAN_STATS["misses"] += 1
-            plan = _make_plan(kernel, compiled, len(args), consts, grid, config)
+            plan = _make_plan(kernel, compiled, args, consts, grid, config)
             if plan is not None:
                 _PLANS[key] = plan
         return
     _PLAN_STATS["hits"] += 1
     ck, (g0, g1, g2) = plan.kernel, plan.grid
     stream = _current_stream(torch.cuda.current_device())
-    full = (*args, *plan.tail)
+    full = [*args, *plan.tail]
+    for i in plan.ptrs:
+        full[i] = full[i].data_ptr()
     hooks = triton.knobs.runtime
     enter = hooks.launch_enter_hook
-    meta = ck.launch_metadata(plan.grid, stream, *full) if enter is not None else None
+    meta = ck.launch_metadata(plan.grid, stream, *args, *plan.tail) if enter is not None else None  # (profilers)
     ck.run(g0, g1, g2, stream, ck.function, ck.packed_metadata, meta, enter, hooks.launch_exit_hook, *full)
 
 

@@ -713,6 +713,36 @@ def test_gpu_fast_launch_matches_dispatched_launch(monkeypatch, dropout_p):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
+    """A plan hit hands triton's C launcher each tensor argument as its address (an int: no data_ptr() call and
+    no driver check per pointer there), the other arguments as they are, then the plan's constexpr tail; the
+    launch metadata (profiler hooks) still sees the tensors. A fake compiled kernel stands in for the GPU's."""
+    seen = {}
+
+    class FakeCompiled:
+        function, packed_metadata = "fn", "meta"
+
+        def run(self, g0, g1, g2, stream, function, packed, meta, enter, exit_hook, *args):
+            seen["run"] = (g0, g1, g2, stream, meta, args)
+
+        def launch_metadata(self, grid, stream, *args):
+            seen["meta"] = args
+            return "launch-meta"
+
+    monkeypatch.setattr(fa, "_FAST_LAUNCH", True)
+    monkeypatch.setattr(fa, "_current_stream", lambda device: 7)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(fa, "_PLANS", {"k": fa._Plan(FakeCompiled(), (3, 2, 1), (32, True), ptrs=(0, 2))})
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", None)
+    a, b = torch.zeros(4), torch.ones(3)
+    fa._launch(None, "k", None, (a, 0.5, b, 9), {})
+    assert seen["run"] == (3, 2, 1, 7, None, (a.data_ptr(), 0.5, b.data_ptr(), 9, 32, True))
+    assert all(type(x) is int for x in (seen["run"][5][0], seen["run"][5][2]))
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda *args: None)
+    fa._launch(None, "k", None, (a, 0.5, b, 9), {})
+    assert seen["meta"][0] is a and seen["run"][4] == "launch-meta"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_gpu_fp32_is_ieee_exact(causal):
