@@ -182,6 +182,11 @@ def md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _text(value) -> str:
+    """A saved text cell, or "" where the row has none (NaN in rows that never measured it)."""
+    return value if isinstance(value, str) else ""
+
+
 def _status_cell(row) -> str:
     status = row.get("status")
     if status == "oom":
@@ -298,9 +303,9 @@ def max_batch_table(df: pd.DataFrame) -> pd.DataFrame:
     for _, row in sub.iterrows():
         out.append({
             "model": row["series"], "r": int(row["res"]), "N": int(row["N"]),
-            "max batch (training step)": row.get("max_batch_desc") or _status_cell(row),
+            "max batch (training step)": _text(row.get("max_batch_desc")) or _status_cell(row),
             "tokens at max": fmt_num(row.get("tokens_at_max")) if row["status"] == "ok" else "",
-            "probes": row.get("probes") or "", "note": row["note"],
+            "probes": _text(row.get("probes")), "note": row["note"],
         })  # fmt: skip
     return pd.DataFrame(out)
 

@@ -51,3 +51,19 @@ def test_runs_provenance_names_each_call_of_a_resumed_sweep():
     assert "Rows from 2 calls" in line and "`1111111aaaa`: 2 rows" in line and "`3333333`: 1 rows" in line
     assert "2222222" not in line  # a call that left no rows is not named
     assert runs_provenance(runs, pd.DataFrame({"run_id": ["a"]})) == ""  # one call: nothing to say
+
+
+def test_a_skipped_largest_batch_row_reads_skipped_not_nan():
+    import pandas as pd
+
+    nan = float("nan")
+    base = {"kind": "max_batch", "res": 32, "N": 1024, "model": "v1"}
+    rows = pd.DataFrame([
+        {**base, "series": "V1 mamba_ssm", "status": "ok", "max_batch_desc": "8 (fails at 9)", "tokens_at_max": 8192,
+         "probes": "8:ok 9:oom", "note": "training step"},
+        {**base, "series": "V2 mamba2", "status": "skipped", "max_batch_desc": nan, "tokens_at_max": nan,
+         "probes": nan, "note": "time budget (70 s) exhausted; rerun to continue"},
+    ])  # fmt: skip
+    t = report.max_batch_table(rows).set_index("model")
+    assert t.loc["V1 mamba_ssm", "max batch (training step)"] == "8 (fails at 9)"
+    assert t.loc["V2 mamba2", "max batch (training step)"] == "skipped" and t.loc["V2 mamba2", "probes"] == ""
