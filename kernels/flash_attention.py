@@ -72,6 +72,7 @@ from numbers import Integral, Real
 import torch
 import triton
 import triton.language as tl
+from triton.knobs import HookChain
 from triton.runtime import Autotuner
 
 __all__ = [
@@ -954,10 +955,18 @@ def _launch(kernel, key, grid, args: tuple, consts: dict, config=None) -> None:
     full = [*args, *plan.tail]
     for i in plan.ptrs:
         full[i] = full[i].data_ptr()
-    hooks = triton.knobs.runtime
-    enter = hooks.launch_enter_hook
+    enter, exit_hook = _hook(_RUNTIME.launch_enter_hook), _hook(_RUNTIME.launch_exit_hook)
     meta = ck.launch_metadata(plan.grid, stream, *args, *plan.tail) if enter is not None else None  # (profilers)
-    ck.run(g0, g1, g2, stream, ck.function, ck.packed_metadata, meta, enter, hooks.launch_exit_hook, *full)
+    ck.run(g0, g1, g2, stream, ck.function, ck.packed_metadata, meta, enter, exit_hook, *full)
+
+
+_RUNTIME = triton.knobs.runtime
+
+
+def _hook(h):
+    """A launch hook, or None when it is triton's default empty HookChain (nothing to call: no launch metadata
+    to build, no Python call from the C launcher before and after each launch)."""
+    return None if h is None or (isinstance(h, HookChain) and not h.calls) else h
 
 
 def _current_stream(device: int) -> int:

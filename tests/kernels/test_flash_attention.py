@@ -723,7 +723,7 @@ def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
         function, packed_metadata = "fn", "meta"
 
         def run(self, g0, g1, g2, stream, function, packed, meta, enter, exit_hook, *args):
-            seen["run"] = (g0, g1, g2, stream, meta, args)
+            seen["run"] = (g0, g1, g2, stream, meta, enter, exit_hook, args)
 
         def launch_metadata(self, grid, stream, *args):
             seen["meta"] = args
@@ -733,14 +733,17 @@ def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
     monkeypatch.setattr(fa, "_current_stream", lambda device: 7)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(fa, "_PLANS", {"k": fa._Plan(FakeCompiled(), (3, 2, 1), (32, True), ptrs=(0, 2))})
-    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", None)
+    # triton's default hooks: empty chains, passed as None (no metadata built, no hook calls around the launch)
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", triton.knobs.HookChain())
+    monkeypatch.setattr(triton.knobs.runtime, "launch_exit_hook", triton.knobs.HookChain())
     a, b = torch.zeros(4), torch.ones(3)
     fa._launch(None, "k", None, (a, 0.5, b, 9), {})
-    assert seen["run"] == (3, 2, 1, 7, None, (a.data_ptr(), 0.5, b.data_ptr(), 9, 32, True))
-    assert all(type(x) is int for x in (seen["run"][5][0], seen["run"][5][2]))
-    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda *args: None)
+    assert seen["run"] == (3, 2, 1, 7, None, None, None, (a.data_ptr(), 0.5, b.data_ptr(), 9, 32, True))
+    assert all(type(x) is int for x in (seen["run"][7][0], seen["run"][7][2])) and "meta" not in seen
+    triton.knobs.runtime.launch_enter_hook.add(lambda metadata: None)  # a profiler's hook
     fa._launch(None, "k", None, (a, 0.5, b, 9), {})
     assert seen["meta"][0] is a and seen["run"][4] == "launch-meta"
+    assert seen["run"][5] is triton.knobs.runtime.launch_enter_hook and seen["run"][6] is None
 
 
 @pytest.mark.gpu
