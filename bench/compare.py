@@ -160,17 +160,28 @@ class Progress:
             self.pause(what)
 
 
+CALL = {"started": 0}  # training runs started in this call (one process), across bench.frontier's resolutions
+
+
+def new_call() -> None:
+    """A new call begins (bench.compare's and bench.frontier's main): nothing has started in it yet."""
+    CALL["started"] = 0
+
+
 def unit_seconds(a, key: str, max_steps: int, time_budget: float | None) -> float:
-    """Seconds a fresh run and its evaluation will take (its time budget, or its steps at the calibrated rate, with
-    15% + 10 s for model set-up and validation): a run starts only if both fit in what is left of the call, since
-    its checkpoint need not outlive the call (a fresh machine has only the state). A run too long for any call
-    (more than --time-budget) starts anyway and pauses at an epoch end."""
+    """Seconds a fresh run and its evaluation will take: its time budget, or its steps at the calibrated rate,
+    with 15% + 10 s for model set-up and validation, plus the longest evaluation so far (--eval-estimate first)."""
     progress = a.progress
-    calib = progress.state.get("calib", {})
-    train_s = time_budget if time_budget else max_steps * calib.get(key, 0.0)
-    need = 1.15 * train_s + 10.0 + progress.state["eval_s"].get("per_model", a.eval_estimate)
-    call = a.call_budget or a.time_budget
-    return need if call and need <= call else 1.0
+    train_s = time_budget if time_budget else max_steps * progress.state.get("calib", {}).get(key, 0.0)
+    return 1.15 * train_s + 10.0 + progress.state["eval_s"].get("per_model", a.eval_estimate)
+
+
+def may_start(progress, need: float) -> bool:
+    """Start a fresh run now? Its checkpoint stays on this machine (a later call on a fresh one has the state
+    only), so a run starts when it and its evaluation fit in what is left of the call. The first run of a call
+    starts whatever it needs: a later call would look the same (it could never start), and it makes progress,
+    pausing at an epoch end if it needs more than a whole call (its evaluation then runs past the budget)."""
+    return CALL["started"] == 0 or need <= progress.left()
 
 
 def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | None) -> dict:
@@ -190,8 +201,11 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
         done = None
     out_dir = Path(a.work_dir) / budget / key  # per model: V4 and V4-nopos share a class (and checkpoint name)
     if progress:
-        progress.need(unit_seconds(a, key, max_steps, time_budget) if not done else 1.0,
-                      f"training {key.upper()} ({BUDGET_LABELS[budget]})")  # fmt: skip
+        what = f"training {key.upper()} ({BUDGET_LABELS[budget]})"
+        if not done and not may_start(progress, unit_seconds(a, key, max_steps, time_budget)):
+            progress.pause(what)
+        progress.need(1.0, what)
+        CALL["started"] += 1
     print(f"[compare] {BUDGET_LABELS[budget]}: {'resuming' if done else 'training'} {key.upper()} for {max_steps} "
           "steps" + (f" or {time_budget:.1f} s" if time_budget else ""), flush=True)  # fmt: skip
     cfg = train_config(a, key, out_dir, max_steps, time_budget)
@@ -223,18 +237,21 @@ def run_training(a, key: str, budget: str, max_steps: int, time_budget: float | 
     if progress:
         progress.state["runs"][unit] = row
         progress.save()
-        evaluate_run(a, row)
+        evaluate_run(a, row, now=True)  # trained in this call: its checkpoint need not outlive it
     return row
 
 
-def evaluate_run(a, row: dict) -> None:
+def evaluate_run(a, row: dict, now: bool = False) -> None:
     """Evaluate one run's best checkpoint right after its training (its EvalResult goes to the state), so that
-    no checkpoint has to outlive the call that trained it: a later call on a fresh machine needs the state only."""
+    no checkpoint has to outlive the call that trained it: a later call on a fresh machine needs the state only.
+    `now`: the run was trained in this call, so it is evaluated whatever is left of the budget (may_start let
+    it start only if both fit, or as the call's first run)."""
     progress = a.progress
     unit, key = f"{row['budget']}/{row['model']}", row["model"]
     if unit in progress.state["evals"]:
         return
-    progress.need(progress.state["eval_s"].get("per_model", a.eval_estimate), f"evaluating {unit}")
+    if not now:
+        progress.need(progress.state["eval_s"].get("per_model", a.eval_estimate), f"evaluating {unit}")
     print(f"[compare] evaluating {key.upper()}'s {BUDGET_LABELS[row['budget']]} checkpoint", flush=True)
     t0 = time.perf_counter()
     models = load_models({key: row["checkpoint"]}, a.device_obj, a.attn_backend, a.mixer_backend)
@@ -556,6 +573,7 @@ def prepare(argv=None):
 
 
 def main_compare(argv=None) -> None:
+    new_call()
     prepared = prepare(argv)
     if prepared is not None:
         try:
@@ -670,9 +688,6 @@ def build_parser() -> ArgParser:
     g.add_argument("--time-budget", type=nonneg_float, default=0.0, help="seconds of this call (0: no limit): "
                    f"training pauses at an epoch end past it, the progress is kept in <out>/{STATE} and the same "
                    "command run again continues (e.g. GPU calls of < 10 min)")  # fmt: skip
-    g.add_argument("--call-budget", type=nonneg_float, default=0.0, help="seconds of a whole call (default: "
-                   "--time-budget): a run and its evaluation that fit in one call start only when both fit in what "
-                   "is left, so no checkpoint has to outlive its call")  # fmt: skip
     g.add_argument("--eval-estimate", type=positive_float, default=120.0, help="seconds one model's evaluation "
                    "is assumed to take until one has been timed (then the longest so far): under --time-budget an "
                    "evaluation starts only if it fits")  # fmt: skip

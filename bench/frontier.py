@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import Paused, prepare, run_compare
+from bench.compare import Paused, new_call, prepare, run_compare
 from bench.evaluate import color, label, paired_delta
 from bench.quality_report import BUDGET_LABELS, data_source, verdict
 from models.common import ConfigError
@@ -356,6 +356,7 @@ def r_dir(r: int) -> str:
 
 def main_frontier(argv=None) -> None:
     start = time.time()  # the call's budget counts from here (a GPU call's limit is wall-clock)
+    new_call()
     p = build_parser()
     a, extra = p.parse_known_args(argv)
     device = pick_device(a.device)
@@ -399,7 +400,6 @@ def main_frontier(argv=None) -> None:
         print(f"[frontier] {r}²" + ("" if left is None else f" ({left:.0f} s left in this call)"), flush=True)
         ca, cout, cdev = prepared[r]
         ca.time_budget = left or 0.0
-        ca.call_budget = a.time_budget  # the whole call's: a unit that fits in a call waits for the next one
         try:
             run_compare(ca, cout, cdev)
         except Paused:  # the resolutions are independent runs: what is left of the call goes to the next one

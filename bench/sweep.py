@@ -570,11 +570,12 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
     section(lambda m, b: b != primary[m] and b not in LAST, **secondary)
 
     def max_batch(pick) -> None:  # the largest-batch search: whole model, every backend but the reference scans
-        for m in s.models if s.max_batch and "model" in s.levels else ():
+        for m in s.models if s.max_batch and "model" in s.levels else ():  # (secondary ones up to their max r)
             if "model" in s.model_levels.get(m, s.levels) and get_variant(m).max_batch:
                 for b in s.backends[m]:
                     if pick(m, b) and b not in REFERENCE_BACKENDS:
-                        plan.extend(Unit("max_batch", [Combo(m, b, "model", r, s.batch)]) for r in s.res)
+                        rs = [r for r in s.res if b == primary[m] or r <= s.secondary_max_res]
+                        plan.extend(Unit("max_batch", [Combo(m, b, "model", r, s.batch)]) for r in rs)
 
     max_batch(lambda m, b: b == primary[m])
     max_batch(lambda m, b: b != primary[m] and b not in LAST)
@@ -870,8 +871,9 @@ class Sweep:
         cap, note = s.max_batch_cap, f"training step, first probe {start}"
         index_cap, why = cap, ""
         if c.backend == "mamba_ssm":  # its CUDA kernels offset pointers with uint32: B·2·d_inner·L < 2^32
-            index_cap = (2**32 - 1) // (2 * wl.cfg.expand * wl.cfg.d_model * c.N)
-            why = "mamba_ssm's uint32 offsets (B·2·d_inner·N < 2^32)"
+            L = padded_length(c.N, getattr(wl.cfg, "pad_multiple", "off"), c.backend)  # what the scan runs on
+            index_cap = (2**32 - 1) // (2 * wl.cfg.expand * wl.cfg.d_model * L)
+            why = f"mamba_ssm's uint32 offsets (B·2·d_inner·L < 2^32, L = {L}" + (" padded)" if L != c.N else ")")
         elif c.backend == "mamba2":  # its Triton SSD kernels offset the in_proj output with int32 arithmetic
             width = max(m.in_proj.out_features for m in wl.module.modules() if hasattr(m, "chunk_size"))
             index_cap = (2**31 - 1) // (width * c.N)

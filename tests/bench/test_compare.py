@@ -215,22 +215,29 @@ def test_three_models_with_a_throwaway_variant_and_another_baseline(throwaway, t
     assert main(["--report-only", "--out", str(out)]) == 0 and (out / "quality.md").read_text() == before
 
 
-def test_a_run_that_fits_in_a_call_waits_for_one_with_room_for_its_evaluation():
-    """unit_seconds: a fresh run starts only when its training and its evaluation both fit in what is left of the
-    call (its checkpoint need not outlive the call); one longer than any call starts anyway (it pauses at epochs)."""
+def test_a_run_starts_when_it_and_its_evaluation_fit_or_as_the_calls_first_run(monkeypatch):
+    """unit_seconds: a fresh run's training (its T, or its steps at the calibrated rate) + 15 % + 10 s + the
+    longest evaluation so far. may_start: it starts if that fits in what is left of the call (its checkpoint need
+    not outlive the call), or as the call's first run whatever it needs, so that no call ends having done nothing
+    (a later call would look the same)."""
     from types import SimpleNamespace
 
-    from bench.compare import unit_seconds
+    from bench import compare
 
     state = {"calib": {"v1": 0.03}, "eval_s": {}}
-    progress = SimpleNamespace(state=state)
-    a = SimpleNamespace(progress=progress, eval_estimate=120.0, time_budget=200.0, call_budget=450.0)
-    assert unit_seconds(a, "v1", 1000, 150.0) == pytest.approx(1.15 * 150 + 10 + 120)  # equal time: its T
-    assert unit_seconds(a, "v1", 1000, None) == pytest.approx(1.15 * 30 + 10 + 120)  # equal steps: calibrated rate
+    left = {"s": 250.0}
+    progress = SimpleNamespace(state=state, left=lambda: left["s"])
+    a = SimpleNamespace(progress=progress, eval_estimate=120.0)
+    assert compare.unit_seconds(a, "v1", 1000, 150.0) == pytest.approx(1.15 * 150 + 10 + 120)  # equal time: its T
+    assert compare.unit_seconds(a, "v1", 1000, None) == pytest.approx(1.15 * 30 + 10 + 120)  # equal steps
     state["eval_s"]["per_model"] = 40.0  # once an evaluation was timed, its time replaces the estimate
-    assert unit_seconds(a, "v1", 1000, 150.0) == pytest.approx(1.15 * 150 + 10 + 40)
-    assert unit_seconds(a, "v1", 1000, 600.0) == 1.0  # longer than a whole call: start, pause at an epoch end
-    a.call_budget = 0.0  # a plain bench.compare call: the call is its --time-budget
-    assert unit_seconds(a, "v1", 1000, 150.0) == 1.0
-    a.time_budget = 0.0  # no limit
-    assert unit_seconds(a, "v1", 1000, 150.0) == 1.0
+    need = compare.unit_seconds(a, "v1", 1000, 150.0)
+    assert need == pytest.approx(1.15 * 150 + 10 + 40)
+    compare.new_call()
+    assert compare.may_start(progress, 10_000.0)  # the call's first run: whatever it needs
+    monkeypatch.setitem(compare.CALL, "started", 1)
+    assert compare.may_start(progress, need)  # 222.5 s fit in 250
+    left["s"] = 150.0
+    assert not compare.may_start(progress, need)  # waits for the next call
+    compare.new_call()
+    assert compare.may_start(progress, need) and compare.CALL["started"] == 0

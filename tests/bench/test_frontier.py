@@ -108,3 +108,23 @@ def test_default_data_needs_make_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--quick", "--out", str(tmp_path / "o")]) == 2
     assert "run `make data`" in capsys.readouterr().err
+
+
+def test_a_paused_resolution_hands_the_rest_of_the_call_to_the_next(sources, tmp_path, monkeypatch, capsys):
+    """The resolutions are independent bench.compare runs: when 16² pauses, 24² gets what is left of the call,
+    and the call ends paused (no frontier.md) with both states kept for the same command run again."""
+    import bench.frontier as fr
+    from bench.compare import Paused
+
+    seen = []
+
+    def fake_run(ca, cout, cdev):
+        seen.append((ca.resolution, ca.time_budget))
+        if ca.resolution == 16:
+            raise Paused("the rest of V1's run")
+
+    monkeypatch.setattr(fr, "run_compare", fake_run)
+    assert main([*SMOKE, "--data", str(sources), "--out", str(tmp_path / "f"), "--time-budget", "30"]) == 0
+    assert [r for r, _ in seen] == [16, 24] and 0 < seen[1][1] <= seen[0][1] <= 30
+    assert "paused: run the same command again" in capsys.readouterr().out
+    assert not (tmp_path / "f" / "frontier.md").exists()

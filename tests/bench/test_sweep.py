@@ -325,6 +325,10 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     assert {b for _, b in searched} == {"mamba_ssm", "mamba2", "sdpa", "seed", "triton", "flex"}  # not the references
     first = [b for m, b in searched if m == "v4"]  # the primary backend first, ours and compiled code last
     assert first[:2] == ["sdpa", "sdpa"] and set(first[-4:]) == {"triton", "flex"}
+    mb = sweep.settings_from_args(sweep.build_parser().parse_args(["--max-batch", "--res", "32", "256"]))
+    units = [u.combos[0] for u in sweep.make_plan(mb, torch.device("cuda")) if u.kind == "max_batch"]
+    assert {c.res for c in units if c.backend in ("sdpa", "mamba_ssm")} == {32, 256}
+    assert {c.res for c in units if c.backend not in ("sdpa", "mamba_ssm")} == {32}  # to --secondary-max-res
     ext = sweep.settings_from_args(sweep.build_parser().parse_args(["--extended", "--tokens", "0"]))
     assert ext.res[-3:] == [224, 256, 320] and ext.tokens == 0
     assert not any(c.batch not in (8, 64) for u in sweep.make_plan(ext, torch.device("cuda")) for c in u.combos)
