@@ -882,6 +882,8 @@ class Sweep:
             cap = max(1, index_cap)
             note += f"; cap {cap} = {why}"
         start = min(start, cap)
+        fits(min(c.batch, cap))  # warm-up at the point's own batch: compiles and autotunes (mamba_ssm's Mamba-2
+        # Triton kernels tune per process) run at a small shape, not at the first probe (≈ 110 s at batch 1807)
         mb = measure.search_max_batch(fits, start, cap, s.max_batch_probes)
         row.update(
             params=wl.params, max_batch=mb.max_ok, max_batch_fail=mb.min_fail, max_batch_desc=mb.describe(),

@@ -369,6 +369,28 @@ def test_max_batch_search_finds_its_points_training_row(quick_run):
     assert row["kind"] == "train" and row["status"] == "ok" and row["res"] == 8 and row["median_ms"] > 0
 
 
+def test_max_batch_search_warms_up_at_the_points_batch_then_probes(quick_run, monkeypatch):
+    """run_max_batch on the CPU, its CUDA memory queries faked: one warm-up step at the point's own batch (where
+    compiles and autotuning happen), not listed, then the probes from the measured training peak up to the cap."""
+    s = sweep.settings_from_args(sweep.build_parser().parse_args([*QUICK, "--out", str(quick_run)]))
+    s.max_batch_cap, s.max_batch_probes = 6, 3
+    sw = sweep.Sweep(s)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**34, 2**34))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    batches = []
+    make_step = sweep.measure.make_train_step
+
+    def counting_step(wl, inputs, device, amp):
+        batches.append(next(iter(inputs.values())).shape[0] if isinstance(inputs, dict) else inputs[0].shape[0])
+        return make_step(wl, inputs, device, amp)
+
+    monkeypatch.setattr(sweep.measure, "make_train_step", counting_step)
+    row = {}
+    sw.run_max_batch(sweep.Combo("v1", "reference", "model", 8, s.batch), row)
+    assert batches[0] == s.batch  # the warm-up
+    assert row["n_probes"] == len(batches) - 1 and 1 <= row["max_batch"] <= 6 and row["probes"]
+
+
 def test_sticky_cuda_errors_are_recognised():
     assert sweep.sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert sweep.sticky_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
