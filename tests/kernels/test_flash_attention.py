@@ -703,10 +703,12 @@ def test_gpu_fast_launch_matches_dispatched_launch(monkeypatch, dropout_p):
 
     monkeypatch.setattr(fa, "_FAST_LAUNCH", True)
     fa._PLANS.clear()
+    fa._REPLAYS.clear()
     first = run()  # misses: dispatched, plans recorded
-    hits = fa._PLAN_STATS["hits"]
-    second = run()  # hits
-    assert fa._PLAN_STATS["hits"] - hits == 8  # (fwd + preprocess + dK/dV + dQ) x 2 calls
+    hits, replays = fa._PLAN_STATS["hits"], fa._PLAN_STATS["replays"]
+    second = run()  # the packed call replays its launches; the unpacked one hits its plans
+    assert fa._PLAN_STATS["hits"] - hits == 4  # fwd + preprocess + dK/dV + dQ of the unpacked call
+    assert fa._PLAN_STATS["replays"] - replays == 2  # the packed call's forward and backward
     monkeypatch.setattr(fa, "_FAST_LAUNCH", False)
     third = run()
     for a, b, c in zip(first, second, third):
@@ -716,7 +718,7 @@ def test_gpu_fast_launch_matches_dispatched_launch(monkeypatch, dropout_p):
 def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
     """A plan hit hands triton's C launcher each tensor argument as its address (an int: no data_ptr() call and
     no driver check per pointer there), the other arguments as they are, then the plan's constexpr tail; the
-    launch metadata (profiler hooks) still sees the tensors. A fake compiled kernel stands in for the GPU's."""
+    launch metadata is built only when a profiler hooks in. A fake compiled kernel stands in for the GPU's."""
     seen = {}
 
     class FakeCompiled:
@@ -742,8 +744,72 @@ def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
     assert all(type(x) is int for x in (seen["run"][7][0], seen["run"][7][2])) and "meta" not in seen
     triton.knobs.runtime.launch_enter_hook.add(lambda metadata: None)  # a profiler's hook
     fa._launch(None, "k", None, (a, 0.5, b, 9), {})
-    assert seen["meta"][0] is a and seen["run"][4] == "launch-meta"
+    assert seen["meta"][0] == a.data_ptr() and seen["run"][4] == "launch-meta"
     assert seen["run"][5] is triton.knobs.runtime.launch_enter_hook and seen["run"][6] is None
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_packed_call_replays_the_launches_of_its_regular_path(monkeypatch, dropout_p):
+    """attention_qkv, forward and backward, on the CPU with fake kernels: from the second call of a signature
+    on, the replay hands triton's C launcher exactly the argument lists (addresses, scalars, seed, constexpr
+    tail), grids and kernels that the regular path does for the same tensors and seed."""
+    runs = []
+
+    class FakeCompiled:
+        function, packed_metadata = "fn", "meta"
+
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, g0, g1, g2, stream, function, packed, meta, enter, exit_hook, *args):
+            runs.append((self.name, (g0, g1, g2), args))
+
+    def fake_plan(kernel, compiled, args, consts, grid, config):
+        ptrs = tuple(i for i, x in enumerate(args) if isinstance(x, torch.Tensor))
+        return fa._Plan(compiled, (len(args), 1, 1), tuple(sorted(consts.items())), ptrs)
+
+    class FakeDispatch:  # the first (dispatched) launch of a key
+        def __init__(self, kernel, config):
+            self.name = getattr(kernel, "__name__", None) or kernel.fn.__name__
+
+        def __getitem__(self, grid):
+            return lambda *args, **consts: FakeCompiled(self.name)
+
+    monkeypatch.setattr(fa, "_FAST_LAUNCH", True)
+    monkeypatch.setattr(fa, "_PLANS", {})
+    monkeypatch.setattr(fa, "_REPLAYS", {})
+    monkeypatch.setattr(fa, "_CHECKED", {})
+    monkeypatch.setattr(fa, "_select", FakeDispatch)
+    monkeypatch.setattr(fa, "_make_plan", fake_plan)
+    monkeypatch.setattr(fa, "_current_stream", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(fa, "_validate", lambda q, k, v, s, p, c, seed: (0.25, p, c, fa._seed(seed, p)))
+    pool = {}  # the same output buffers in every call, so that two calls' addresses can be compared
+    for name in ("_new_buffer", "_grad_buffer", "_bnhd_outputs"):
+        make = getattr(fa, name)
+        monkeypatch.setattr(fa, name, lambda *a, make=make, name=name: pool.setdefault((name, a), make(*a)))
+    B, N, H, D = 2, 24, 2, 16
+    x = torch.randn(B, N, 3 * H * D, dtype=torch.float16, requires_grad=True)  # (B, N, 3E)
+    go = torch.randn(B, N, H * D, dtype=torch.float16)
+
+    def call(seed):
+        runs.clear()
+        o = attention_qkv(x, H, dropout_p=dropout_p, seed=seed)
+        o.backward(go)
+        return list(runs)
+
+    call(1)  # misses: dispatched, plans recorded, replays built
+    assert len(fa._REPLAYS) == 2  # the forward's and the backward's
+    hits, replays = fa._PLAN_STATS["hits"], fa._PLAN_STATS["replays"]
+    replayed = call(5)
+    assert fa._PLAN_STATS["hits"] == hits and fa._PLAN_STATS["replays"] == replays + 2
+    assert len(replayed) == 4 and [r[0] for r in replayed] == [
+        "_attn_fwd_kernel", "_attn_bwd_preprocess", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]  # fmt: skip
+    fa._REPLAYS.clear()
+    monkeypatch.setattr(fa, "_remember", lambda *a: None)
+    regular = call(5)  # plan hits, no replay
+    assert fa._PLAN_STATS["hits"] == hits + 4 and replayed == regular
+    assert all(type(a) is int for r in regular for a in r[2][:3])  # addresses
 
 
 @pytest.mark.gpu
