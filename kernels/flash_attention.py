@@ -967,7 +967,8 @@ def _run(plan: _Plan, full: list) -> None:
     ck, (g0, g1, g2) = plan.kernel, plan.grid
     stream = _current_stream(torch.cuda.current_device())
     enter, exit_hook = _hook(_RUNTIME.launch_enter_hook), _hook(_RUNTIME.launch_exit_hook)
-    meta = ck.launch_metadata(plan.grid, stream, *full) if enter is not None else None  # (profilers)
+    hooked = enter is not None or exit_hook is not None  # (profilers)
+    meta = ck.launch_metadata(plan.grid, stream, *full) if hooked else None
     ck.run(g0, g1, g2, stream, ck.function, ck.packed_metadata, meta, enter, exit_hook, *full)
 
 
@@ -983,9 +984,14 @@ def _hook(h):
 class _Replay:
     """The launches of one packed self-attention call (forward: 1, backward: 3), recorded from a regular call of
     the same signature: each launch's plan and whole argument list, with every tensor argument as (source,
-    byte offset) into the call's few tensors (qkv, o, lse, ...: found by storage) and the seed's positions.
-    A replay fills in this call's addresses and seed and launches: no views, strides, keys or argument binding
-    per kernel. Built only when every tensor argument is found in a source."""
+    byte offset) into the call's few tensors (qkv, o, res, lse, ...) and the seed's positions. A replay fills
+    in this call's addresses and seed and launches: no views, strides, keys or argument binding per kernel.
+
+    An argument is the source with its address if there is one, else a view inside exactly one source's
+    storage (q, k, v of qkv; dq, dk, dv of dqkv); otherwise no replay is built. Sources must have distinct
+    addresses (a gradient aliasing the output, say): such calls neither build nor use a replay. The caller's
+    signature holds every source's strides and alignment, so the recorded offsets hold for the calls it
+    matches."""
 
     __slots__ = ("launches",)
 
@@ -994,16 +1000,21 @@ class _Replay:
 
     @classmethod
     def build(cls, records: list, sources: tuple):
-        bases = [(t.untyped_storage().data_ptr(), t.data_ptr()) for t in sources]
+        if not _distinct(sources):
+            return None
+        spans = [(t.untyped_storage().data_ptr(), t.data_ptr(), t.data_ptr() + _extent(t)) for t in sources]
         launches = []
         for plan, args, seed_at in records:
             slots = []
             for i in plan.ptrs:
+                p = args[i].data_ptr()
+                exact = [j for j, (_, start, _) in enumerate(spans) if start == p]
                 storage = args[i].untyped_storage().data_ptr()
-                j = next((j for j, (st, _) in enumerate(bases) if st == storage), None)
-                if j is None:
+                inside = [j for j, (st, start, end) in enumerate(spans) if st == storage and start <= p < end]
+                found = exact or inside
+                if len(found) != 1:
                     return None
-                slots.append((i, j, args[i].data_ptr() - bases[j][1]))
+                slots.append((i, found[0], p - spans[found[0]][1]))
             template = [*args, *plan.tail]
             for i in plan.ptrs:
                 template[i] = 0
@@ -1020,6 +1031,26 @@ class _Replay:
             for i in seed_at:
                 full[i] = seed
             _run(plan, full)
+
+
+def _distinct(sources: tuple) -> bool:
+    return len({t.data_ptr() for t in sources}) == len(sources)
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from t's first element to just past its last (a strided view's span)."""
+    return (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))) * t.element_size()
+
+
+def _layouts(*ts) -> tuple:
+    """Strides and 16-byte alignment of each tensor (None for a missing one): part of a replay's signature."""
+    return tuple(None if t is None else (t.stride(), t.data_ptr() % 16) for t in ts)
+
+
+def reset_launch_caches() -> None:
+    """Forget every launch plan and replay (tests, or after changing triton knobs that plans baked in)."""
+    _PLANS.clear()
+    _REPLAYS.clear()
 
 
 _REPLAYS: dict = {}  # packed call signature -> _Replay
@@ -1217,14 +1248,14 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
             o, res = _bnhd_outputs(B, H, N, D, qkv.dtype, qkv.device, with_res)
             lse = _new_buffer((B * H, N), qkv.device)
             with _device_ctx(qkv):
-                replay((qkv, o, lse), seed)
+                replay((qkv, o, lse) if res is None else (qkv, o, lse, res), seed)
         else:
             q, k, v = _unpack_qkv(qkv, num_heads)
             record = [] if _FAST_LAUNCH else None
             o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad, bnhd=True,
                                record=record)  # fmt: skip
             if record and len(record) == 1:
-                _remember(sig, record, (qkv, o, lse))
+                _remember(sig, record, (qkv, o, lse) if res is None else (qkv, o, lse, res))
         ctx.save_for_backward(qkv, o, lse, res)
         ctx.num_heads, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed = num_heads, sm_scale, dropout_p, causal, seed
         ctx.sig = sig
@@ -1245,11 +1276,13 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
             do = do.contiguous()
         dqkv = _grad_buffer((B, N, 3 * H * D), qkv.dtype, qkv.device)
         delta = _new_buffer((B * H, N), qkv.device)
-        sig = (ctx.sig, do.stride(), do.data_ptr() % 16)
-        replay = _REPLAYS.get(sig) if _FAST_LAUNCH else None
+        # the saved tensors' own layouts: saved-tensor hooks (e.g. save_on_cpu) may hand back copies
+        sig = (ctx.sig, _layouts(qkv, o, res, lse, do))
+        sources = (qkv, o, lse, do, delta, dqkv) if res is None else (qkv, o, lse, do, delta, dqkv, res)
+        replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct(sources) else None
         if replay is not None:
             with _device_ctx(qkv):
-                replay((qkv, o, lse, do, delta, dqkv), ctx.seed)
+                replay(sources, ctx.seed)
         else:
             q, k, v = _unpack_qkv(qkv, H)
             grads = _head_views(dqkv, H, 3)  # (B, H, N, D) views of its (B, N, 3, H, D) memory
@@ -1257,7 +1290,7 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
             _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, res=res, out=grads,
                  delta=delta, record=record)  # fmt: skip
             if record and len(record) == 3:
-                _remember(sig, record, (qkv, o, lse, do, delta, dqkv))
+                _remember(sig, record, sources)
         return dqkv, None, None, None, None, None, None
 
 

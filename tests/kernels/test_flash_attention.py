@@ -692,27 +692,28 @@ def test_gpu_fast_launch_matches_dispatched_launch(monkeypatch, dropout_p):
     packed = torch.randn(B, N, 3 * H * D, generator=g, device=DEVICE).to(torch.bfloat16)  # (B, N, 3E)
     q, k, v = qkv(B, H, 200, 77, D, torch.bfloat16, layout="bnhd", seed=2)
 
-    def run():
+    go = torch.randn(B, N, H * D, generator=g, device=DEVICE).to(torch.bfloat16)
+
+    def run(seed):  # a fresh copy of the packed input each time: the replay must use this call's addresses
         outs = []
-        x = packed.detach().requires_grad_()
-        o = attention_qkv(x, H, dropout_p=dropout_p, seed=3)
-        o.backward(torch.ones_like(o))
+        x = packed.clone().requires_grad_()
+        o = attention_qkv(x, H, dropout_p=dropout_p, seed=seed)
+        o.backward(go.clone())
         outs += [o, x.grad]
-        out, grads, _ = run_fwd_bwd(q, k, v, dropout_p=dropout_p, seed=4)
+        out, grads, _ = run_fwd_bwd(q, k, v, dropout_p=dropout_p, seed=seed + 1)
         return outs + [out, *grads]
 
     monkeypatch.setattr(fa, "_FAST_LAUNCH", True)
-    fa._PLANS.clear()
-    fa._REPLAYS.clear()
-    first = run()  # misses: dispatched, plans recorded
+    fa.reset_launch_caches()
+    first = run(3)  # misses: dispatched, plans recorded, the packed call's replays built
     hits, replays = fa._PLAN_STATS["hits"], fa._PLAN_STATS["replays"]
-    second = run()  # the packed call replays its launches; the unpacked one hits its plans
+    second = run(5)  # the packed call replays its launches (another seed); the unpacked one hits its plans
     assert fa._PLAN_STATS["hits"] - hits == 4  # fwd + preprocess + dK/dV + dQ of the unpacked call
     assert fa._PLAN_STATS["replays"] - replays == 2  # the packed call's forward and backward
     monkeypatch.setattr(fa, "_FAST_LAUNCH", False)
-    third = run()
-    for a, b, c in zip(first, second, third):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    for fast, seed in ((first, 3), (second, 5)):
+        for a, b in zip(fast, run(seed)):  # triton's normal dispatch, same inputs and seed
+            assert torch.equal(a, b)
 
 
 def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
@@ -748,12 +749,13 @@ def test_plan_hits_pass_tensors_as_device_addresses(monkeypatch):
     assert seen["run"][5] is triton.knobs.runtime.launch_enter_hook and seen["run"][6] is None
 
 
-@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
-def test_packed_call_replays_the_launches_of_its_regular_path(monkeypatch, dropout_p):
-    """attention_qkv, forward and backward, on the CPU with fake kernels: from the second call of a signature
-    on, the replay hands triton's C launcher exactly the argument lists (addresses, scalars, seed, constexpr
-    tail), grids and kernels that the regular path does for the same tensors and seed."""
-    runs = []
+@pytest.fixture
+def fake_launches(monkeypatch):
+    """attention_qkv on the CPU with fake kernels: the first launch of a key is 'dispatched' and recorded as a
+    plan, every launch's (kernel, grid, whole argument list) lands in the returned list, and the output buffers
+    come from a pool (`pool["phase"]` names the set: calls of one phase get the same buffers in the same order,
+    every allocation its own), so that two calls' launches can be compared address for address."""
+    runs, pool = [], {"phase": "a", "n": 0}
 
     class FakeCompiled:
         function, packed_metadata = "fn", "meta"
@@ -784,32 +786,67 @@ def test_packed_call_replays_the_launches_of_its_regular_path(monkeypatch, dropo
     monkeypatch.setattr(fa, "_current_stream", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(fa, "_validate", lambda q, k, v, s, p, c, seed: (0.25, p, c, fa._seed(seed, p)))
-    pool = {}  # the same output buffers in every call, so that two calls' addresses can be compared
     for name in ("_new_buffer", "_grad_buffer", "_bnhd_outputs"):
         make = getattr(fa, name)
-        monkeypatch.setattr(fa, name, lambda *a, make=make, name=name: pool.setdefault((name, a), make(*a)))
-    B, N, H, D = 2, 24, 2, 16
-    x = torch.randn(B, N, 3 * H * D, dtype=torch.float16, requires_grad=True)  # (B, N, 3E)
-    go = torch.randn(B, N, H * D, dtype=torch.float16)
 
-    def call(seed):
-        runs.clear()
-        o = attention_qkv(x, H, dropout_p=dropout_p, seed=seed)
-        o.backward(go)
-        return list(runs)
+        def pooled(*a, make=make, name=name):
+            pool["n"] += 1
+            return pool.setdefault((pool["phase"], pool["n"], name, a), make(*a))
 
-    call(1)  # misses: dispatched, plans recorded, replays built
+        monkeypatch.setattr(fa, name, pooled)
+    return runs, pool
+
+
+def _packed_call(runs, pool, phase, x, go, seed, dropout_p, grad_out=None):
+    runs.clear()
+    pool["phase"], pool["n"] = phase, 0
+    o = attention_qkv(x, 2, dropout_p=dropout_p, seed=seed)
+    torch.autograd.grad(o, x, o if grad_out == "alias" else go)
+    return list(runs)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_packed_call_replays_the_launches_of_its_regular_path(fake_launches, monkeypatch, dropout_p):
+    """From the second call of a signature on, the replay hands triton's C launcher exactly the argument lists
+    (this call's addresses, scalars, seed, constexpr tail), grids and kernels that the regular path does for
+    the same tensors and seed. Recorded on one set of tensors, compared on another."""
+    runs, pool = fake_launches
+    B, N, E = 2, 24, 32
+    x1, x2 = (torch.randn(B, N, 3 * E, dtype=torch.float16, requires_grad=True) for _ in range(2))  # (B, N, 3E)
+    go1, go2 = torch.randn(B, N, E, dtype=torch.float16), torch.randn(B, N, E, dtype=torch.float16)
+    _packed_call(runs, pool, "a", x1, go1, 1, dropout_p)  # misses: dispatched, plans recorded, replays built
     assert len(fa._REPLAYS) == 2  # the forward's and the backward's
     hits, replays = fa._PLAN_STATS["hits"], fa._PLAN_STATS["replays"]
-    replayed = call(5)
+    replayed = _packed_call(runs, pool, "b", x2, go2, 5, dropout_p)
     assert fa._PLAN_STATS["hits"] == hits and fa._PLAN_STATS["replays"] == replays + 2
-    assert len(replayed) == 4 and [r[0] for r in replayed] == [
+    assert [r[0] for r in replayed] == [
         "_attn_fwd_kernel", "_attn_bwd_preprocess", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]  # fmt: skip
     fa._REPLAYS.clear()
     monkeypatch.setattr(fa, "_remember", lambda *a: None)
-    regular = call(5)  # plan hits, no replay
+    regular = _packed_call(runs, pool, "b", x2, go2, 5, dropout_p)  # plan hits, no replay
     assert fa._PLAN_STATS["hits"] == hits + 4 and replayed == regular
-    assert all(type(a) is int for r in regular for a in r[2][:3])  # addresses
+    assert x2.data_ptr() in regular[0][2] and x1.data_ptr() not in regular[0][2]  # this call's addresses
+
+
+def test_packed_replay_keeps_to_the_saved_tensors_and_refuses_aliases(fake_launches):
+    """Saved tensors handed back as copies (saved-tensor hooks) change the backward's signature, so it is not
+    replayed with the forward's layout; a gradient aliasing the output neither builds nor uses a replay."""
+    runs, pool = fake_launches
+    x = torch.randn(2, 24, 96, dtype=torch.float16, requires_grad=True)
+    go = torch.randn(2, 24, 32, dtype=torch.float16)
+    _packed_call(runs, pool, "a", x, go, 1, 0.1)
+    _packed_call(runs, pool, "a", x, go, 1, 0.1)  # replayed
+    replays = fa._PLAN_STATS["replays"]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(memory_format=torch.contiguous_format),
+                                                  lambda t: t):  # fmt: skip
+        hooked = _packed_call(runs, pool, "c", x, go, 1, 0.1)
+    assert fa._PLAN_STATS["replays"] == replays + 1  # the forward only: the backward's saved o is contiguous now
+    o_arg, res_arg = hooked[1][2][0], hooked[1][2][1]  # the preprocess kernel reads o and res
+    assert res_arg != o_arg and len(fa._REPLAYS) == 3  # its own replay, with res as its own source
+    n = len(fa._REPLAYS)
+    aliased = _packed_call(runs, pool, "d", x, go, 1, 0.1, grad_out="alias")
+    assert len(fa._REPLAYS) == n and fa._PLAN_STATS["replays"] == replays + 2  # the forward only, again
+    assert aliased[1][2][2] == aliased[1][2][0]  # do is o itself: read where it is
 
 
 @pytest.mark.gpu
