@@ -1200,17 +1200,32 @@ def _out_like(t: torch.Tensor) -> torch.Tensor:
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper; call through :func:`attention`, which validates the inputs."""
+    """Autograd wrapper; call through :func:`attention`, which validates the inputs. From the second call of a
+    signature on, the forward's and the backward's launches are replayed (:class:`_Replay`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, sm_scale, dropout_p, causal, seed, needs_grad=True):
         # the rounding residual of O is only needed by the backward (not stored under no_grad)
-        o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad)
+        with_res = needs_grad and q.dtype != torch.float32
+        sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v), sm_scale, dropout_p, causal, with_res)
+        replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct((q, k, v)) else None
+        if replay is not None:
+            o = _out_like(q)
+            res = _out_like(o) if with_res else None
+            lse = _new_buffer((q.shape[0] * q.shape[1], q.shape[2]), q.device)
+            with _device_ctx(q):
+                replay((q, k, v, o, lse) if res is None else (q, k, v, o, lse, res), seed)
+        else:
+            record = [] if _FAST_LAUNCH else None
+            o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad, record=record)
+            if record and len(record) == 1:
+                _remember(sig, record, (q, k, v, o, lse) if res is None else (q, k, v, o, lse, res))
         ctx.save_for_backward(q, k, v, o, lse, res)
         ctx.sm_scale = sm_scale
         ctx.dropout_p = dropout_p
         ctx.causal = causal
         ctx.seed = seed
+        ctx.sig = sig
         return o
 
     @staticmethod
@@ -1222,10 +1237,22 @@ class FlashAttentionFunction(torch.autograd.Function):
             do = do.to(q.dtype)
         if (do.stride(-1) != 1 and do.size(-1) > 1) or _slab_span(do) > _INT32_MAX:
             do = do.contiguous()
-        dq, dk, dv = _bwd(
-            do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv, res=res
-        )
-        return dq, dk, dv, None, None, None, None, None
+        grads = (_out_like(q) if need_dq else None, *((_out_like(k), _out_like(v)) if need_dkdv else (None, None)))
+        delta = _new_buffer((q.shape[0] * q.shape[1], q.shape[2]), q.device)
+        # the saved tensors' own layouts: saved-tensor hooks (e.g. save_on_cpu) may hand back copies
+        sig = (ctx.sig, _layouts(q, k, v, o, res, lse, do), need_dq, need_dkdv)
+        sources = (q, k, v, o, lse, do, delta, *(g for g in grads if g is not None), *(() if res is None else (res,)))
+        replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct(sources) else None
+        if replay is not None:
+            with _device_ctx(q):
+                replay(sources, ctx.seed)
+        else:
+            record = [] if _FAST_LAUNCH else None
+            _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv,
+                 res=res, out=grads, delta=delta, record=record)  # fmt: skip
+            if record and len(record) == 1 + need_dq + need_dkdv:
+                _remember(sig, record, sources)
+        return *grads, None, None, None, None, None
 
 
 class FlashAttentionQKVFunction(torch.autograd.Function):

@@ -786,7 +786,7 @@ def fake_launches(monkeypatch):
     monkeypatch.setattr(fa, "_current_stream", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(fa, "_validate", lambda q, k, v, s, p, c, seed: (0.25, p, c, fa._seed(seed, p)))
-    for name in ("_new_buffer", "_grad_buffer", "_bnhd_outputs"):
+    for name in ("_new_buffer", "_grad_buffer", "_bnhd_outputs", "_out_like"):
         make = getattr(fa, name)
 
         def pooled(*a, make=make, name=name):
@@ -826,6 +826,37 @@ def test_packed_call_replays_the_launches_of_its_regular_path(fake_launches, mon
     regular = _packed_call(runs, pool, "b", x2, go2, 5, dropout_p)  # plan hits, no replay
     assert fa._PLAN_STATS["hits"] == hits + 4 and replayed == regular
     assert x2.data_ptr() in regular[0][2] and x1.data_ptr() not in regular[0][2]  # this call's addresses
+
+
+@pytest.mark.parametrize("need_dq", [True, False], ids=["dq", "no-dq"])
+def test_cross_attention_call_replays_the_launches_of_its_regular_path(fake_launches, monkeypatch, need_dq):
+    """attention(q, k, v), as the model's cross-attention calls it (Nq queries onto Nk inputs, the (B, N, H, D)
+    layout of a projection): the replay passes the regular path's launches for another set of tensors."""
+    runs, pool = fake_launches
+    B, H, Nq, Nk, D = 2, 2, 20, 6, 16
+
+    def tensors():
+        q = torch.randn(B, Nq, H, D, dtype=torch.float16).transpose(1, 2).requires_grad_(need_dq)  # (B, H, Nq, D)
+        kv = torch.randn(B, Nk, 2, H, D, dtype=torch.float16)  # one (B, Nk, 2E) projection, viewed
+        k, v = (kv[:, :, i].transpose(1, 2).requires_grad_() for i in range(2))  # (B, H, Nk, D) each
+        return q, k, v, torch.randn(B, H, Nq, D, dtype=torch.float16)
+
+    def call(phase, q, k, v, go, seed):
+        runs.clear()
+        pool["phase"], pool["n"] = phase, 0
+        o = attention(q, k, v, dropout_p=0.1, seed=seed)
+        torch.autograd.grad(o, [t for t in (q, k, v) if t.requires_grad], go)
+        return list(runs)
+
+    call("a", *tensors(), 1)
+    assert len(fa._REPLAYS) == 2
+    second = tensors()
+    replays = fa._PLAN_STATS["replays"]
+    replayed = call("b", *second, 7)
+    assert fa._PLAN_STATS["replays"] == replays + 2 and len(replayed) == 3 + need_dq  # fwd, pre, dK/dV (, dQ)
+    fa._REPLAYS.clear()
+    monkeypatch.setattr(fa, "_remember", lambda *a: None)
+    assert call("b", *second, 7) == replayed
 
 
 def test_packed_replay_keeps_to_the_saved_tensors_and_refuses_aliases(fake_launches):
