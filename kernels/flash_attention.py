@@ -1073,22 +1073,17 @@ def _layout(t: torch.Tensor) -> tuple:
     return (t.shape, t.stride())
 
 
-def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True, bnhd=False, record=None):
+def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True, out=None, record=None):
     """Forward launch; returns ``(o, lse, res)``. ``record``: see :func:`_launch`.
 
     ``res`` (o's shape and dtype, or None) is the rounding residual ``O_fp32 - O`` for the backward's
     ``delta``; it is stored when ``residual`` is true and the inputs are 16-bit (fp32 O is exact).
-    ``bnhd``: o (and res) in (B, Nq, H, D) memory, from one allocation (the packed self-attention call).
+    ``out``: preallocated ``(o, res, lse)`` (res None: not stored), e.g. from :func:`_bnhd_outputs` for the
+    packed self-attention call; else :func:`_fwd_outputs`.
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    with_res = residual and q.dtype != torch.float32
-    if bnhd:  # (B, Nq, H, D) memory seen as (B, H, Nq, D); o and res from one allocation
-        o, res = _bnhd_outputs(B, H, Nq, D, q.dtype, q.device, with_res)
-    else:
-        o = _out_like(q)
-        res = _out_like(o) if with_res else None
-    lse = _new_buffer((B * H, Nq), q.device)
+    o, res, lse = _fwd_outputs(q, residual and q.dtype != torch.float32) if out is None else out
     dropout = dropout_p > 0.0
     thresh = _drop_thresh(dropout_p)
     r = o if res is None else res
@@ -1111,11 +1106,19 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     return o, lse, res
 
 
+def _fwd_outputs(q: torch.Tensor, with_res: bool) -> tuple:
+    """The forward's (o, res or None, lse) for queries q (B, H, Nq, D): o and res in _out_like's layout."""
+    o = _out_like(q)
+    return o, _out_like(o) if with_res else None, _new_buffer((q.shape[0] * q.shape[1], q.shape[2]), q.device)
+
+
 def _bnhd_outputs(B, H, N, D, dtype, device, with_res: bool):
-    """o and (if with_res) res as (B, H, N, D) views of (B, N, H, D) memory, from one allocation."""
+    """The packed call's (o, res or None, lse): o and res as (B, H, N, D) views of (B, N, H, D) memory, from
+    one allocation."""
     buf = torch.empty((1 + with_res) * B * N * H * D, dtype=dtype, device=device)
     shape, stride = (B, H, N, D), (N * H * D, D, H * D, 1)
-    return buf.as_strided(shape, stride, 0), buf.as_strided(shape, stride, B * N * H * D) if with_res else None
+    o = buf.as_strided(shape, stride, 0)
+    return o, buf.as_strided(shape, stride, B * N * H * D) if with_res else None, _new_buffer((B * H, N), device)
 
 
 def _bwd(
@@ -1208,18 +1211,9 @@ class FlashAttentionFunction(torch.autograd.Function):
         # the rounding residual of O is only needed by the backward (not stored under no_grad)
         with_res = needs_grad and q.dtype != torch.float32
         sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v), sm_scale, dropout_p, causal, with_res)
-        replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct((q, k, v)) else None
-        if replay is not None:
-            o = _out_like(q)
-            res = _out_like(o) if with_res else None
-            lse = _new_buffer((q.shape[0] * q.shape[1], q.shape[2]), q.device)
-            with _device_ctx(q):
-                replay((q, k, v, o, lse) if res is None else (q, k, v, o, lse, res), seed)
-        else:
-            record = [] if _FAST_LAUNCH else None
-            o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad, record=record)
-            if record and len(record) == 1:
-                _remember(sig, record, (q, k, v, o, lse) if res is None else (q, k, v, o, lse, res))
+        o, res, lse = _fwd_outputs(q, with_res)
+        _replay_or_run(sig, _sources(q, k, v, o, lse, res=res), seed, q, 1, lambda record: _fwd(
+            q, k, v, sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, res)
         ctx.sm_scale = sm_scale
         ctx.dropout_p = dropout_p
@@ -1241,17 +1235,10 @@ class FlashAttentionFunction(torch.autograd.Function):
         delta = _new_buffer((q.shape[0] * q.shape[1], q.shape[2]), q.device)
         # the saved tensors' own layouts: saved-tensor hooks (e.g. save_on_cpu) may hand back copies
         sig = (ctx.sig, _layouts(q, k, v, o, res, lse, do), need_dq, need_dkdv)
-        sources = (q, k, v, o, lse, do, delta, *(g for g in grads if g is not None), *(() if res is None else (res,)))
-        replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct(sources) else None
-        if replay is not None:
-            with _device_ctx(q):
-                replay(sources, ctx.seed)
-        else:
-            record = [] if _FAST_LAUNCH else None
-            _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv,
-                 res=res, out=grads, delta=delta, record=record)  # fmt: skip
-            if record and len(record) == 1 + need_dq + need_dkdv:
-                _remember(sig, record, sources)
+        sources = _sources(q, k, v, o, lse, do, delta, *grads, res=res)
+        _replay_or_run(sig, sources, ctx.seed, q, 1 + need_dq + need_dkdv, lambda record: _bwd(
+            do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv, res=res,
+            out=grads, delta=delta, record=record))  # fmt: skip
         return *grads, None, None, None, None, None
 
 
@@ -1270,19 +1257,9 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         with_res = needs_grad and qkv.dtype != torch.float32
         sig = ("qkv", qkv.shape, qkv.stride(), qkv.dtype, qkv.device, qkv.data_ptr() % 16, H, sm_scale, dropout_p,
                causal, with_res)  # fmt: skip
-        replay = _REPLAYS.get(sig) if _FAST_LAUNCH else None
-        if replay is not None:  # the launches of the first calls of this signature, with this call's tensors
-            o, res = _bnhd_outputs(B, H, N, D, qkv.dtype, qkv.device, with_res)
-            lse = _new_buffer((B * H, N), qkv.device)
-            with _device_ctx(qkv):
-                replay((qkv, o, lse) if res is None else (qkv, o, lse, res), seed)
-        else:
-            q, k, v = _unpack_qkv(qkv, num_heads)
-            record = [] if _FAST_LAUNCH else None
-            o, lse, res = _fwd(q, k, v, sm_scale, dropout_p, causal, seed, residual=needs_grad, bnhd=True,
-                               record=record)  # fmt: skip
-            if record and len(record) == 1:
-                _remember(sig, record, (qkv, o, lse) if res is None else (qkv, o, lse, res))
+        o, res, lse = _bnhd_outputs(B, H, N, D, qkv.dtype, qkv.device, with_res)
+        _replay_or_run(sig, _sources(qkv, o, lse, res=res), seed, qkv, 1, lambda record: _fwd(
+            *_unpack_qkv(qkv, H), sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
         ctx.save_for_backward(qkv, o, lse, res)
         ctx.num_heads, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed = num_heads, sm_scale, dropout_p, causal, seed
         ctx.sig = sig
@@ -1305,20 +1282,30 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         delta = _new_buffer((B * H, N), qkv.device)
         # the saved tensors' own layouts: saved-tensor hooks (e.g. save_on_cpu) may hand back copies
         sig = (ctx.sig, _layouts(qkv, o, res, lse, do))
-        sources = (qkv, o, lse, do, delta, dqkv) if res is None else (qkv, o, lse, do, delta, dqkv, res)
-        replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct(sources) else None
-        if replay is not None:
-            with _device_ctx(qkv):
-                replay(sources, ctx.seed)
-        else:
-            q, k, v = _unpack_qkv(qkv, H)
-            grads = _head_views(dqkv, H, 3)  # (B, H, N, D) views of its (B, N, 3, H, D) memory
-            record = [] if _FAST_LAUNCH else None
-            _bwd(do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, res=res, out=grads,
-                 delta=delta, record=record)  # fmt: skip
-            if record and len(record) == 3:
-                _remember(sig, record, sources)
+        _replay_or_run(sig, _sources(qkv, o, lse, do, delta, dqkv, res=res), ctx.seed, qkv, 3, lambda record: _bwd(
+            do, *_unpack_qkv(qkv, H), o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, res=res,
+            out=_head_views(dqkv, H, 3), delta=delta, record=record))  # fmt: skip
         return dqkv, None, None, None, None, None, None
+
+
+def _sources(*ts, res=None) -> tuple:
+    """A call's tensors for its _Replay: the given ones that exist, then the residual if there is one."""
+    return tuple(t for t in (*ts, res) if t is not None)
+
+
+def _replay_or_run(sig, sources: tuple, seed: int, device_of: torch.Tensor, launches: int, run) -> None:
+    """Replay the launches recorded for ``sig`` with this call's ``sources`` and ``seed``; without a replay,
+    ``run(record)`` (the call's regular path, its outputs already among the sources) and keep a replay of what
+    it launched when it recorded all ``launches`` of them. Sources with equal addresses never replay."""
+    replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct(sources) else None
+    if replay is not None:
+        with _device_ctx(device_of):
+            replay(sources, seed)
+        return
+    record = [] if _FAST_LAUNCH else None
+    run(record)
+    if record is not None and len(record) == launches:
+        _remember(sig, record, sources)
 
 
 def _remember(sig, record: list, sources: tuple) -> None:
