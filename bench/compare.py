@@ -130,7 +130,7 @@ class Progress:
 
     def __init__(self, out: Path, a, state: dict | None):
         self.out, self.a = out, a
-        self.state = state or {"settings": dict(vars(a)), "phases": [], "runs": {}, "eval_s": {}}
+        self.state = state or {"settings": settings_of(a), "phases": [], "runs": {}, "eval_s": {}}
         self.state.setdefault("runs", {})
         self.state.setdefault("eval_s", {})
         self.state.setdefault("evals", {})
@@ -142,10 +142,7 @@ class Progress:
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        keep = {k: v for k, v in self.state.items()}
-        keep["settings"] = {k: v for k, v in self.state["settings"].items()
-                            if k not in ("progress", "curve", "ecfg", "device_obj")}  # fmt: skip
-        atomic_torch_save(keep, self.out / STATE)
+        atomic_torch_save(self.state, self.out / STATE)
 
     def pause(self, what: str):
         self.state["phases"].append({"phase": "part", **phase_record(self.t0)})

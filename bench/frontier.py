@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import Paused, new_call, prepare, run_compare
+from bench.compare import STATE, Paused, new_call, prepare, run_compare
 from bench.evaluate import color, label, paired_delta
 from bench.quality_report import BUDGET_LABELS, data_source, verdict
 from models.common import ConfigError
@@ -58,7 +58,7 @@ def res_dir(out: Path, r: int) -> Path:
 
 
 def finished(d: Path) -> bool:
-    return (d / "quality.md").is_file() and not (d / "quality_state.pt").is_file()
+    return (d / "quality.md").is_file() and not (d / STATE).is_file()
 
 
 def compare_argv(a, r: int, extra: list[str], left: float | None) -> list[str]:
@@ -70,7 +70,7 @@ def compare_argv(a, r: int, extra: list[str], left: float | None) -> list[str]:
     if batch[r] is not None:
         argv += ["--batch-size", str(batch[r])]
     if a.work_dir:
-        argv += ["--work-dir", str(Path(a.work_dir) / f"r{r}")]
+        argv += ["--work-dir", str(res_dir(Path(a.work_dir), r))]
     if a.quick:
         argv.append("--quick")
     if left is not None:
