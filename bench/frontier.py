@@ -29,6 +29,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.compare import STATE, Paused, new_call, prepare, run_compare
@@ -237,25 +238,70 @@ def sr_table(r: int, d: dict) -> list[str]:
     return lines
 
 
+STEPS_DB = 0.1  # "steps" limit: the held-out PSNR still gains >= this many dB per doubling of the steps
+GAP = 1.2  # "data" limit: the last epoch's validation loss >= GAP × its train loss (the model fits its crops better)
+CAPACITY_DROP = 0.05  # "capacity" limit: the train loss fell by < 5% over the second half of the steps
+
+
+def diagnose(curve: pd.DataFrame, train: pd.DataFrame, target: float = TARGET_DB) -> dict:
+    """What limits one run, from its learning curve (held-out PSNR vs step, with the linear floor of the same
+    crops) and its per-epoch losses. Pure: the rules are the three constants above, stated in the report.
+
+    slope: dB per doubling of the steps, least squares of PSNR on log2(step) over the second half of the steps;
+    to_target: the steps at which that rate reaches `target` dB over linear (NaN when it is met or gains < 0.01 dB);
+    limits: "steps", "data", "capacity" (any that hold), or "bar met"."""
+    g = curve[curve["step"] > 0].sort_values("step")
+    end = int(g["step"].iloc[-1])
+    margin = float(g["psnr"].iloc[-1] - g["psnr_linear"].iloc[-1])
+    half = g[g["step"] >= end / 2]
+    slope = float(np.polyfit(np.log2(half["step"].to_numpy(float)), half["psnr"].to_numpy(float), 1)[0]) \
+        if len(half) >= 3 else math.nan  # fmt: skip
+    e = train.sort_values("step")
+    last = e.iloc[-1]
+    mid = e.iloc[(e["step"] - end / 2).abs().argmin()]
+    drop = float(1.0 - last["train_loss"] / mid["train_loss"])
+    gap = float(last["val_loss"] / last["train_loss"])
+    met = margin >= target
+    to_target = end * 2.0 ** ((target - margin) / slope) if not met and slope >= 0.01 else math.nan
+    limits = [] if met else [name for name, holds in (("steps", slope >= STEPS_DB), ("data", gap >= GAP),
+                                                      ("capacity", drop < CAPACITY_DROP)) if holds]  # fmt: skip
+    return {
+        "steps": end,
+        "margin_db": margin,
+        "slope_db_per_doubling": slope,
+        "to_target_steps": to_target,
+        "train_loss": float(last["train_loss"]),
+        "val_loss": float(last["val_loss"]),
+        "val_over_train": gap,
+        "train_drop": drop,
+        "limits": "bar met" if met else (", ".join(limits) or "none of the three"),
+    }
+
+
 def limit_table(d: dict) -> list[str]:
-    """Markdown: what limits each equal-time run — the curve's gain over the second half of the training time
-    (still rising: steps), and the last epoch's train vs validation loss (a gap: the data)."""
+    """Markdown: what limits each equal-time run, by diagnose()'s rules: still rising (steps), a train/validation
+    gap (data), a train loss that stopped falling (capacity)."""
     c, t = d["curve"], d["train"]
     if not len(c):
         return []
-    lines = ["| model | held-out PSNR at ½ the time → at the end (dB) | gain in the second half | train loss | "
-             "validation loss | val / train |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [f"| model | steps | − linear at the end (dB) | dB per doubling of the steps (second half) | steps to "
+             f"+{TARGET_DB:g} dB at that rate | train loss (fall over the second half) | validation loss | val / train "
+             f"| limit |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for k in d["env"]["settings"]["models"]:
         g = c[(c["model"] == k) & (c["budget"] == "equal_time")]
         e = t[(t["model"] == k) & (t["budget"] == "equal_time")]
         if len(g) < 2 or not len(e):
             continue
-        end = float(g["train_time_s"].iloc[-1])
-        half = g.iloc[(g["train_time_s"] - end / 2).abs().argmin()]
-        last = e.iloc[-1]
-        lines.append(f"| {label(k)} | {half['psnr']:.2f} → {g['psnr'].iloc[-1]:.2f} | "
-                     f"{g['psnr'].iloc[-1] - half['psnr']:+.2f} | {last['train_loss']:.4f} | {last['val_loss']:.4f} | "
-                     f"{last['val_loss'] / last['train_loss']:.2f} |")  # fmt: skip
+        x = diagnose(g, e)
+        to = "–" if math.isnan(x["to_target_steps"]) else \
+            f"{x['to_target_steps']:,.0f} ({x['to_target_steps'] / x['steps']:.0f}×)"  # fmt: skip
+        slope = "–" if math.isnan(x["slope_db_per_doubling"]) else f"{x['slope_db_per_doubling']:+.2f}"
+        lines.append(f"| {label(k)} | {x['steps']:,} | {x['margin_db']:+.2f} | {slope} | {to} | "
+                     f"{x['train_loss']:.4f} ({x['train_drop']:.0%}) | {x['val_loss']:.4f} | "
+                     f"{x['val_over_train']:.2f} | {x['limits']} |")  # fmt: skip
+    lines += ["", f"Rules: steps = still gaining ≥ {STEPS_DB:g} dB per doubling of the steps; data = validation loss ≥ "
+              f"{GAP:g}× the train loss; capacity = the train loss fell by < {CAPACITY_DROP:.0%} over the second half "
+              f"(the bar: +{TARGET_DB:g} dB over linear)."]  # fmt: skip
     return lines
 
 

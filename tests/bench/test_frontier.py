@@ -79,7 +79,8 @@ def test_the_report_is_built_from_the_saved_files(frontier):
     md = (out / "frontier.md").read_text()
     for needle in ("## 16²", "## 24²", "− linear, per source", "− V1, per crop", "Zero-shot super-resolution",
                    "frontier_curve_r16.png", "frontier_inference.png", "4 train sources, 2 held out",
-                   "gain in the second half", "Each model − V1 at every resolution"):  # fmt: skip
+                   "dB per doubling of the steps", "Rules: steps = ",
+                   "Each model − V1 at every resolution"):  # fmt: skip
         assert needle in md, needle
     (out / "frontier.md").unlink()
     assert main(["--report-only", "--out", str(out)]) == 0
@@ -128,3 +129,42 @@ def test_a_paused_resolution_hands_the_rest_of_the_call_to_the_next(sources, tmp
     assert [r for r, _ in seen] == [16, 24] and 0 < seen[1][1] <= seen[0][1] <= 30
     assert "paused: run the same command again" in capsys.readouterr().out
     assert not (tmp_path / "f" / "frontier.md").exists()
+
+
+def _run(psnr_at, train_at, val_ratio: float, steps: int = 4096, linear: float = 25.0):
+    """A learning curve (every 256 steps) and per-epoch losses from closed forms of the step."""
+    s = np.arange(0, steps + 1, 256)
+    curve = pd.DataFrame({"step": s, "psnr": [psnr_at(max(x, 1)) for x in s], "psnr_linear": linear})
+    train = pd.DataFrame({"step": s[1:], "train_loss": [train_at(x) for x in s[1:]]})
+    train["val_loss"] = train["train_loss"] * val_ratio
+    return curve, train
+
+
+@pytest.mark.parametrize(
+    "psnr_at,train_at,val_ratio,limits",
+    [
+        (lambda x: 24.0 + 0.3 * np.log2(x / 256), lambda x: 0.02 * (256 / x) ** 0.2, 1.0, "steps"),  # still rising
+        (lambda x: 25.4, lambda x: 0.02 * (256 / x) ** 0.2, 1.5, "data"),  # flat held-out, train keeps falling
+        (lambda x: 25.4, lambda x: 0.02, 1.0, "capacity"),  # flat held-out and flat train loss, no gap
+        (lambda x: 24.0 + 0.3 * np.log2(x / 256), lambda x: 0.02, 1.3, "steps, data, capacity"),
+        (lambda x: 26.5, lambda x: 0.02 * (256 / x) ** 0.2, 1.0, "bar met"),  # +1.5 dB over linear
+    ],
+)
+def test_diagnose_names_the_limit_by_its_stated_rules(psnr_at, train_at, val_ratio, limits):
+    from bench.frontier import diagnose
+
+    x = diagnose(*_run(psnr_at, train_at, val_ratio))
+    assert x["limits"] == limits
+    assert x["steps"] == 4096 and x["val_over_train"] == pytest.approx(val_ratio)
+
+
+def test_diagnose_extrapolates_the_steps_to_the_bar_at_the_measured_rate():
+    from bench.frontier import diagnose
+
+    # 0.3 dB per doubling, 24.0 + 0.3·4 = 25.2 at 4096 steps: +0.2 over linear, 0.8 dB (8/3 doublings) to go
+    x = diagnose(*_run(lambda s: 24.0 + 0.3 * np.log2(s / 256), lambda s: 0.02, 1.0))
+    assert x["slope_db_per_doubling"] == pytest.approx(0.3)
+    assert x["margin_db"] == pytest.approx(0.2)
+    assert x["to_target_steps"] == pytest.approx(4096 * 2 ** (0.8 / 0.3))
+    flat = diagnose(*_run(lambda s: 25.4, lambda s: 0.02, 1.0))
+    assert np.isnan(flat["to_target_steps"])  # not rising: no extrapolation
