@@ -480,7 +480,14 @@ def compact(result: EvalResult) -> EvalResult:
     keep = {result.train_res, max(result.panels)}
     panels = {res: {t: [np.clip(np.round(255 * np.asarray(x, dtype=np.float32)), 0, 255).astype(np.uint8) for x in v]
                     for t, v in cols.items()} for res, cols in result.panels.items() if res in keep}  # fmt: skip
-    return EvalResult(result.per_image, result.timing, panels, result.train_res, result.observed_frac)
+    return EvalResult(portable(result.per_image), portable(result.timing), panels, result.train_res,
+                      result.observed_frac)  # fmt: skip
+
+
+def portable(df: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as plain Python objects: pandas pickles its string dtype with its storage (pyarrow on the GPU
+    machine), and a state saved there would not load where pyarrow is absent (this CPU, a user's laptop)."""
+    return df.astype({c: object for c, t in df.dtypes.items() if isinstance(t, pd.StringDtype)})
 
 
 def combine_results(parts: list[EvalResult], keys: list[str], models) -> EvalResult:

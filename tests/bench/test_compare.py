@@ -5,6 +5,7 @@ the budgets' bookkeeping for any list of models, the ablation pass-through into 
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -241,3 +242,18 @@ def test_a_run_starts_when_it_and_its_evaluation_fit_or_as_the_calls_first_run(m
     assert not compare.may_start(progress, need)  # waits for the next call
     compare.new_call()
     assert compare.may_start(progress, need) and compare.CALL["started"] == 0
+
+
+def test_the_state_keeps_text_columns_as_plain_objects():
+    """compact() (what the state keeps of an evaluation) stores pandas' string columns as objects: a state saved
+    on a machine whose pandas backs strings with pyarrow must load on one without it."""
+    from bench.compare import compact
+    from bench.evaluate import EvalResult
+
+    per_image = pd.DataFrame({"method": pd.array(["v1", "linear"], dtype="string"), "psnr": [25.0, 24.0]})
+    timing = pd.DataFrame({"method": pd.array(["v1"], dtype="string"), "ms": [1.0]})
+    panel = {32: {"v1": [np.zeros((2, 2, 3), np.float32)]}}
+    out = compact(EvalResult(per_image, timing, panel, 32, 0.2))
+    for df in (out.per_image, out.timing):
+        assert not any(isinstance(t, pd.StringDtype) for t in df.dtypes)
+    assert out.per_image["method"].tolist() == ["v1", "linear"] and out.per_image["psnr"].dtype == np.float64
