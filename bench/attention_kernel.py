@@ -20,7 +20,9 @@ N <= 4096). Cases are the model's calls:
 Cases other than ``self`` and dropout > 0 run at the model's head dim only (D = 32); p > 0 runs the three
 SDPA backends and triton (triton drops with probability round(256 p)/256, see kernels.flash_attention).
 FLOPs: forward = 4*B*H*Nq*Nk*D, forward+backward = 3.5 x forward. Times come from bench.measure.time_fn
-(triton.testing.do_bench; median with 20th/80th percentiles). Before timing, every backend's output and
+(triton.testing.do_bench; median with 20th/80th percentiles); on CUDA ``kernel_ms`` beside it is the summed GPU
+kernel time per call (torch.profiler over a few eager calls), and a point whose wall time is > 1.25x that is
+marked host-bound. Before timing, every backend's output and
 gradients are compared with SDPA flash (p = 0); with dropout the masks differ between backends, so the
 row only checks that the output is finite (the test-suite checks the kernel exactly against attention_ref
 with its own mask). ``host`` rows: host time per call (wall clock per call of a tiny problem, many calls
@@ -69,8 +71,9 @@ BAR_HOST_US = 20.0  # host time per call: triton within this many microseconds o
 BAR_LARGE_N = 4096
 COLUMNS = [
     "backend", "D", "r", "N", "pass", "B", "H", "dtype", "status", "ms", "p20_ms", "p80_ms", "tflops",
-    "ratio_to_fastest_sdpa", "rel_err", "max_err", "ref", "config", "note", "case", "p", "Nq", "Nk",
+    "ratio_to_fastest_sdpa", "rel_err", "max_err", "ref", "config", "note", "case", "p", "Nq", "Nk", "kernel_ms",
 ]  # fmt: skip
+HOST_BOUND = 1.25  # a row is host-bound when its median wall time is > this × its summed GPU kernel time
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -348,7 +351,23 @@ def run_pass(run, case: Case, ref, pass_name: str, device, args):
         def step():
             torch.autograd.grad(run(*xs), xs, case.dout)
 
-    return time_ms(step, device, args), rel, mx
+    return time_ms(step, device, args), rel, mx, kernel_time_ms(step, device)
+
+
+def kernel_time_ms(step, device: torch.device, budget_ms: float = 50.0) -> float:
+    """Summed GPU kernel time per call (torch.profiler, bench.device_time) of a few eager calls, beside do_bench's
+    wall time: where the wall time is much longer, the row measures the host (Python, autograd, launches), not
+    the kernels. NaN off CUDA."""
+    if device.type != "cuda":
+        return float("nan")
+    from bench import device_time as dt
+    from bench.measure import sync
+
+    t0 = time.perf_counter()
+    step()
+    sync(device)
+    n = max(2, min(20, int(budget_ms / max((time.perf_counter() - t0) * 1e3, 1e-3))))
+    return dt.kernel_ms(dt.profile_kernels(step, device, n)) / n
 
 
 def reference(case: Case, pass_name, device, available):
@@ -444,8 +463,9 @@ def _measure_point(args, case, D, r, N, B, p, pass_name, device, dtype_name, ski
                     raise Unavailable(f"{name}: not timed with dropout")
                 if name == "flex" and case.case != "self":
                     raise Unavailable("flex: timed on the self case only (each shape and layout recompiles)")
-                (ms, p20, p80), rel, mx = run_pass(case.runner(name, p), case, ref, pass_name, device, args)
-                row.update(ms=ms, p20_ms=p20, p80_ms=p80, tflops=flops / (ms * 1e-3) / 1e12, rel_err=rel, max_err=mx)
+                (ms, p20, p80), rel, mx, kms = run_pass(case.runner(name, p), case, ref, pass_name, device, args)
+                row.update(ms=ms, p20_ms=p20, p80_ms=p80, tflops=flops / (ms * 1e-3) / 1e12, rel_err=rel, max_err=mx,
+                           kernel_ms=kms)  # fmt: skip
                 if name == "triton":
                     row["config"] = triton_configs(pass_name)
                 if p > 0.0:
@@ -529,7 +549,8 @@ def _row(backend, D, r, N, pass_name, B, H, dtype_name, status, ref="", note="",
     return dict(
         backend=backend, D=D, r=r, N=N, B=B, H=H, dtype=dtype_name, status=status, ms=nan, p20_ms=nan,
         p80_ms=nan, tflops=nan, ratio_to_fastest_sdpa=nan, rel_err=nan, max_err=nan, ref=ref, config="",
-        note=note, case=case, p=p, Nq=N if Nq is None else Nq, Nk=N if Nk is None else Nk, **{"pass": pass_name},
+        note=note, case=case, p=p, Nq=N if Nq is None else Nq, Nk=N if Nk is None else Nk, kernel_ms=nan,
+        **{"pass": pass_name},
     )  # fmt: skip
 
 
@@ -612,6 +633,11 @@ def render_markdown(df, header: str = "") -> str:
         "probability round(256·p)/256 (p = 0.1 → 0.1016).",
         "",
     ]
+    if "kernel_ms" in df.columns and df["kernel_ms"].notna().any():
+        lines += [f"Regime: a point is host-bound when triton's or the fastest SDPA backend's median wall time is > "
+                  f"{HOST_BOUND:g}× its summed GPU kernel time per call (torch.profiler, `kernel_ms`); its bar is "
+                  "still judged on wall time, and the kernel-time ratio (fastest SDPA / triton) says how the kernels "
+                  "themselves compare.", ""]  # fmt: skip
     if df.empty:
         return "\n".join(lines + ["(no rows)", ""])
     backends = [b for b in BACKENDS if b in set(df["backend"])]
@@ -636,7 +662,8 @@ def _table(sub, D, case, p, pass_name, backends) -> list[str]:
     shape = f" (Nq = {first['Nq']}, Nk = {first['Nk']} at N = {first['N']})" if case == "cross" else ""
     lines = [f"## D = {D}, {case}{drop}, {pass_name}{shape}", ""]
     cols = [b for b in backends if b in set(sub["backend"])]
-    head = ["B", "N"] + cols + ["triton / fastest SDPA", "bar", "triton rel_err"]
+    timed = "kernel_ms" in sub.columns and sub["kernel_ms"].notna().any()  # older CSVs and CPU runs: no regime
+    head = ["B", "N"] + cols + ["triton / fastest SDPA", "bar", "triton rel_err"] + (["regime"] if timed else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     verdicts = []
     for (B, N), at in sub.groupby(["B", "N"], sort=False):
@@ -651,8 +678,27 @@ def _table(sub, D, case, p, pass_name, backends) -> list[str]:
         verdicts.append(f"B={B} N={N}: {verdict} ({ratio:.2f} vs ≥{need})")
         err = float(tri["rel_err"].iloc[0]) if len(tri) else float("nan")
         cells += [f"{ratio:.2f}", f"{verdict} (≥{need})", "-" if math.isnan(err) else f"{err:.1e}"]
+        if timed:
+            regime = regime_of(at)
+            cells.append(regime)
+            if regime.startswith("host-bound"):
+                verdicts[-1] = verdicts[-1][:-1] + f"; {regime})"
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", "Bar: " + "; ".join(verdicts) + ".", ""]
+
+
+def regime_of(at) -> str:
+    """'device-bound', or 'host-bound, kernel time X.XX' (fastest SDPA kernel time / triton's), from the rows of
+    one (B, N) point; '–' when a kernel time is missing."""
+    ok = at[(at["status"] == "ok") & at["backend"].isin(["triton", *SDPA_BACKENDS])]
+    tri, sdpa = ok[ok["backend"] == "triton"], ok[ok["backend"].isin(SDPA_BACKENDS)]
+    if not len(tri) or not len(sdpa) or ok["kernel_ms"].isna().any():
+        return "–"
+    fastest = sdpa.loc[sdpa["ms"].idxmin()]
+    t = tri.iloc[0]
+    host = max(t["ms"] / t["kernel_ms"], fastest["ms"] / fastest["kernel_ms"]) > HOST_BOUND
+    k_ratio = float(sdpa["kernel_ms"].min() / t["kernel_ms"])
+    return f"host-bound, kernel time {k_ratio:.2f}" if host else "device-bound"
 
 
 def _host_table(host) -> list[str]:

@@ -105,3 +105,48 @@ def test_cpu_without_quick_exits_with_message():
     with pytest.raises(SystemExit) as info:
         ak.main(["--out", "/nonexistent-dir-not-created"])
     assert "CUDA GPU" in str(info.value.code)
+
+
+def _timed_rows(tri_ms, tri_kernel, sdpa_ms, sdpa_kernel):
+    rows = []
+    for backend, ms, kms in (("triton", tri_ms, tri_kernel), ("sdpa_flash", sdpa_ms, sdpa_kernel)):
+        row = ak._row(backend, 32, 32, 1024, "fwd+bwd", 64, 8, "bf16", "ok", case="cross", p=0.1, Nq=819, Nk=205)
+        row.update(ms=ms, p20_ms=ms, p80_ms=ms, tflops=100.0 / ms, kernel_ms=kms)
+        rows.append(row)
+    ak._fill_ratios(rows)
+    return rows
+
+
+def test_a_point_whose_wall_time_is_mostly_host_is_marked_host_bound(tmp_path):
+    """Wall 1.0 ms for 0.3 ms of kernels (triton) vs 0.8 for 0.5 (SDPA): the bar (0.80, not met) is judged on wall
+    time, and the row says it is host-bound with the kernels' own ratio, 0.5 / 0.3."""
+    csv = tmp_path / "attention_kernel_B64_H8_bf16.csv"
+    ak.write_csv_atomic(csv, _timed_rows(1.0, 0.3, 0.8, 0.5))
+    assert ak.main(["--replot", str(csv)]) == 0
+    md = csv.with_suffix(".md").read_text()
+    assert "| regime |" in md and "Regime: a point is host-bound" in md
+    assert "N=1024: NOT met (0.80 vs ≥1.0; host-bound, kernel time 1.67)" in md
+
+
+def test_a_point_near_its_kernel_time_is_device_bound():
+    md = ak.render_markdown(pd.DataFrame(_timed_rows(1.0, 0.9, 1.1, 1.0)))
+    assert "| device-bound |" in md and "N=1024: met (1.10 vs ≥1.0)." in md
+
+
+def test_no_kernel_time_no_regime_column():
+    """CPU runs and CSVs from before the column: the tables are as they were."""
+    rows = _timed_rows(1.0, float("nan"), 0.8, float("nan"))
+    md = ak.render_markdown(pd.DataFrame(rows))
+    assert "regime" not in md and "Regime" not in md
+    assert ak.kernel_time_ms(lambda: None, torch.device("cpu")) != ak.kernel_time_ms(lambda: None, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_time_is_positive_and_at_most_the_wall_time():
+    q, k, v = (torch.randn(8, 8, 1024, 32, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
+    kms = ak.kernel_time_ms(f, torch.device("cuda"))
+    from bench.measure import time_fn
+
+    wall = time_fn(f, torch.device("cuda"), warmup_ms=10, rep_ms=50, timer="do_bench").median
+    assert 0 < kms <= 1.2 * wall
