@@ -786,7 +786,8 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
 # V4's training step, sdpa vs triton (bench.measure's workload and timer)
 # ----------------------------------------------------------------------------------------------------
 
-STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note"]
+STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note",
+                "kernel_ms"]  # fmt: skip
 
 
 def model_step(args, device: torch.device, paths: dict) -> list[dict]:
@@ -809,7 +810,8 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
                     step()  # compile, autotune, launch plans
                     t = measure.time_fn(step, device, warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
                                         max_reps=max(args.min_reps, 100))  # fmt: skip
-                    row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms))
+                    row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms),
+                               kernel_ms=kernel_time_ms(step, device, budget_ms=200.0))  # fmt: skip
                 except Exception as e:  # noqa: BLE001
                     row.update(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
                 finally:
@@ -823,17 +825,33 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
     return rows
 
 
+def _step_kernel_cells(at) -> list[str]:
+    """[kernel ms of sdpa and triton, their ratio, the regime] of one r (– where a kernel time is missing)."""
+    if "kernel_ms" not in at.columns or not {"sdpa", "triton"} <= set(at.index):
+        return ["–", "–", "–"]
+    ok = at[at["status"] == "ok"]
+    if len(ok) < 2 or ok["kernel_ms"].isna().any():
+        return ["–", "–", "–"]
+    k, t = ok["kernel_ms"], ok["median_ms"]
+    host = [b for b in ("sdpa", "triton") if t[b] > HOST_BOUND * k[b]]
+    regime = f"host-bound ({', '.join(host)})" if host else "device-bound"
+    return [f"{k['sdpa']:.3g}, {k['triton']:.3g}", f"{k['triton'] / k['sdpa']:.3f}", regime]
+
+
 def render_step_markdown(df) -> str:
     lines = ["# V4 training step: attention on sdpa vs triton", "",
              "Median ms [IQR] of one training step (forward + backward + AdamW, bf16 autocast), "
-             "bench.measure's V4 workload; bar: triton ≤ sdpa at every r ≥ 48.", ""]  # fmt: skip
+             "bench.measure's V4 workload; bar: triton ≤ sdpa at every r ≥ 48. Kernel ms: the summed GPU kernel "
+             f"time per step (torch.profiler); a step whose median is > {HOST_BOUND:g}× it is host-bound.",
+             ""]  # fmt: skip
     for p in sorted(set(df["dropout"]), reverse=True):
         sub = df[df["dropout"] == p]
         lines += [
             f"## dropout {p:g}",
             "",
-            "| r | N | sdpa | triton | triton / sdpa (time) | bar |",
-            "|---|---|---|---|---|---|",
+            "| r | N | sdpa | triton | triton / sdpa (time) | bar | kernel ms: sdpa, triton | triton / sdpa (kernels) "
+            "| regime |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(set(sub["res"])):
             at = sub[sub["res"] == r].set_index("backend")
@@ -851,7 +869,11 @@ def render_step_markdown(df) -> str:
             except KeyError:
                 ratio = float("nan")
             bar = "-" if r < 48 else ("met" if ratio <= 1.0 else ("NOT met" if ratio == ratio else "unknown"))
-            lines.append(f"| {r} | {r * r} | {cell['sdpa']} | {cell['triton']} | {ratio:.3f} | {bar} |")
+            lines.append(
+                f"| {r} | {r * r} | {cell['sdpa']} | {cell['triton']} | {ratio:.3f} | {bar} | "
+                + " | ".join(_step_kernel_cells(at))
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 

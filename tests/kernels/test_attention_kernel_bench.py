@@ -68,7 +68,8 @@ def test_model_step_quick(tmp_path):
     assert ak.main(argv) == 0
     df = pd.read_csv(tmp_path / "attention_kernel_v4step_B1_fp32.csv")
     assert set(df["backend"]) == {"sdpa", "triton"} and (df["status"] == "ok").all() and (df["median_ms"] > 0).all()
-    assert "| 4 | 16 |" in (tmp_path / "attention_kernel_v4step_B1_fp32.md").read_text()
+    md = (tmp_path / "attention_kernel_v4step_B1_fp32.md").read_text()
+    assert "| 4 | 16 |" in md and "| regime |" in md and "| – | – | – |" in md  # no kernel time on a CPU
 
 
 def test_replot_from_csv(tmp_path):
@@ -150,3 +151,9 @@ def test_gpu_kernel_time_is_positive_and_at_most_the_wall_time():
 
     wall = time_fn(f, torch.device("cuda"), warmup_ms=10, rep_ms=50, timer="do_bench").median
     assert 0 < kms <= 1.2 * wall
+
+
+def test_model_step_kernel_cells_name_the_host_bound_backend():
+    at = pd.DataFrame({"backend": ["sdpa", "triton"], "status": ["ok", "ok"], "median_ms": [15.0, 18.0],
+                       "kernel_ms": [5.0, 16.0]}).set_index("backend")  # fmt: skip
+    assert ak._step_kernel_cells(at) == ["5, 16", "3.200", "host-bound (sdpa)"]
