@@ -147,6 +147,7 @@ def environment(device: torch.device | None = None, **settings) -> dict:
         **gpu_info(device),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "flash_attn_autotune": os.environ.get("FLASH_ATTN_AUTOTUNE"),
+        "flash_attn_fwd": os.environ.get("FLASH_ATTN_FWD"),  # the experimental forward variant, if any
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         **settings,
     }

@@ -98,6 +98,22 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _AUTOTUNE = os.environ.get("FLASH_ATTN_AUTOTUNE", "1") != "0"
 # FLASH_ATTN_TUNE_TOP=k: autotune over the first k fitting configs of each list only (0 or unset: all).
 _TUNE_TOP = int(os.environ.get("FLASH_ATTN_TUNE_TOP", "0") or 0)
+# FLASH_ATTN_FWD=tma,ws (an experiment, off by default; kernels/NOTES.md): the forward reads K and V through
+# TMA tensor descriptors (tl.make_tensor_descriptor, Hopper's bulk copies; needs unit D-stride and 16-byte
+# aligned row strides and bases, else that call takes the pointer path) and/or warp-specialises its key loop
+# (tl.range(..., warp_specialize=True)). Module flags, read per call, so a test can switch them.
+_FWD_VARIANTS = ("tma", "ws")
+
+
+def _parse_fwd_variant(text: str) -> frozenset:
+    parts = frozenset(x.strip() for x in text.split(",") if x.strip())
+    bad = sorted(parts - set(_FWD_VARIANTS))
+    if bad:
+        raise ValueError(f"FLASH_ATTN_FWD: unknown {bad}; use a comma list of {list(_FWD_VARIANTS)} or leave it unset")
+    return parts
+
+
+_FWD_VARIANT = _parse_fwd_variant(os.environ.get("FLASH_ATTN_FWD", ""))
 _LOG2E = 1.4426950408889634
 _PHILOX_ROUNDS = 7
 _INT32_MAX = 2**31 - 1
@@ -299,12 +315,18 @@ def _attn_fwd_inner(
     DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
+    TMA: tl.constexpr,
+    WS: tl.constexpr,
 ):
-    """Online softmax over key blocks [lo, hi). MASKED=False: full blocks, no masking at all."""
-    for start_n in range(lo, hi, BLOCK_N):
+    """Online softmax over key blocks [lo, hi). MASKED=False: full blocks, no masking at all.
+    TMA: k_ptrs / v_ptrs are tensor descriptors of this slab's (N_K, HEAD_DIM) keys and values, whose loads
+    zero-fill rows past N_K (the masked tail needs no load mask). WS: warp-specialise the loop."""
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if MASKED:
+        if TMA:
+            k = k_ptrs.load([start_n, 0])
+        elif MASKED:
             k = tl.load(k_ptrs + start_n * stride_kn, mask=(cols < N_K)[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs + start_n * stride_kn)
@@ -323,7 +345,9 @@ def _attn_fwd_inner(
         if DROPOUT:
             keep = _dropout_bytes(seed_bh, M0, start_n, offs_m.shape[0], BLOCK_N, N_ROUNDS) >= DROP_THRESH
             p = tl.where(keep, p, 0.0)
-        if MASKED:
+        if TMA:
+            v = v_ptrs.load([start_n, 0])
+        elif MASKED:
             v = tl.load(v_ptrs + start_n * stride_vn, mask=(cols < N_K)[:, None], other=0.0)
         else:
             v = tl.load(v_ptrs + start_n * stride_vn)
@@ -376,6 +400,8 @@ def _attn_fwd_kernel(
     STORE_RES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
+    TMA: tl.constexpr,
+    WS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -399,8 +425,12 @@ def _attn_fwd_kernel(
 
     q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if TMA:  # the host checked: unit D-stride, 16-byte aligned bases and row strides
+        k_ptrs = tl.make_tensor_descriptor(k_base, [N_K, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+        v_ptrs = tl.make_tensor_descriptor(v_base, [N_K, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+    else:
+        k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
 
     seed_bh = off_bh.to(tl.int64) * 4294967296 + seed  # Philox key (lo, hi) = (seed, b*H + h)
 
@@ -418,11 +448,11 @@ def _attn_fwd_kernel(
         hi = N_K
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, 0, hi_free, N_K, qk_scale,
-        seed_bh, m0, DROP_THRESH, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+        seed_bh, m0, DROP_THRESH, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS, TMA, WS,
     )  # fmt: skip
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, hi_free, hi, N_K, qk_scale,
-        seed_bh, m0, DROP_THRESH, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS,
+        seed_bh, m0, DROP_THRESH, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS, TMA, False,
     )  # fmt: skip
 
     # deferred normalisation; LSE kept in log2 units of the scaled scores
@@ -1087,8 +1117,12 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     dropout = dropout_p > 0.0
     thresh = _drop_thresh(dropout_p)
     r = o if res is None else res
+    tma = "tma" in _FWD_VARIANT and _tma_ok(k) and _tma_ok(v)
+    ws = "ws" in _FWD_VARIANT
     key = ("fwd", q.dtype, q.device, _layout(q), _layout(k), _layout(v), o.stride(), r.stride(),
-           _aligned(q, k, v), causal, dropout, res is not None)  # fmt: skip
+           _aligned(q, k, v), causal, dropout, res is not None, tma, ws)  # fmt: skip
+    if tma:
+        _ensure_allocator(q.device)
 
     def grid(meta):
         return (_cdiv(Nq, meta["BLOCK_M"]), B * H)
@@ -1101,9 +1135,27 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
             H, Nq, Nk, _bucket(Nq), _bucket(Nk),
         ), dict(
             HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, STORE_RES=res is not None,
-            DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS,
+            DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS, TMA=tma, WS=ws,
         ), config, record, seed_at=(8,))  # fmt: skip
     return o, lse, res
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """Can a (B, H, N, D) operand be read by TMA: unit D-stride, 16-byte aligned base and row stride. (The
+    per-slab bases add b·stride_b + h·stride_h elements, so those strides must keep the alignment too.)"""
+    es = t.element_size()
+    return t.stride(3) == 1 and t.data_ptr() % 16 == 0 and all((t.stride(i) * es) % 16 == 0 for i in range(3))
+
+
+_ALLOCATOR = {"device": None}
+
+
+def _ensure_allocator(device: torch.device) -> None:
+    """Device-side tensor descriptors need global scratch memory, which triton asks its allocator for (set once,
+    on the device of the first TMA call: the GPU, or the CPU under the interpreter)."""
+    if _ALLOCATOR["device"] is None:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
+        _ALLOCATOR["device"] = device
 
 
 def _fwd_outputs(q: torch.Tensor, with_res: bool) -> tuple:
