@@ -354,20 +354,34 @@ def run_pass(run, case: Case, ref, pass_name: str, device, args):
     return time_ms(step, device, args), rel, mx, kernel_time_ms(step, device)
 
 
-def kernel_time_ms(step, device: torch.device, budget_ms: float = 50.0) -> float:
+def kernel_time_ms(step, device: torch.device, budget_ms: float = 50.0, cold_l2: bool = True) -> float:
     """Summed GPU kernel time per call (torch.profiler, bench.device_time) of a few eager calls, beside do_bench's
     wall time: where the wall time is much longer, the row measures the host (Python, autograd, launches), not
-    the kernels. NaN off CUDA."""
+    the kernels. cold_l2: like do_bench, clear the L2 cache (triton's 256 MB buffer) before each call, and
+    subtract the clears' own kernel time (profiled alone, the same number of times), so both times see the same
+    cold cache. NaN off CUDA."""
     if device.type != "cuda":
         return float("nan")
+    from triton import runtime
+
     from bench import device_time as dt
     from bench.measure import sync
 
+    drv = runtime.driver.active
+    cache = drv.get_empty_cache_for_benchmark() if cold_l2 else None
     t0 = time.perf_counter()
     step()
     sync(device)
     n = max(2, min(20, int(budget_ms / max((time.perf_counter() - t0) * 1e3, 1e-3))))
-    return dt.kernel_ms(dt.profile_kernels(step, device, n)) / n
+
+    def cleared():
+        if cache is not None:
+            drv.clear_cache(cache)
+        step()
+
+    total = dt.kernel_ms(dt.profile_kernels(cleared, device, n))
+    clears = dt.kernel_ms(dt.profile_kernels(lambda: drv.clear_cache(cache), device, n)) if cache is not None else 0.0
+    return max(total - clears, 0.0) / n
 
 
 def reference(case: Case, pass_name, device, available):
@@ -636,8 +650,9 @@ def render_markdown(df, header: str = "") -> str:
     if "kernel_ms" in df.columns and df["kernel_ms"].notna().any():
         lines += [f"Regime: a point is host-bound when triton's or the fastest SDPA backend's median wall time is > "
                   f"{HOST_BOUND:g}× its summed GPU kernel time per call (torch.profiler, `kernel_ms`); its bar is "
-                  "still judged on wall time, and the kernel-time ratio (fastest SDPA / triton) says how the kernels "
-                  "themselves compare.", ""]  # fmt: skip
+                  "still judged on wall time, and the kernel-time ratio (that SDPA backend / triton) says how the "
+                  "kernels themselves compare (both times with a cold L2: do_bench clears it before each call).",
+                  ""]  # fmt: skip
     if df.empty:
         return "\n".join(lines + ["(no rows)", ""])
     backends = [b for b in BACKENDS if b in set(df["backend"])]
@@ -688,17 +703,17 @@ def _table(sub, D, case, p, pass_name, backends) -> list[str]:
 
 
 def regime_of(at) -> str:
-    """'device-bound', or 'host-bound, kernel time X.XX' (fastest SDPA kernel time / triton's), from the rows of
-    one (B, N) point; '–' when a kernel time is missing."""
+    """'device-bound', or 'host-bound (which of triton and the fastest SDPA backend), kernel time X.XX' (that
+    SDPA backend's kernel time / triton's), from the rows of one (B, N) point; '–' when a kernel time is missing."""
     ok = at[(at["status"] == "ok") & at["backend"].isin(["triton", *SDPA_BACKENDS])]
     tri, sdpa = ok[ok["backend"] == "triton"], ok[ok["backend"].isin(SDPA_BACKENDS)]
     if not len(tri) or not len(sdpa) or ok["kernel_ms"].isna().any():
         return "–"
-    fastest = sdpa.loc[sdpa["ms"].idxmin()]
-    t = tri.iloc[0]
-    host = max(t["ms"] / t["kernel_ms"], fastest["ms"] / fastest["kernel_ms"]) > HOST_BOUND
-    k_ratio = float(sdpa["kernel_ms"].min() / t["kernel_ms"])
-    return f"host-bound, kernel time {k_ratio:.2f}" if host else "device-bound"
+    pair = [tri.iloc[0], sdpa.loc[sdpa["ms"].idxmin()]]
+    host = [x["backend"] for x in pair if x["ms"] > HOST_BOUND * x["kernel_ms"]]
+    if not host:
+        return "device-bound"
+    return f"host-bound ({', '.join(host)}), kernel time {pair[1]['kernel_ms'] / pair[0]['kernel_ms']:.2f}"
 
 
 def _host_table(host) -> list[str]:
@@ -811,7 +826,7 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
                     t = measure.time_fn(step, device, warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
                                         max_reps=max(args.min_reps, 100))  # fmt: skip
                     row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms),
-                               kernel_ms=kernel_time_ms(step, device, budget_ms=200.0))  # fmt: skip
+                               kernel_ms=kernel_time_ms(step, device, budget_ms=200.0, cold_l2=False))  # fmt: skip
                 except Exception as e:  # noqa: BLE001
                     row.update(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
                 finally:

@@ -485,9 +485,19 @@ def compact(result: EvalResult) -> EvalResult:
 
 
 def portable(df: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as plain Python objects: pandas pickles its string dtype with its storage (pyarrow on the GPU
-    machine), and a state saved there would not load where pyarrow is absent (this CPU, a user's laptop)."""
-    return df.astype({c: object for c, t in df.dtypes.items() if isinstance(t, pd.StringDtype)})
+    """Text as plain Python objects (values, column labels and the index): pandas 3 pickles its string dtypes
+    with their storage (pyarrow on the GPU machine), and a state saved there would not load where pyarrow is
+    absent (this CPU, a user's laptop)."""
+
+    def text(t) -> bool:
+        return isinstance(t, pd.StringDtype) or (isinstance(t, pd.ArrowDtype) and pd.api.types.is_string_dtype(t))
+
+    out = df.astype({c: object for c, t in df.dtypes.items() if text(t)})
+    if text(out.columns.dtype):
+        out.columns = pd.Index(list(out.columns), dtype=object)
+    if text(out.index.dtype):
+        out.index = pd.Index(list(out.index), dtype=object, name=out.index.name)
+    return out
 
 
 def combine_results(parts: list[EvalResult], keys: list[str], models) -> EvalResult:

@@ -248,34 +248,35 @@ def diagnose(curve: pd.DataFrame, train: pd.DataFrame, target: float = TARGET_DB
     crops) and its per-epoch losses. Pure: the rules are the three constants above, stated in the report.
 
     slope: dB per doubling of the steps, least squares of PSNR on log2(step) over the second half of the steps;
-    to_target: the steps at which that rate reaches `target` dB over linear (NaN when it is met or gains < 0.01 dB);
-    limits: "steps", "data", "capacity" (any that hold), or "bar met"."""
+    to_target: the steps at which that rate reaches `target` dB over linear (NaN when it is met or gains < 0.01 dB;
+    inf past 2^30 × the steps); train_drop: the train loss's fall since the epoch nearest half the steps;
+    limits: "steps", "data", "capacity" (any that hold), "curve ≥ +1 dB", or "too few points" (fewer than 3
+    curve points in the second half, fewer than 2 epochs, or a non-finite PSNR)."""
+    nan = math.nan
     g = curve[curve["step"] > 0].sort_values("step")
-    end = int(g["step"].iloc[-1])
-    margin = float(g["psnr"].iloc[-1] - g["psnr_linear"].iloc[-1])
-    half = g[g["step"] >= end / 2]
-    slope = float(np.polyfit(np.log2(half["step"].to_numpy(float)), half["psnr"].to_numpy(float), 1)[0]) \
-        if len(half) >= 3 else math.nan  # fmt: skip
     e = train.sort_values("step")
-    last = e.iloc[-1]
+    end = int(g["step"].iloc[-1]) if len(g) else 0
+    margin = float(g["psnr"].iloc[-1] - g["psnr_linear"].iloc[-1]) if len(g) else nan
+    half = g[g["step"] >= end / 2]
+    out = {"steps": end, "margin_db": margin, "slope_db_per_doubling": nan, "to_target_steps": nan,
+           "train_loss": nan, "val_loss": nan, "val_over_train": nan, "train_drop": nan}  # fmt: skip
+    if len(e):
+        last = e.iloc[-1]
+        out.update(train_loss=float(last["train_loss"]), val_loss=float(last["val_loss"]),
+                   val_over_train=float(last["val_loss"] / last["train_loss"]))  # fmt: skip
+    if len(half) < 3 or len(e) < 2 or not np.isfinite(half["psnr"]).all() or not math.isfinite(margin):
+        return {**out, "limits": "too few points"}
+    slope = float(np.polyfit(np.log2(half["step"].to_numpy(float)), half["psnr"].to_numpy(float), 1)[0])
     mid = e.iloc[(e["step"] - end / 2).abs().argmin()]
-    drop = float(1.0 - last["train_loss"] / mid["train_loss"])
-    gap = float(last["val_loss"] / last["train_loss"])
+    drop = float(1.0 - out["train_loss"] / mid["train_loss"])
     met = margin >= target
-    to_target = end * 2.0 ** ((target - margin) / slope) if not met and slope >= 0.01 else math.nan
-    limits = [] if met else [name for name, holds in (("steps", slope >= STEPS_DB), ("data", gap >= GAP),
-                                                      ("capacity", drop < CAPACITY_DROP)) if holds]  # fmt: skip
-    return {
-        "steps": end,
-        "margin_db": margin,
-        "slope_db_per_doubling": slope,
-        "to_target_steps": to_target,
-        "train_loss": float(last["train_loss"]),
-        "val_loss": float(last["val_loss"]),
-        "val_over_train": gap,
-        "train_drop": drop,
-        "limits": "bar met" if met else (", ".join(limits) or "none of the three"),
-    }
+    if not met and slope >= 0.01:
+        doublings = (target - margin) / slope
+        out["to_target_steps"] = end * 2.0**doublings if doublings <= 30 else math.inf
+    limits = [name for name, holds in (("steps", slope >= STEPS_DB), ("data", out["val_over_train"] >= GAP),
+                                       ("capacity", drop < CAPACITY_DROP)) if holds]  # fmt: skip
+    label = f"curve ≥ +{target:g} dB" if met else (", ".join(limits) or "none of the three")
+    return {**out, "slope_db_per_doubling": slope, "train_drop": drop, "limits": label}
 
 
 def limit_table(d: dict) -> list[str]:
@@ -285,7 +286,7 @@ def limit_table(d: dict) -> list[str]:
     if not len(c):
         return []
     lines = [f"| model | steps | − linear at the end (dB) | dB per doubling of the steps (second half) | steps to "
-             f"+{TARGET_DB:g} dB at that rate | train loss (fall over the second half) | validation loss | val / train "
+             f"+{TARGET_DB:g} dB at that rate | train loss (fall since half the steps) | validation loss | val / train "
              f"| limit |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for k in d["env"]["settings"]["models"]:
         g = c[(c["model"] == k) & (c["budget"] == "equal_time")]
@@ -293,15 +294,16 @@ def limit_table(d: dict) -> list[str]:
         if len(g) < 2 or not len(e):
             continue
         x = diagnose(g, e)
-        to = "–" if math.isnan(x["to_target_steps"]) else \
-            f"{x['to_target_steps']:,.0f} ({x['to_target_steps'] / x['steps']:.0f}×)"  # fmt: skip
+        n = x["to_target_steps"]
+        to = "–" if math.isnan(n) else "> 1e9×" if math.isinf(n) else f"{n:,.0f} ({n / x['steps']:.0f}×)"
         slope = "–" if math.isnan(x["slope_db_per_doubling"]) else f"{x['slope_db_per_doubling']:+.2f}"
         lines.append(f"| {label(k)} | {x['steps']:,} | {x['margin_db']:+.2f} | {slope} | {to} | "
                      f"{x['train_loss']:.4f} ({x['train_drop']:.0%}) | {x['val_loss']:.4f} | "
                      f"{x['val_over_train']:.2f} | {x['limits']} |")  # fmt: skip
     lines += ["", f"Rules: steps = still gaining ≥ {STEPS_DB:g} dB per doubling of the steps; data = validation loss ≥ "
-              f"{GAP:g}× the train loss; capacity = the train loss fell by < {CAPACITY_DROP:.0%} over the second half "
-              f"(the bar: +{TARGET_DB:g} dB over linear)."]  # fmt: skip
+              f"{GAP:g}× the train loss; capacity = the train loss fell by < {CAPACITY_DROP:.0%} since half the steps "
+              f"(curve ≥ +{TARGET_DB:g} dB: the curve's last point, on its held-out subset, already beats linear by "
+              "the bar; the paired bar itself is in the table above)."]  # fmt: skip
     return lines
 
 

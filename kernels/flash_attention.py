@@ -101,7 +101,8 @@ _TUNE_TOP = int(os.environ.get("FLASH_ATTN_TUNE_TOP", "0") or 0)
 # FLASH_ATTN_FWD=tma,ws (an experiment, off by default; kernels/NOTES.md): the forward reads K and V through
 # TMA tensor descriptors (tl.make_tensor_descriptor, Hopper's bulk copies; needs unit D-stride and 16-byte
 # aligned row strides and bases, else that call takes the pointer path) and/or warp-specialises its key loop
-# (tl.range(..., warp_specialize=True)). Module flags, read per call, so a test can switch them.
+# (tl.range(..., warp_specialize=True)). A module flag read per call (launch plans,
+# replays and the autotuner are keyed on it), so a test can switch it.
 _FWD_VARIANTS = ("tma", "ws")
 
 
@@ -245,7 +246,7 @@ def _make_prune(kind: str):
 def _autotune(configs, kind: str):
     return triton.autotune(
         configs=configs,
-        key=_AUTOTUNE_KEY,
+        key=_AUTOTUNE_KEY + (["TMA", "WS"] if kind == "fwd" else []),  # the forward's variant is tuned on its own
         prune_configs_by={"early_config_prune": _make_prune(kind)},
         do_bench=_autotune_bench,
     )
@@ -1147,15 +1148,23 @@ def _tma_ok(t: torch.Tensor) -> bool:
     return t.stride(3) == 1 and t.data_ptr() % 16 == 0 and all((t.stride(i) * es) % 16 == 0 for i in range(3))
 
 
-_ALLOCATOR = {"device": None}
+def _scratch(size: int, align: int, stream):
+    """Global scratch for device-side tensor descriptors: torch's caching allocator on the current GPU (or the
+    CPU under the interpreter); its blocks are 512-byte aligned, and inside a CUDA-graph capture they come from
+    the graph's pool."""
+    if align > 512:
+        raise ValueError(f"flash attention: triton asked for {align}-byte aligned scratch (torch gives 512)")
+    return torch.empty(size, dtype=torch.int8, device="cpu" if _INTERPRET else "cuda")
 
 
 def _ensure_allocator(device: torch.device) -> None:
-    """Device-side tensor descriptors need global scratch memory, which triton asks its allocator for (set once,
-    on the device of the first TMA call: the GPU, or the CPU under the interpreter)."""
-    if _ALLOCATOR["device"] is None:
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
-        _ALLOCATOR["device"] = device
+    """Device-side tensor descriptors need global scratch memory, which triton asks its allocator for. triton
+    keeps the allocator in a ContextVar (per thread and context: autograd's worker threads start without one),
+    so it is checked on every TMA call and set where missing; a user's own allocator is left alone."""
+    from triton.runtime import _allocation
+
+    if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+        triton.set_allocator(_scratch)
 
 
 def _fwd_outputs(q: torch.Tensor, with_res: bool) -> tuple:
@@ -1262,7 +1271,8 @@ class FlashAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, sm_scale, dropout_p, causal, seed, needs_grad=True):
         # the rounding residual of O is only needed by the backward (not stored under no_grad)
         with_res = needs_grad and q.dtype != torch.float32
-        sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v), sm_scale, dropout_p, causal, with_res)
+        sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v), sm_scale, dropout_p, causal, with_res,
+               _FWD_VARIANT)  # fmt: skip
         o, res, lse = _fwd_outputs(q, with_res)
         _replay_or_run(sig, _sources(q, k, v, o, lse, res=res), seed, q, 1, lambda record: _fwd(
             q, k, v, sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
@@ -1308,7 +1318,7 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         H, D = num_heads, W // (3 * num_heads)
         with_res = needs_grad and qkv.dtype != torch.float32
         sig = ("qkv", qkv.shape, qkv.stride(), qkv.dtype, qkv.device, qkv.data_ptr() % 16, H, sm_scale, dropout_p,
-               causal, with_res)  # fmt: skip
+               causal, with_res, _FWD_VARIANT)  # fmt: skip
         o, res, lse = _bnhd_outputs(B, H, N, D, qkv.dtype, qkv.device, with_res)
         _replay_or_run(sig, _sources(qkv, o, lse, res=res), seed, qkv, 1, lambda record: _fwd(
             *_unpack_qkv(qkv, H), sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip

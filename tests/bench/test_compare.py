@@ -256,4 +256,5 @@ def test_the_state_keeps_text_columns_as_plain_objects():
     out = compact(EvalResult(per_image, timing, panel, 32, 0.2))
     for df in (out.per_image, out.timing):
         assert not any(isinstance(t, pd.StringDtype) for t in df.dtypes)
+        assert df.columns.dtype == object and df.index.dtype != "str"  # the labels too (pandas 3: str by default)
     assert out.per_image["method"].tolist() == ["v1", "linear"] and out.per_image["psnr"].dtype == np.float64

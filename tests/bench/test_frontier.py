@@ -147,7 +147,7 @@ def _run(psnr_at, train_at, val_ratio: float, steps: int = 4096, linear: float =
         (lambda x: 25.4, lambda x: 0.02 * (256 / x) ** 0.2, 1.5, "data"),  # flat held-out, train keeps falling
         (lambda x: 25.4, lambda x: 0.02, 1.0, "capacity"),  # flat held-out and flat train loss, no gap
         (lambda x: 24.0 + 0.3 * np.log2(x / 256), lambda x: 0.02, 1.3, "steps, data, capacity"),
-        (lambda x: 26.5, lambda x: 0.02 * (256 / x) ** 0.2, 1.0, "bar met"),  # +1.5 dB over linear
+        (lambda x: 26.5, lambda x: 0.02 * (256 / x) ** 0.2, 1.0, "curve ≥ +1 dB"),  # +1.5 dB over linear
     ],
 )
 def test_diagnose_names_the_limit_by_its_stated_rules(psnr_at, train_at, val_ratio, limits):
@@ -168,3 +168,14 @@ def test_diagnose_extrapolates_the_steps_to_the_bar_at_the_measured_rate():
     assert x["to_target_steps"] == pytest.approx(4096 * 2 ** (0.8 / 0.3))
     flat = diagnose(*_run(lambda s: 25.4, lambda s: 0.02, 1.0))
     assert np.isnan(flat["to_target_steps"])  # not rising: no extrapolation
+
+
+def test_diagnose_too_few_points_and_far_targets_do_not_crash():
+    from bench.frontier import diagnose
+
+    one_epoch = _run(lambda s: 24.0 + 0.3 * np.log2(s / 256), lambda s: 0.02, 1.0, steps=256)
+    assert diagnose(*one_epoch)["limits"] == "too few points"  # one epoch: no fall of the train loss to judge
+    empty = diagnose(pd.DataFrame({"step": [0], "psnr": [10.0], "psnr_linear": [25.0]}), one_epoch[1])
+    assert empty["limits"] == "too few points" and np.isnan(empty["margin_db"])
+    far = diagnose(*_run(lambda s: 11.0 + 0.011 * np.log2(s / 256), lambda s: 0.02 * (256 / s) ** 0.2, 1.0))
+    assert far["to_target_steps"] == float("inf")  # 14 dB under linear at 0.011 dB per doubling

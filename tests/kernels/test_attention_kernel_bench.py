@@ -126,7 +126,7 @@ def test_a_point_whose_wall_time_is_mostly_host_is_marked_host_bound(tmp_path):
     assert ak.main(["--replot", str(csv)]) == 0
     md = csv.with_suffix(".md").read_text()
     assert "| regime |" in md and "Regime: a point is host-bound" in md
-    assert "N=1024: NOT met (0.80 vs ≥1.0; host-bound, kernel time 1.67)" in md
+    assert "N=1024: NOT met (0.80 vs ≥1.0; host-bound (triton, sdpa_flash), kernel time 1.67)" in md
 
 
 def test_a_point_near_its_kernel_time_is_device_bound():
