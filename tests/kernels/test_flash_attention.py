@@ -1089,9 +1089,10 @@ def test_gpu_fwd_variant_matches_default_bf16(fwd_variant, variant, D):
         for a, b in zip(grads, base_grads):
             assert rel_err(a, b) < 2e-2
     assert fwd_variant.tma and all(fwd_variant.tma) == ("tma" in variant)
+    expected = attention(q, k, v)  # compiled and planned outside the capture
     g = torch.cuda.CUDAGraph()  # inside a capture, the descriptors' scratch comes from the graph's pool
     with torch.cuda.graph(g):
         captured = attention(q, k, v)
     g.replay()
     torch.cuda.synchronize()
-    assert rel_err(captured, attention(q, k, v)) < 1e-2
+    assert torch.equal(captured, expected)
