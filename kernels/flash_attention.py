@@ -1052,9 +1052,9 @@ class _Replay:
             launches.append((plan, template, tuple(slots), tuple(seed_at)))
         return cls(launches)
 
-    def __call__(self, sources: tuple, seed: int) -> None:
+    def __call__(self, ptr: list, seed: int) -> None:
+        """Launch with this call's source addresses ``ptr`` (in the recorded sources' order) and seed."""
         _PLAN_STATS["replays"] += 1
-        ptr = [t.data_ptr() for t in sources]
         for plan, template, slots, seed_at in self.launches:
             full = template.copy()
             for i, j, off in slots:
@@ -1359,11 +1359,13 @@ def _replay_or_run(sig, sources: tuple, seed: int, device_of: torch.Tensor, laun
     """Replay the launches recorded for ``sig`` with this call's ``sources`` and ``seed``; without a replay,
     ``run(record)`` (the call's regular path, its outputs already among the sources) and keep a replay of what
     it launched when it recorded all ``launches`` of them. Sources with equal addresses never replay."""
-    replay = _REPLAYS.get(sig) if _FAST_LAUNCH and _distinct(sources) else None
-    if replay is not None:
-        with _device_ctx(device_of):
-            replay(sources, seed)
-        return
+    if _FAST_LAUNCH:
+        ptr = [t.data_ptr() for t in sources]  # once per call: the distinctness check and the replay's addresses
+        replay = _REPLAYS.get(sig) if len(set(ptr)) == len(ptr) else None
+        if replay is not None:
+            with _device_ctx(device_of):
+                replay(ptr, seed)
+            return
     record = [] if _FAST_LAUNCH else None
     run(record)
     if record is not None and len(record) == launches:
