@@ -351,28 +351,26 @@ def run_pass(run, case: Case, ref, pass_name: str, device, args):
         def step():
             torch.autograd.grad(run(*xs), xs, case.dout)
 
-    return time_ms(step, device, args), rel, mx, kernel_time_ms(step, device)
+    timing = time_ms(step, device, args)
+    return timing, rel, mx, kernel_time_ms(step, device, timing[0])
 
 
-def kernel_time_ms(step, device: torch.device, budget_ms: float = 50.0, cold_l2: bool = True) -> float:
+def kernel_time_ms(step, device: torch.device, per_call_ms: float, budget_ms: float = 50.0,
+                   cold_l2: bool = True) -> float:  # fmt: skip
     """Summed GPU kernel time per call (torch.profiler, bench.device_time) of a few eager calls, beside do_bench's
     wall time: where the wall time is much longer, the row measures the host (Python, autograd, launches), not
     the kernels. cold_l2: like do_bench, clear the L2 cache (triton's 256 MB buffer) before each call, and
     subtract the clears' own kernel time (profiled alone, the same number of times), so both times see the same
-    cold cache. NaN off CUDA."""
+    cold cache. per_call_ms (the measured wall time) sizes the number of calls to about budget_ms. NaN off CUDA."""
     if device.type != "cuda":
         return float("nan")
     from triton import runtime
 
     from bench import device_time as dt
-    from bench.measure import sync
 
     drv = runtime.driver.active
     cache = drv.get_empty_cache_for_benchmark() if cold_l2 else None
-    t0 = time.perf_counter()
-    step()
-    sync(device)
-    n = max(2, min(20, int(budget_ms / max((time.perf_counter() - t0) * 1e3, 1e-3))))
+    n = max(2, min(20, int(budget_ms / max(per_call_ms, 1e-3))))
 
     def cleared():
         if cache is not None:
@@ -702,6 +700,11 @@ def _table(sub, D, case, p, pass_name, backends) -> list[str]:
     return lines + ["", "Bar: " + "; ".join(verdicts) + ".", ""]
 
 
+def host_bound(wall_ms: float, kernel_ms: float) -> bool:
+    """The rule of every regime label here: the wall time is > HOST_BOUND × the summed kernel time."""
+    return wall_ms > HOST_BOUND * kernel_ms
+
+
 def regime_of(at) -> str:
     """'device-bound', or 'host-bound (which of triton and the fastest SDPA backend), kernel time X.XX' (that
     SDPA backend's kernel time / triton's), from the rows of one (B, N) point; '–' when a kernel time is missing."""
@@ -710,7 +713,7 @@ def regime_of(at) -> str:
     if not len(tri) or not len(sdpa) or ok["kernel_ms"].isna().any():
         return "–"
     pair = [tri.iloc[0], sdpa.loc[sdpa["ms"].idxmin()]]
-    host = [x["backend"] for x in pair if x["ms"] > HOST_BOUND * x["kernel_ms"]]
+    host = [x["backend"] for x in pair if host_bound(x["ms"], x["kernel_ms"])]
     if not host:
         return "device-bound"
     return f"host-bound ({', '.join(host)}), kernel time {pair[1]['kernel_ms'] / pair[0]['kernel_ms']:.2f}"
@@ -825,8 +828,8 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
                     step()  # compile, autotune, launch plans
                     t = measure.time_fn(step, device, warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
                                         max_reps=max(args.min_reps, 100))  # fmt: skip
-                    row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms),
-                               kernel_ms=kernel_time_ms(step, device, budget_ms=200.0, cold_l2=False))  # fmt: skip
+                    kms = kernel_time_ms(step, device, t.median, budget_ms=200.0, cold_l2=False)
+                    row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms), kernel_ms=kms)
                 except Exception as e:  # noqa: BLE001
                     row.update(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
                 finally:
@@ -848,7 +851,7 @@ def _step_kernel_cells(at) -> list[str]:
     if len(ok) < 2 or ok["kernel_ms"].isna().any():
         return ["–", "–", "–"]
     k, t = ok["kernel_ms"], ok["median_ms"]
-    host = [b for b in ("sdpa", "triton") if t[b] > HOST_BOUND * k[b]]
+    host = [b for b in ("sdpa", "triton") if host_bound(t[b], k[b])]
     regime = f"host-bound ({', '.join(host)})" if host else "device-bound"
     return [f"{k['sdpa']:.3g}, {k['triton']:.3g}", f"{k['triton'] / k['sdpa']:.3f}", regime]
 
