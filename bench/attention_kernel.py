@@ -921,7 +921,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels/triton are imported
         if os.environ["TRITON_INTERPRET"] != "1":
             _fail("--quick on CPU needs TRITON_INTERPRET=1 (the Triton CPU interpreter)")
-    import kernels.flash_attention as fa
+    try:
+        import kernels.flash_attention as fa
+    except ValueError as e:  # its environment switches, checked at import (FLASH_ATTN_FWD=...)
+        _fail(str(e))
 
     if not cuda and not fa.interpreter_active():
         _fail("--quick on CPU needs TRITON_INTERPRET=1 set before triton is imported")

@@ -168,6 +168,8 @@ def _triton_kernels():
         import kernels.flash_attention as fa
     except ImportError as e:  # triton missing or broken
         raise ConfigError(f"attention backend 'triton' is unavailable ({e}); pip install triton") from e
+    except ValueError as e:  # its environment switches, checked at import (FLASH_ATTN_FWD=...)
+        raise ConfigError(str(e)) from None
     return fa
 
 

@@ -158,3 +158,27 @@ def test_model_step_kernel_cells_name_the_host_bound_backend():
     at = pd.DataFrame({"backend": ["sdpa", "triton"], "status": ["ok", "ok"], "median_ms": [15.0, 18.0],
                        "kernel_ms": [5.0, 16.0]}).set_index("backend")  # fmt: skip
     assert ak._step_kernel_cells(at) == ["5, 16", "3.200", "host-bound (sdpa)"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-m", "bench.attention_kernel", "--quick", "--no-plot"],
+        ["-c", "from models.common import _triton_kernels; from models.utils import cli_main; import sys; "
+               "sys.exit(cli_main(lambda argv: _triton_kernels()))"],
+    ],
+    ids=["kernel-bench", "model-backend"],
+)  # fmt: skip
+def test_bad_fwd_variant_is_a_one_line_error(tmp_path, argv):
+    """FLASH_ATTN_FWD is checked when the kernel module is imported: the benchmark and the models' triton backend
+    turn it into one line and a non-zero exit, before anything is computed or written."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLASH_ATTN_FWD": "tmaa", "TRITON_INTERPRET": "1"}
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, *argv, *(["--out", str(out)] if argv[0] == "-m" else [])], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    err = p.stderr.strip()
+    assert p.returncode != 0 and len(err.splitlines()) == 1 and "FLASH_ATTN_FWD: unknown ['tmaa']" in err, err
+    assert not out.exists()
