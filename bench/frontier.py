@@ -34,7 +34,7 @@ import pandas as pd
 
 from bench.compare import STATE, Paused, new_call, prepare, run_compare
 from bench.evaluate import color, label, paired_delta
-from bench.quality_report import BUDGET_LABELS, data_source, verdict
+from bench.quality_report import BUDGET_LABELS, commits, data_source, verdict
 from models.common import ConfigError
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main, pick_device
 from models.validate import guard_committed_results, model_name, nonneg_float, positive_float, positive_int, resolution
@@ -353,9 +353,10 @@ def write_report(out) -> Path:
     found = load_runs(out)
     finals, lines, figures = [], [], []
     first = next(iter(found.values()))["env"]
+    ran_at = commits([d["env"] for d in found.values()])
     lines += ["# Every variant under equal budgets: learning curves, the quality-for-cost frontier, zero-shot SR", "",
-              f"Run on {first.get('gpu') or first.get('cpu')} ({first['device']}), torch {first['torch']}, commit "
-              f"`{first['git_commit']}`. Data: {data_source(first['settings'].get('data'))}.", ""]  # fmt: skip
+              f"Run on {first.get('gpu') or first.get('cpu')} ({first['device']}), torch {first['torch']}, "
+              f"{ran_at}. Data: {data_source(first['settings'].get('data'))}.", ""]  # fmt: skip
     for r, d in found.items():
         st, env = d["env"]["settings"], d["env"]
         finals += final_rows(r, d)

@@ -171,7 +171,7 @@ def _pair(summary, per_image, runs, train_res, model, baseline, models, facts, b
         lines.append(f"With one sampler draw instead of the posterior mean: {M} − {B} = "
                      f"{sample_delta.loc[train_res, 'delta']:+.2f} ± {sample_delta.loc[train_res, 'sem']:.2f} dB "
                      f"at {train_res}².")  # fmt: skip
-    for r in (train_res, hi):
+    for r in dict.fromkeys((train_res, hi)):  # one line when the training resolution is the highest
         inf = {k: _get(summary, budget=budget, method=k, estimator="sample", resolution=r) for k in (baseline, model)}
         if inf[baseline] is not None and inf[model] is not None:
             ratio = inf[model]["sec_per_image"] / inf[baseline]["sec_per_image"]
@@ -185,7 +185,8 @@ def _pair(summary, per_image, runs, train_res, model, baseline, models, facts, b
         lines.append(f"Equal wall-clock ({t_run[baseline]['time_budget_s']:.0f} s each: "
                      f"{int(t_run[baseline]['steps'])} {B} / {int(t_run[model]['steps'])} {M} steps): {M} − {B} = "
                      f"{time_delta.loc[train_res, 'delta']:+.2f} ± {time_delta.loc[train_res, 'sem']:.2f} dB at "
-                     f"{train_res}², {time_delta.loc[hi, 'delta']:+.2f} dB at {hi}².")  # fmt: skip
+                     f"{train_res}²" + (f", {time_delta.loc[hi, 'delta']:+.2f} dB at {hi}²" if hi != train_res else "")
+                     + ".")  # fmt: skip
 
     # The headline's caveat: the first of (a model of this pair below the floor at this budget; not clearly above
     # it; behind it on some held-out photograph) that holds.
@@ -378,6 +379,17 @@ def describe(key: str, cfg: dict, params: str) -> str:
     return f"{size} layers, {params} parameters"
 
 
+def commits(envs: list[dict]) -> str:
+    """The commit(s) a run's parts ran at, in order, with their part counts: "commit `abc`", or "parts at commits
+    `abc` (3), `def` (2)" for a run resumed across commits. From each environment record's phases (its own commit
+    where it has none)."""
+    parts = [ph.get("git_commit") or e["git_commit"] for e in envs for ph in e.get("phases") or [{}]]
+    n = {c: parts.count(c) for c in dict.fromkeys(parts)}
+    if len(n) == 1:
+        return f"commit `{parts[0]}`"
+    return "parts at commits " + ", ".join(f"`{c[:12]}` ({k})" for c, k in n.items())
+
+
 def _where(env: dict) -> str:
     """The GPU for a CUDA run, else the CPU (bench.env records the GPU even when the run was on the CPU)."""
     gpu = env.get("gpu") if str(env.get("device", "")).startswith("cuda") else None
@@ -415,7 +427,7 @@ def write_report(out_dir) -> Path:
         f"# {' vs '.join(label(k) for k in models)}: quality under equal budgets",
         "",
         f"Run on {_where(env)} ({env['device']}), torch {env['torch']}, {mamba} (V1 mixer: {env['mixer_backend']}), "
-        f"commit `{env['git_commit']}`, {env.get('date') or env.get('date_utc')}, "
+        f"{commits([env])}, {env.get('date') or env.get('date_utc')}, "
         f"{env['wall_clock_s'] / 60:.1f} min in all. Command: `{env['command']}`"
         + (f"; overrides from the environment: {env['env_overrides']}" if env["env_overrides"] else "")
         + ".",

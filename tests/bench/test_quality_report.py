@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.quality_report import EFF_RATIO, TIE_DB, WIN_DB, decide_scenario, verdict, write_report
+from bench.quality_report import EFF_RATIO, TIE_DB, WIN_DB, commits, decide_scenario, verdict, write_report
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
@@ -163,3 +163,22 @@ def test_committed_report_renders_byte_for_byte(tmp_path):
         shutil.copy(png, tmp_path / png.name)
     write_report(tmp_path)
     assert (tmp_path / "quality.md").read_text() == (RESULTS / "quality.md").read_text()
+
+
+def test_a_run_at_one_resolution_states_each_fact_once():
+    """Trained and evaluated at 64² only (the frontier's 64² run): one inference line and one equal-time line,
+    not the same fact for "the training" and "the highest" resolution twice."""
+    summary, per_image, runs = _frames({64: 0.2})
+    (pair,) = verdict(summary, per_image, runs, train_res=64)["pairs"]
+    assert sum(x.startswith("Inference at 64²") for x in pair["lines"]) == 1, pair["lines"]
+    (line,) = [x for x in pair["lines"] if x.startswith("Equal wall-clock")]
+    assert line.count("at 64²") == 1, line
+
+
+def test_commits_names_every_commit_a_resumed_run_ran_at():
+    one = {"git_commit": "a" * 40, "phases": [{"git_commit": "a" * 40}, {"git_commit": "a" * 40}]}
+    assert commits([one]) == f"commit `{'a' * 40}`"
+    mixed = {"git_commit": "c" * 40, "phases": [{"git_commit": "b" * 40}, {"git_commit": "c" * 40}, {}]}
+    assert commits([mixed]) == f"parts at commits `{'b' * 12}` (1), `{'c' * 12}` (2)"  # a part without one: the run's
+    assert commits([{"git_commit": "d" * 40}]) == f"commit `{'d' * 40}`"  # an old record without phases
+    assert commits([one, mixed]).startswith(f"parts at commits `{'a' * 12}` (2), `{'b' * 12}` (1)")
