@@ -169,8 +169,13 @@ def plot_inference(finals: pd.DataFrame, path: Path) -> Path:
     for ax, r in zip(axes[0], res):
         for i, row in enumerate(df[df["resolution"] == r].sort_values("infer_ms_mean").itertuples()):
             ax.scatter(row.infer_ms_mean, row.psnr, color=color(row.model), s=30)
-            ax.annotate(get_variant(row.model).short, (row.infer_ms_mean, row.psnr), fontsize=7,
-                        xytext=(3, 3 if i % 2 == 0 else -9), textcoords="offset points")  # neighbours: above/below
+            ax.annotate(
+                get_variant(row.model).short,
+                (row.infer_ms_mean, row.psnr),
+                fontsize=7,
+                xytext=(3, 3 if i % 2 == 0 else -9),
+                textcoords="offset points",
+            )  # neighbours: above/below
         ax.set(xscale="log", xlabel="inference ms / image (posterior mean)", ylabel="held-out PSNR (dB)",
                title=f"{r}² (equal steps)")  # fmt: skip
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
