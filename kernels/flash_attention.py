@@ -98,16 +98,22 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _AUTOTUNE = os.environ.get("FLASH_ATTN_AUTOTUNE", "1") != "0"
 # FLASH_ATTN_TUNE_TOP=k: autotune over the first k fitting configs of each list only (0 or unset: all).
 _TUNE_TOP = int(os.environ.get("FLASH_ATTN_TUNE_TOP", "0") or 0)
-# FLASH_ATTN_FWD=tma,ws (an experiment, off by default; kernels/NOTES.md): the forward reads K and V through
+# FLASH_ATTN_FWD=tma (an experiment, off by default; kernels/NOTES.md): the forward reads K and V through
 # TMA tensor descriptors (tl.make_tensor_descriptor, Hopper's bulk copies; needs unit D-stride and 16-byte
-# aligned row strides and bases, else that call takes the pointer path) and/or warp-specialises its key loop
-# (tl.range(..., warp_specialize=True)). A module flag read per call (launch plans,
-# replays and the autotuner are keyed on it), so a test can switch it.
-_FWD_VARIANTS = ("tma", "ws")
+# aligned row strides and bases, else that call takes the pointer path). A module flag read per call (launch
+# plans, replays and the autotuner are keyed on it), so a test can switch it. "ws" (a warp-specialised key
+# loop, tl.range(..., warp_specialize=True)) was tried and removed: triton 3.6's NVGPUWarpSpecialization pass
+# fails on this kernel (H200, every config); the error names it.
+_FWD_VARIANTS = ("tma",)
+_REMOVED_VARIANTS = {"ws": "warp_specialize was removed: triton 3.6 fails to compile this kernel's key loop with "
+                           "it (NVGPUWarpSpecialization); see kernels/NOTES.md"}  # fmt: skip
 
 
 def _parse_fwd_variant(text: str) -> frozenset:
     parts = frozenset(x.strip() for x in text.split(",") if x.strip())
+    gone = sorted(parts & set(_REMOVED_VARIANTS))
+    if gone:
+        raise ValueError(f"FLASH_ATTN_FWD={gone[0]}: {_REMOVED_VARIANTS[gone[0]]}")
     bad = sorted(parts - set(_FWD_VARIANTS))
     if bad:
         raise ValueError(f"FLASH_ATTN_FWD: unknown {bad}; use a comma list of {list(_FWD_VARIANTS)} or leave it unset")
@@ -246,7 +252,7 @@ def _make_prune(kind: str):
 def _autotune(configs, kind: str):
     return triton.autotune(
         configs=configs,
-        key=_AUTOTUNE_KEY + (["TMA", "WS"] if kind == "fwd" else []),  # the forward's variant is tuned on its own
+        key=_AUTOTUNE_KEY + (["TMA"] if kind == "fwd" else []),  # the forward's variant is tuned on its own
         prune_configs_by={"early_config_prune": _make_prune(kind)},
         do_bench=_autotune_bench,
     )
@@ -317,12 +323,11 @@ def _attn_fwd_inner(
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
     TMA: tl.constexpr,
-    WS: tl.constexpr,
 ):
     """Online softmax over key blocks [lo, hi). MASKED=False: full blocks, no masking at all.
     TMA: k_ptrs / v_ptrs are tensor descriptors of this slab's (N_K, HEAD_DIM) keys and values, whose loads
-    zero-fill rows past N_K (the masked tail needs no load mask). WS: warp-specialise the loop."""
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+    zero-fill rows past N_K (the masked tail needs no load mask)."""
+    for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         if TMA:
@@ -402,7 +407,6 @@ def _attn_fwd_kernel(
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
     TMA: tl.constexpr,
-    WS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -449,11 +453,11 @@ def _attn_fwd_kernel(
         hi = N_K
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, 0, hi_free, N_K, qk_scale,
-        seed_bh, m0, DROP_THRESH, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS, TMA, WS,
+        seed_bh, m0, DROP_THRESH, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS, TMA,
     )  # fmt: skip
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, hi_free, hi, N_K, qk_scale,
-        seed_bh, m0, DROP_THRESH, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS, TMA, False,
+        seed_bh, m0, DROP_THRESH, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, N_ROUNDS, TMA,
     )  # fmt: skip
 
     # deferred normalisation; LSE kept in log2 units of the scaled scores
@@ -1119,9 +1123,8 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     thresh = _drop_thresh(dropout_p)
     r = o if res is None else res
     tma = "tma" in _FWD_VARIANT and _tma_ok(k) and _tma_ok(v)
-    ws = "ws" in _FWD_VARIANT
     key = ("fwd", q.dtype, q.device, _layout(q), _layout(k), _layout(v), o.stride(), r.stride(),
-           _aligned(q, k, v), causal, dropout, res is not None, tma, ws)  # fmt: skip
+           _aligned(q, k, v), causal, dropout, res is not None, tma)  # fmt: skip
     if tma:
         _ensure_allocator(q.device)
 
@@ -1136,7 +1139,7 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
             H, Nq, Nk, _bucket(Nq), _bucket(Nk),
         ), dict(
             HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, STORE_RES=res is not None,
-            DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS, TMA=tma, WS=ws,
+            DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS, TMA=tma,
         ), config, record, seed_at=(8,))  # fmt: skip
     return o, lse, res
 
