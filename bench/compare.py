@@ -556,6 +556,25 @@ def load_state(out: Path, a) -> dict:
     return state
 
 
+def stale_state(out: Path, state: dict) -> bool:
+    """True when <out>'s finished report already holds everything in this state: quality_env.json's parts start
+    with the state's parts and add the last one. A finished run deletes its state, so a stale one is a copy carried
+    back in (e.g. an old archive extracted over the folder), and continuing from it would redo the last part."""
+    env = out / "quality_env.json"
+    if not ((out / "quality.md").is_file() and env.is_file()):
+        return False
+    try:
+        done = json.loads(env.read_text()).get("phases") or []
+    except (OSError, ValueError):
+        return False
+
+    def key(ph):
+        return ph.get("date"), ph.get("git_commit")
+
+    held = [key(ph) for ph in state.get("phases", [])]
+    return len(done) > len(held) and [key(ph) for ph in done[: len(held)]] == held
+
+
 def settings_of(a) -> dict:
     """The run's settings (the flags), without the live objects bench.compare hangs on `a`."""
     return {k: v for k, v in vars(a).items() if k not in ("progress", "curve", "ecfg", "device_obj")}
@@ -600,6 +619,10 @@ def run_compare(a, out: Path, device) -> Path | None:
     """The whole comparison (or what is left of it under --time-budget / --phase). Returns quality.md when done."""
     resumable = a.phase == "steps" or a.time_budget
     state = load_state(out, a) if a.phase == "steps" or (resumable and (out / STATE).is_file()) else None
+    if state is not None and stale_state(out, state):
+        raise ConfigError(f"{out / STATE} is older than the finished report in {out} (quality_env.json holds its "
+                          f"parts and a later one): the run is done; --report-only re-renders it, or delete the state "
+                          f"file to train again")  # fmt: skip
     if state is not None:
         print(f"[compare] continuing from {out / STATE}", flush=True)
     if a.quick and device.type == "cpu":

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from bench.compare import STATE, Paused, new_call, prepare, run_compare
+from bench.compare import STATE, Paused, new_call, prepare, run_compare, stale_state
 from bench.evaluate import color, label, paired_delta
 from bench.quality_report import BUDGET_LABELS, commits, data_source, verdict
 from models.common import ConfigError
@@ -59,7 +60,17 @@ def res_dir(out: Path, r: int) -> Path:
 
 
 def finished(d: Path) -> bool:
-    return (d / "quality.md").is_file() and not (d / STATE).is_file()
+    """quality.md written and no state left, or a state the finished report already holds (a stale copy)."""
+    return (d / "quality.md").is_file() and (not (d / STATE).is_file() or stale(d))
+
+
+def stale(d: Path) -> bool:
+    """d's state file is an old copy of what its finished report already holds (bench.compare.stale_state)."""
+    try:
+        state = torch.load(d / STATE, weights_only=False)
+    except Exception:  # noqa: BLE001 - unreadable: not a stale copy; bench.compare says what is wrong with it
+        return False
+    return stale_state(d, state)
 
 
 def compare_argv(a, r: int, extra: list[str], left: float | None) -> list[str]:
@@ -447,7 +458,8 @@ def main_frontier(argv=None) -> None:
     paused = False
     for r in a.res:
         if r not in prepared:
-            print(f"[frontier] {r}²: done ({res_dir(out, r)}/quality.md)", flush=True)
+            old = " (its state file is an old copy, ignored: delete it)" if (res_dir(out, r) / STATE).is_file() else ""
+            print(f"[frontier] {r}²: done ({res_dir(out, r)}/quality.md){old}", flush=True)
             continue
         left = None if deadline is None else deadline - time.time()
         if left is not None and left < 1:

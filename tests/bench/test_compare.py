@@ -61,9 +61,18 @@ def test_two_phases_give_the_same_files_as_one(quick, tmp_path, capsys):
     assert (tmp_path / "quality_state.pt").is_file() and not (tmp_path / "quality.md").exists()
     assert main(["--quick", "--phase", "steps", "--out", str(tmp_path), "--seconds", "9"]) == 2  # other settings
     assert "--seconds 4.0 vs 9.0" in capsys.readouterr().err
+    stale = (tmp_path / "quality_state.pt").read_bytes()
     assert main(["--quick", "--phase", "steps", "--out", str(tmp_path)]) == 0
     assert not (tmp_path / "quality_state.pt").exists()  # consumed
     assert sorted(p.name for p in tmp_path.glob("quality*")) == sorted(p.name for p in quick.glob("quality*"))
+    # an old copy of the state carried back over the finished folder: refused, not trained again
+    (tmp_path / "quality_state.pt").write_bytes(stale)
+    before = (tmp_path / "quality.md").read_text()
+    assert main(["--quick", "--phase", "steps", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is older than the finished report" in err, err
+    assert (tmp_path / "quality.md").read_text() == before
+    (tmp_path / "quality_state.pt").unlink()
     env = json.loads((tmp_path / "quality_env.json").read_text())
     assert [ph["phase"] for ph in env["phases"]] == ["time", "steps"]
     assert env["wall_clock_s"] == pytest.approx(sum(ph["wall_clock_s"] for ph in env["phases"]))

@@ -111,6 +111,28 @@ def test_default_data_needs_make_data(tmp_path, monkeypatch, capsys):
     assert "run `make data`" in capsys.readouterr().err
 
 
+def test_an_old_state_copied_over_a_finished_resolution_is_not_run_again(frontier, sources, tmp_path, capsys):
+    """A finished resolution has quality.md and no state; an old archive extracted over it brings a state back.
+    The same command sees that the report already holds the state's parts: it says so and trains nothing."""
+    import shutil
+
+    import torch
+
+    out = tmp_path / "f"
+    shutil.copytree(frontier[0], out)
+    env = json.loads((out / "r16" / "quality_env.json").read_text())
+    torch.save({"phases": env["phases"][:-1], "settings": env["settings"]}, out / "r16" / "quality_state.pt")
+    capsys.readouterr()
+    assert main([*SMOKE, "--data", str(sources), "--out", str(out), "--time-budget", "8"]) == 0
+    said = capsys.readouterr().out
+    assert "16²: done" in said and "old copy, ignored" in said and "[compare]" not in said, said
+    assert json.loads((out / "r16" / "quality_env.json").read_text()) == env  # nothing re-run
+    torch.save({"phases": [{"date": "x", "git_commit": "y"}]}, out / "r16" / "quality_state.pt")  # another run's
+    from bench.frontier import finished
+
+    assert not finished(out / "r16")
+
+
 def test_a_paused_resolution_hands_the_rest_of_the_call_to_the_next(sources, tmp_path, monkeypatch, capsys):
     """The resolutions are independent bench.compare runs: when 16² pauses, 24² gets what is left of the call,
     and the call ends paused (no frontier.md) with both states kept for the same command run again."""
