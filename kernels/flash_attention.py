@@ -1126,7 +1126,7 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     key = ("fwd", q.dtype, q.device, _layout(q), _layout(k), _layout(v), o.stride(), r.stride(),
            _aligned(q, k, v), causal, dropout, res is not None, tma)  # fmt: skip
     if tma:
-        _ensure_allocator(q.device)
+        _ensure_allocator()
 
     def grid(meta):
         return (_cdiv(Nq, meta["BLOCK_M"]), B * H)
@@ -1160,7 +1160,7 @@ def _scratch(size: int, align: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cpu" if _INTERPRET else "cuda")
 
 
-def _ensure_allocator(device: torch.device) -> None:
+def _ensure_allocator() -> None:
     """Device-side tensor descriptors need global scratch memory, which triton asks its allocator for. triton
     keeps the allocator in a ContextVar (per thread and context: autograd's worker threads start without one),
     so it is checked on every TMA call and set where missing; a user's own allocator is left alone."""
