@@ -144,14 +144,20 @@ def test_no_kernel_time_no_regime_column():
 
 
 @pytest.mark.gpu
-def test_gpu_kernel_time_is_positive_and_at_most_the_wall_time():
+def test_gpu_kernel_time_is_positive_and_never_more_than_the_time_its_calls_took():
+    """A session's kernels run one after another on one stream, so their sum cannot exceed the elapsed time of
+    the same calls (CUDA events around them). Unlike a comparison with a do_bench time taken earlier, this holds
+    when other processes share the GPU (pytest -n, whose workers preempt each other's kernels)."""
     q, k, v = (torch.randn(8, 8, 1024, 32, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
     from bench.measure import time_fn
 
     wall = time_fn(f, torch.device("cuda"), warmup_ms=10, rep_ms=50, timer="do_bench").median
-    kms = ak.kernel_time_ms(f, torch.device("cuda"), wall)
-    assert 0 < kms <= 1.2 * wall
+    st = ak.kernel_time_stats(f, torch.device("cuda"), wall)
+    assert st["ms"] > 0 and len(st["sessions_ms"]) == 3 and st["ms"] == sorted(st["sessions_ms"])[1]
+    for total, span in zip(st["total_ms"], st["span_ms"]):
+        assert 0 < total <= 1.01 * span + 0.005, (total, span)
+    assert ak.kernel_time_ms(f, torch.device("cuda"), wall) > 0
 
 
 def test_model_step_kernel_cells_name_the_host_bound_backend():
