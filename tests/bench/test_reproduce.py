@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from bench import reproduce
@@ -91,3 +92,51 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, words):
     assert reproduce.main([x.format(a=a) for x in argv]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def _host_rows(wall_a_scale):
+    """Two r = 96 rows: one device-bound (wall = 1.01 × device), one host-affected (wall = 1.5 × device)."""
+    rows = []
+    for model, wall in (("v1", 101.0), ("v2", 150.0)):
+        rows.append({"model": model, "backend": "mamba_ssm", "level": "model", "res": 96, "batch": 8, "dtype": "bf16",
+                     "kind": "train", "status": "ok", "median_ms": wall * (wall_a_scale if model == "v2" else 1.0),
+                     "device_ms": 100.0, "round_spread_pct": 30.0})  # fmt: skip
+    return rows
+
+
+def _write(tmp_path, name, rows):
+    path = tmp_path / name / "raw" / "sweep_B8_bf16.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"runs": [], "rows": rows}))
+    return tmp_path / name
+
+
+def test_host_affected_rows_are_split_out_and_listed(tmp_path, capsys):
+    a = _write(tmp_path, "a", _host_rows(1.0))
+    b = _write(tmp_path, "b", _host_rows(1.2))  # the host-bound row moves 20 %, the device-bound one not at all
+    assert reproduce.main([str(a), str(b), "--tol", "5"]) == 1  # strict: issue 10's bar as stated
+    text = capsys.readouterr().out
+    assert "wall time at r >= 96: 20.00 %" in text and "OUTSIDE 5 %" in text
+    assert "device-bound in both runs: 0.00 %" in text
+    assert "host-affected: 20.00 %" in text and "not held: the host's speed" in text
+    assert "Host-affected wall-time rows at r ≥ 96 (1)" in text and "1 of 1 deviate by no more than" in text
+    assert "| v2 | mamba_ssm | model | 96 |" in text and "all of them (issue 10's bar)" in text
+    assert reproduce.main([str(a), str(b), "--tol", "5", "--exempt-host-bound"]) == 0
+    assert "the device-bound ones (--exempt-host-bound)" in capsys.readouterr().out
+
+
+def test_host_margin_decides_the_regime_and_a_row_without_device_time_is_host_affected(tmp_path):
+    rows = _host_rows(1.0)
+    cmp = reproduce.compare(pd.DataFrame(rows), pd.DataFrame(rows), host_margin=60.0)
+    assert not cmp[cmp.metric == "median_ms"].host_affected.any()  # 1.5× is within a 60 % margin
+    cmp = reproduce.compare(pd.DataFrame(rows), pd.DataFrame(rows))
+    assert list(cmp[cmp.metric == "median_ms"].host_affected) == [False, True]
+    bare = [{k: v for k, v in r.items() if k != "device_ms"} for r in rows]
+    cmp = reproduce.compare(pd.DataFrame(bare), pd.DataFrame(bare))
+    assert cmp.host_affected.all()
+
+
+def test_bad_host_margin_is_one_line(tmp_path, capsys):
+    a = _write(tmp_path, "a", _host_rows(1.0))
+    assert reproduce.main([str(a), str(a), "--host-margin", "-1"]) == 2
+    assert "--host-margin must be >= 0" in capsys.readouterr().err
