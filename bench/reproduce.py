@@ -94,7 +94,9 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, min_res: int = 96, host_margin: fl
                 limit = 1 + host_margin / 100
                 line.update(wall_dev_a=ra, wall_dev_b=rb, spread_a=_num(row, "round_spread_pct_a"),
                             spread_b=_num(row, "round_spread_pct_b"),
-                            host_affected=not (ra <= limit and rb <= limit))  # fmt: skip
+                            host_affected=not (ra <= limit and rb <= limit),
+                            host_frac_a=_num(row, "host_frac_a"), host_frac_b=_num(row, "host_frac_b"),
+                            run_id_a=str(row.get("run_id_a", "")), run_id_b=str(row.get("run_id_b", "")))  # fmt: skip
             out.append(line)
     return pd.DataFrame(out)
 
@@ -128,6 +130,23 @@ def _describe(line: dict | None) -> str:
             f"B={line['batch']} {line['kind']}: {line['A']:.4g} vs {line['B']:.4g} ms)")  # fmt: skip
 
 
+def host_pace(cmp: pd.DataFrame, min_host_frac: float = 0.5) -> pd.DataFrame:
+    """How fast the host of run B's call was against run A's: over the matched wall-time rows that are host-bound in
+    both runs (host_frac = (eager − kernel time) / eager > min_host_frac), the median and quartiles of B/A, one line
+    per pair of calls (run_id; a resumed run has one per call). The same workload timed on both sides, so the
+    ratio is the hosts' speed ratio; a host-affected row's wall time moves with it."""
+    need = {"host_frac_a", "host_frac_b", "run_id_a", "run_id_b"}
+    if cmp.empty or not need <= set(cmp.columns):
+        return pd.DataFrame(columns=["run_id_a", "run_id_b", "rows", "B/A", "q1", "q3"])
+    d = cmp[
+        (cmp["metric"] == "median_ms") & (cmp["host_frac_a"] > min_host_frac) & (cmp["host_frac_b"] > min_host_frac)
+    ]
+    d = d.assign(ratio=d["B"] / d["A"])
+    g = d.groupby(["run_id_a", "run_id_b"])["ratio"]
+    out = pd.DataFrame({"rows": g.size(), "B/A": g.median(), "q1": g.quantile(0.25), "q3": g.quantile(0.75)})
+    return out.reset_index()
+
+
 HELD = {  # the classes held to --tol: strict (issue 10's bar as stated), or with --exempt-host-bound
     False: ("device time (all rows)", "wall time at r >= min_res"),
     True: ("device time (all rows)", "wall time at r >= min_res, device-bound in both runs"),
@@ -137,7 +156,8 @@ HELD = {  # the classes held to --tol: strict (issue 10's bar as stated), or wit
 def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_margin: float = 5.0,
            exempt_host_bound: bool = False) -> tuple[str, bool]:  # fmt: skip
     """(markdown text, whether every held class is within tol)."""
-    cmp = compare(load_rows(a_path), load_rows(b_path), min_res, host_margin)
+    rows_a, rows_b = load_rows(a_path), load_rows(b_path)
+    cmp = compare(rows_a, rows_b, min_res, host_margin)
     w = worst(cmp)
     lines = [f"# Reproducibility: {a_path} vs {b_path}", "",
              f"{len(cmp)} matched (row, metric) pairs; deviation = |B/A − 1|. A wall-time row is host-affected "
@@ -177,9 +197,19 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
             for c in ("A", "B", "dev_pct", "wall_dev_a", "wall_dev_b", "spread_a", "spread_b"):
                 t[c] = t[c].map(fmt_num)
             lines.append(md_table(t))
+        pace = host_pace(cmp)
+        if len(pace):
+            lines += ["", "How fast the hosts were: B/A of the wall time over the matched rows that are host-bound in "
+                      "both runs (host time > 50 % of the wall time; median and quartiles), per pair of calls. The "
+                      "same workloads on both sides, so this is the ratio of the hosts' speeds; a host-affected "
+                      "row's wall time moves with it.", ""]  # fmt: skip
+            for c in ("B/A", "q1", "q3"):
+                pace[c] = pace[c].map(fmt_num)
+            lines.append(md_table(pace))
         top = cmp.sort_values("dev_pct", ascending=False).head(10)
-        top = top.drop(columns=[c for c in top if c in ("large_r", "wall_dev_a", "wall_dev_b", "spread_a",
-                                                          "spread_b", "host_affected")])  # fmt: skip
+        extra = ("large_r", "wall_dev_a", "wall_dev_b", "spread_a", "spread_b", "host_affected", "host_frac_a",
+                 "host_frac_b", "run_id_a", "run_id_b")  # fmt: skip
+        top = top.drop(columns=[c for c in top if c in extra])
         for c in ("A", "B", "dev_pct"):
             top[c] = top[c].map(fmt_num)
         lines += ["", "Largest deviations:", "", md_table(top)]

@@ -140,3 +140,19 @@ def test_bad_host_margin_is_one_line(tmp_path, capsys):
     a = _write(tmp_path, "a", _host_rows(1.0))
     assert reproduce.main([str(a), str(a), "--host-margin", "-1"]) == 2
     assert "--host-margin must be >= 0" in capsys.readouterr().err
+
+
+def test_host_pace_is_the_wall_ratio_of_rows_host_bound_in_both_runs():
+    def rows(scale, run_id):
+        out = []
+        for r, frac in ((32, 0.8), (48, 0.7), (64, 0.6), (128, 0.01)):  # the r = 128 row is device-bound
+            out.append({"model": "v1", "backend": "mamba_ssm", "level": "model", "res": r, "batch": 8,
+                        "dtype": "bf16", "kind": "train", "status": "ok", "median_ms": 10.0 * r * scale,
+                        "device_ms": 2.0 * r, "host_frac": frac, "run_id": run_id})  # fmt: skip
+        return pd.DataFrame(out)
+
+    pace = reproduce.host_pace(reproduce.compare(rows(1.0, "A1"), rows(1.25, "B1")))
+    assert list(pace.columns) == ["run_id_a", "run_id_b", "rows", "B/A", "q1", "q3"]
+    assert pace.iloc[0][["run_id_a", "run_id_b", "rows"]].tolist() == ["A1", "B1", 3]
+    assert pace.iloc[0]["B/A"] == pytest.approx(1.25)
+    assert reproduce.host_pace(reproduce.compare(rows(1.0, "A1").drop(columns="host_frac"), rows(1.0, "B1"))).empty
