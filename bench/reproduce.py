@@ -106,7 +106,9 @@ def _large_wall(cmp: pd.DataFrame, host: bool | None = None) -> pd.DataFrame:
     if not len(cmp):
         return cmp
     sub = cmp[(cmp["metric"] == "median_ms") & cmp["large_r"]]
-    return sub if host is None else sub[sub["host_affected"].astype(bool) == host]
+    if host is None:
+        return sub
+    return sub[sub["host_affected"].astype(bool) == host] if "host_affected" in sub else sub.iloc[0:0]
 
 
 def worst(cmp: pd.DataFrame) -> dict[str, dict | None]:

@@ -156,3 +156,11 @@ def test_host_pace_is_the_wall_ratio_of_rows_host_bound_in_both_runs():
     assert pace.iloc[0][["run_id_a", "run_id_b", "rows"]].tolist() == ["A1", "B1", 3]
     assert pace.iloc[0]["B/A"] == pytest.approx(1.25)
     assert reproduce.host_pace(reproduce.compare(rows(1.0, "A1").drop(columns="host_frac"), rows(1.0, "B1"))).empty
+
+
+def test_runs_without_wall_times_have_empty_wall_classes(tmp_path, capsys):
+    rows = [{k: v for k, v in r.items() if k != "median_ms"} for r in _host_rows(1.0)]
+    a, b = _write(tmp_path, "a", rows), _write(tmp_path, "b", rows)
+    assert reproduce.main([str(a), str(b), "--tol", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "device time (all rows): 0.00 %" in text and "host-affected: no matched rows" in text
