@@ -395,7 +395,7 @@ def kernel_time_stats(step, device: torch.device, per_call_ms: float, budget_ms:
 
     from bench import device_time as dt
 
-    drv = runtime.driver.active
+    drv = runtime.driver.active if cold_l2 else None
     cache = drv.get_empty_cache_for_benchmark() if cold_l2 else None
     n = max(2, min(20, int(budget_ms / max(per_call_ms, 1e-3))))
     sessions = max(1, min(sessions, n))

@@ -143,6 +143,21 @@ def test_no_kernel_time_no_regime_column():
     assert ak.kernel_time_ms(lambda: None, cpu, 1.0) != ak.kernel_time_ms(lambda: None, cpu, 1.0)  # NaN
 
 
+def test_kernel_time_is_the_median_session_per_call(monkeypatch):
+    """A fake profiler: 5 calls split over 3 sessions of 2; one session preempted (5× its kernel time)."""
+    totals = iter([2.0, 10.0, 3.0])
+    seen = []
+
+    def fake_session(call, device, m):
+        seen.append(m)
+        return next(totals), 20.0
+
+    monkeypatch.setattr(ak, "_profiled_session", fake_session)
+    st = ak.kernel_time_stats(lambda: None, torch.device("cuda"), per_call_ms=10.0, cold_l2=False)
+    assert seen == [2, 2, 2] and st["sessions_ms"] == [1.0, 5.0, 1.5] and st["ms"] == 1.5
+    assert st["total_ms"] == [2.0, 10.0, 3.0] and st["span_ms"] == [20.0] * 3
+
+
 @pytest.mark.gpu
 def test_gpu_kernel_time_is_positive_and_never_more_than_the_time_its_calls_took():
     """A session's kernels run one after another on one stream, so their sum cannot exceed the elapsed time of
