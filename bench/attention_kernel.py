@@ -21,7 +21,8 @@ Cases other than ``self`` and dropout > 0 run at the model's head dim only (D = 
 SDPA backends and triton (triton drops with probability round(256 p)/256, see kernels.flash_attention).
 FLOPs: forward = 4*B*H*Nq*Nk*D, forward+backward = 3.5 x forward. Times come from bench.measure.time_fn
 (triton.testing.do_bench; median with 20th/80th percentiles); on CUDA ``kernel_ms`` beside it is the summed GPU
-kernel time per call (torch.profiler over a few eager calls), and a point whose wall time is > 1.25x that is
+kernel time per call (torch.profiler over a few eager calls, split over 3 profiler sessions: the median session's
+per-call sum, so one preempted kernel does not move it), and a point whose wall time is > 1.25x that is
 marked host-bound. Before timing, every backend's output and
 gradients are compared with SDPA flash (p = 0); with dropout the masks differ between backends, so the
 row only checks that the output is finite (the test-suite checks the kernel exactly against attention_ref
@@ -687,7 +688,8 @@ def render_markdown(df, header: str = "") -> str:
     ]
     if "kernel_ms" in df.columns and df["kernel_ms"].notna().any():
         lines += [f"Regime: a point is host-bound when triton's or the fastest SDPA backend's median wall time is > "
-                  f"{HOST_BOUND:g}× its summed GPU kernel time per call (torch.profiler, `kernel_ms`); its bar is "
+                  f"{HOST_BOUND:g}× its summed GPU kernel time per call (torch.profiler, `kernel_ms`: the median of 3 "
+                  "profiler sessions); its bar is "
                   "still judged on wall time, and the kernel-time ratio (that SDPA backend / triton) says how the "
                   "kernels themselves compare (both times with a cold L2: do_bench clears it before each call).",
                   ""]  # fmt: skip
