@@ -3,6 +3,7 @@
     comps = breakdown(kernels, steps=3)      # {"attn": ms, "scan": ms, ...} per step, from bench.device_time
     row.update(breakdown_columns(comps))     # bd_<key>_ms columns of a sweep row
     breakdown_table(rows)                    # one line per series and r: ms and share of each component
+    component_exponents(rows)                # each component's own N^k over r ≥ 128: which term sets the slope
     plot_breakdown(rows, out, tag)           # one stacked plot per model and backend (from saved rows only)
 
 Components, first match wins (kernel names as CUDA 12–13 / torch 2.x / mamba_ssm 2.x / Triton print them):
@@ -107,6 +108,47 @@ def breakdown_table(df: pd.DataFrame, kind: str = "train") -> pd.DataFrame:
         for k, v in vals.items():
             line[COMPONENTS[k][0]] = f"{v:.3g} ({100 * v / total:.0f}%)" if total > 0 else "—"
         out.append(line)
+    return pd.DataFrame(out)
+
+
+def _slope(n, y) -> float:
+    """Least-squares slope of log y vs log n (NaN unless every y > 0 and there are ≥ 2 points)."""
+    n, y = np.asarray(n, float), np.asarray(y, float)
+    if len(n) < 2 or not (np.isfinite(y).all() and (y > 0).all()):
+        return float("nan")
+    return float(np.polyfit(np.log(n), np.log(y), 1)[0])
+
+
+def component_exponents(df: pd.DataFrame, kind: str = "train", min_res: int = 128) -> pd.DataFrame:
+    """Which term sets a fitted slope: per series, level and batch, over the rows at r ≥ min_res, each component's
+    own exponent k (its kernel ms per step ∝ N^k, least squares) and its share of the kernel time at the smallest
+    and the largest of those r; the first line of each group is the total. A component absent at one of the r
+    has no exponent (NaN)."""
+    sub = _bd_rows(df, kind)
+    if sub.empty:
+        return pd.DataFrame()
+    sub = sub[pd.to_numeric(sub["res"], errors="coerce") >= min_res]
+    if "level" not in sub:
+        sub["level"] = ""
+    out = []
+    for (series, level, batch), g in sub.groupby(["series", "level", "batch"]):
+        g = g.sort_values("res").drop_duplicates("res", keep="last")
+        if len(g) < 2:
+            continue
+        n = g["res"].astype(float).to_numpy() ** 2
+        ms = {k: g[f"bd_{k}_ms"].fillna(0.0).to_numpy(float) for k in COMPONENTS}  # (r,) per component
+        total = sum(ms.values())
+        rng = f"{int(g['res'].iloc[0])}–{int(g['res'].iloc[-1])}"
+        base = {"series": series, "level": level, "batch": int(batch), "r range": rng}
+        out.append({**base, "component": "total kernel time", "exponent": round(_slope(n, total), 2),
+                    "share at first r": 1.0, "share at last r": 1.0})  # fmt: skip
+        for k, v in ms.items():
+            if not (v > 0).any():
+                continue
+            first = round(float(v[0] / total[0]), 3) if total[0] > 0 else float("nan")
+            last = round(float(v[-1] / total[-1]), 3) if total[-1] > 0 else float("nan")
+            out.append({**base, "component": COMPONENTS[k][0], "exponent": round(_slope(n, v), 2),
+                        "share at first r": first, "share at last r": last})  # fmt: skip
     return pd.DataFrame(out)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.breakdown import COMPONENTS, breakdown_table, plot_breakdown
+from bench.breakdown import COMPONENTS, breakdown_table, component_exponents, plot_breakdown
 from bench.env import summary_line
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
 from models.variants import BASELINE, VARIANTS, get_variant, series_name
@@ -420,6 +420,49 @@ def fits_table(df: pd.DataFrame, batch: int) -> pd.DataFrame:
                 "points": len(g), "r range": f"{int(g['res'].min())}–{int(g['res'].max())}",
             })  # fmt: skip
     return pd.DataFrame(out)
+
+
+SLOPE_TOL = {1: 0.10, 2: 0.15}  # issue 10: V1's device-time exponent within 1.0 ± 0.1, V4's within 2.0 ± 0.15
+
+
+def slope_explanations(df: pd.DataFrame, fits: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
+    """One sentence per series and level of the training-step device-time fit over r ≥ 128: its exponent against
+    the variant's (models.variants: expect.exponent, the encoder's N^k), and, where it is off by more than SLOPE_TOL,
+    the components of the breakdown (component_exponents) that make it so: those whose own exponent is off by
+    more than the tolerance and that hold ≥ 5 % of the kernel time at the largest r."""
+    if fits.empty or comps.empty:
+        return []
+    f = fits[(fits["metric"] == FIT_METRICS["train_device"][2]) & fits["exponent (r ≥ 128)"].notna()]
+    model_of = dict(zip(df["series"], df["model"]))
+    out = []
+    for _, row in f.iterrows():
+        v = VARIANTS.get(model_of.get(row["series"]))
+        k0 = getattr(getattr(v, "expect", None), "exponent", None)
+        if k0 not in SLOPE_TOL:
+            continue
+        tol, k = SLOPE_TOL[k0], float(row["exponent (r ≥ 128)"])
+        head = (f"**{row['series']}, {row['level']} level**: training-step device time ∝ N^{k:.2f} over r ≥ 128, "
+                f"against N^{k0} ± {tol:g} for an {v.complexity} encoder")  # fmt: skip
+        if abs(k - k0) <= tol:
+            out.append(head + ": within.")
+            continue
+        g = comps[(comps["series"] == row["series"]) & (comps["level"] == row["level"])]
+        parts = g[(g["component"] != "total kernel time") & g["exponent"].notna()]
+        off = parts[((parts["exponent"] - k0).abs() > tol) & (parts["share at last r"] >= 0.05)]
+        rest = parts[~parts.index.isin(off.index) & (parts["share at last r"] >= 0.05)]
+        enc = set(comps[(comps["series"] == row["series"]) & (comps["level"] == "encoder")]["component"])
+        r0, r1 = (str(g["r range"].iloc[0]).split("–") + [""])[:2] if len(g) else ("", "")
+
+        outside = row["level"] != "encoder" and bool(enc)  # a component the encoder level lacks is outside it
+        why = "; ".join(f"{c['component']} ∝ N^{c['exponent']:.2f}, from {100 * c['share at first r']:.0f} % of the "
+                        f"kernel time at {r0}² to {100 * c['share at last r']:.0f} % at {r1}²"
+                        + (" (none at the encoder level: outside the encoder)" if outside and c["component"] not in enc
+                           else "")
+                        for _, c in off.iterrows())  # fmt: skip
+        others = ", ".join(f"{c['component']} N^{c['exponent']:.2f}" for _, c in rest.iterrows())
+        out.append(head + f": off by {k - k0:+.2f}. From the breakdown: " + (why or "no single component")
+                   + (f"; the rest as expected ({others})." if others else "."))  # fmt: skip
+    return out
 
 
 def _crossover(ratios: dict) -> str:
@@ -991,10 +1034,12 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
     mbt = safe(max_batch_table, df)
     thr = safe(throughput_table, df, runs)
     bdt = safe(breakdown_table, df[df["batch"] == batch])
+    cexp = safe(component_exponents, df[df["batch"] == batch])
+    slopes = slope_explanations(df, fits, cexp) if not cexp.empty else []
     pad = safe(padding_table, df)
     for name, t in (("fits", fits), ("crossover", cross), ("spec_vs_measured", spec), ("max_batch", mbt),
                     ("architectures", arch), ("throughput_regime", thr), ("breakdown", bdt),
-                    ("padding", pad)):  # fmt: skip
+                    ("component_exponents", cexp), ("padding", pad)):  # fmt: skip
         if not t.empty:
             written.append(atomic_to_csv(t, out / f"{name}_{tag}.csv"))
 
@@ -1063,6 +1108,13 @@ def render_tag(out: Path, tag: str, runs: list, raw: pd.DataFrame) -> tuple[list
         lines += ["## All architectures: the spec's table vs this sweep", "", md_table(arch)]
     lines += ["## Scaling exponents (least-squares slope of log metric vs log N, non-OOM points)", "",
               md_table(fits)]  # fmt: skip
+    if slopes:
+        shown = cexp[(cexp["component"] == "total kernel time") | (cexp["share at last r"] >= 0.01)]
+        lines += ["## Which term sets each slope (training step, r ≥ 128)", "",
+                  "Each component's own exponent (its kernel ms per step ∝ N^k over r ≥ 128, from the breakdown "
+                  "below) and its share of the kernel time at the first and the last r; components under 1 % at "
+                  "the last r are left out (all are in `component_exponents_*.csv`).", ""]  # fmt: skip
+        lines += [f"- {t}" for t in slopes] + ["", md_table(shown)]
     who = ", ".join(_short(m) for m in compared) or "—"
     lines += [f"## Where {who} start{'s' if len(compared) == 1 else ''} to cost more than {b0}", "", md_table(cross)]
     for level, parts in sections.items():

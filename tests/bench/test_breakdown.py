@@ -135,3 +135,33 @@ def test_recorded_traces_leave_little_unclassified(path):
     assert share <= 0.05, (
         f"{path.name}: {100 * share:.1f}% unclassified, e.g. {sorted({k.name[:80] for k in other})[:5]}"
     )
+
+
+def _scaling_rows():
+    """V1 at r = 128, 192, 256: a scan ∝ N at both levels, and at the model level an attention term ∝ N²."""
+    rows = []
+    for level in ("encoder", "model"):
+        for r in (128, 192, 256):
+            n = r * r / 16384
+            row = {"model": "v1", "backend": "mamba_ssm", "series": "V1 mamba_ssm", "level": level, "res": r,
+                   "batch": 8, "kind": "train", "status": "ok"}  # fmt: skip
+            row.update({f"bd_{k}_ms": 0.0 for k in bd.COMPONENTS})
+            row.update(bd_scan_ms=40.0 * n, bd_gemm_ms=10.0 * n, bd_attn_ms=(6.0 * n * n if level == "model" else 0.0))
+            rows.append(row)
+    rows.append({**rows[0], "res": 96})  # below min_res: not fitted
+    return pd.DataFrame(rows)
+
+
+def test_component_exponents_name_the_term_that_sets_the_slope():
+    t = bd.component_exponents(_scaling_rows())
+    enc = t[t["level"] == "encoder"].set_index("component")
+    mod = t[t["level"] == "model"].set_index("component")
+    assert set(enc.index) == {"total kernel time", "selective scan / SSD", "GEMMs (projections, FFN)"}
+    assert enc.loc["total kernel time", "exponent"] == pytest.approx(1.0)
+    assert mod.loc["attention core", "exponent"] == pytest.approx(2.0)
+    assert mod.loc["selective scan / SSD", "exponent"] == pytest.approx(1.0)
+    assert 1.0 < mod.loc["total kernel time", "exponent"] < 2.0
+    assert mod.loc["attention core", "share at first r"] == pytest.approx(6 / 56, abs=1e-3)
+    assert mod.loc["attention core", "share at last r"] == pytest.approx(96 / (96 + 200), abs=1e-3)
+    assert set(t["r range"]) == {"128–256"}
+    assert bd.component_exponents(_scaling_rows()[lambda d: d["res"] == 128]).empty  # one r: nothing to fit

@@ -67,3 +67,29 @@ def test_a_skipped_largest_batch_row_reads_skipped_not_nan():
     t = report.max_batch_table(rows).set_index("model")
     assert t.loc["V1 mamba_ssm", "max batch (training step)"] == "8 (fails at 9)"
     assert t.loc["V2 mamba2", "max batch (training step)"] == "skipped" and t.loc["V2 mamba2", "probes"] == ""
+
+
+def test_slope_explanations_say_within_or_name_the_component():
+    import pandas as pd
+
+    from bench import breakdown as bd
+
+    rows = []
+    for level in ("encoder", "model"):
+        for r in (128, 192, 256):
+            n = r * r / 16384
+            attn = 6.0 * n * n if level == "model" else 0.0
+            row = {"model": "v1", "backend": "mamba_ssm", "series": "V1 mamba_ssm", "level": level, "res": r,
+                   "N": r * r, "batch": 8, "kind": "train", "status": "ok", "device_ms": 50.0 * n + attn}  # fmt: skip
+            row.update({f"bd_{k}_ms": 0.0 for k in bd.COMPONENTS})
+            row.update(bd_scan_ms=50.0 * n, bd_attn_ms=attn)
+            rows.append(row)
+    df = report.prepare(pd.DataFrame(rows))
+    fits = report.fits_table(df, 8)
+    text = report.slope_explanations(df, fits, bd.component_exponents(df))
+    assert len(text) == 2
+    assert text[0].startswith("**V1 mamba_ssm, encoder level**") and text[0].endswith(": within.")
+    assert "model level" in text[1] and "off by +" in text[1]
+    assert "attention core ∝ N^2.00" in text[1] and "(none at the encoder level: outside the encoder)" in text[1]
+    assert "the rest as expected (selective scan / SSD N^1.00)" in text[1]
+    assert report.slope_explanations(df, fits, pd.DataFrame()) == []
