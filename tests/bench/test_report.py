@@ -93,3 +93,42 @@ def test_slope_explanations_say_within_or_name_the_component():
     assert "attention core ∝ N^2.00" in text[1] and "(none at the encoder level: outside the encoder)" in text[1]
     assert "the rest as expected (selective scan / SSD N^1.00)" in text[1]
     assert report.slope_explanations(df, fits, pd.DataFrame()) == []
+
+
+def _slope_case(attn, elem=lambda n: 0.0, levels=("encoder", "model"), bd_levels=None):
+    import pandas as pd
+
+    from bench import breakdown as bd
+
+    rows = []
+    for level in levels:
+        for r in (128, 192, 256):
+            n = r * r / 16384
+            a = attn(n) if level == "model" else 0.0
+            row = {"model": "v1", "backend": "mamba_ssm", "series": "V1 mamba_ssm", "level": level, "res": r,
+                   "N": r * r, "batch": 8, "kind": "train", "status": "ok",
+                   "device_ms": 50.0 * n + a + elem(n)}  # fmt: skip
+            has_bd = bd_levels is None or level in bd_levels
+            row.update({f"bd_{k}_ms": (0.0 if has_bd else float("nan")) for k in bd.COMPONENTS})
+            if has_bd:
+                row.update(bd_scan_ms=50.0 * n, bd_attn_ms=a, bd_elementwise_ms=elem(n))
+            rows.append(row)
+    df = report.prepare(pd.DataFrame(rows))
+    fits = report.fits_table(df, 8)
+    return [t for t in report.slope_explanations(df, fits, bd.component_exponents(df)) if "model level" in t][0]
+
+
+def test_slope_sentence_separates_drivers_from_offsetting_terms():
+    text = _slope_case(lambda n: 12.0 * n * n, elem=lambda n: 25.0)
+    assert "attention core ∝ N^2.00" in text and "partly offset by norms and elementwise N^" in text
+    assert "From the breakdown: norms" not in text
+
+
+def test_slope_sentence_names_a_component_absent_at_the_first_r():
+    text = _slope_case(lambda n: 0.0 if n == 1.0 else 30.0 * n * n)
+    assert "attention core, absent at some r ≥ 128" in text and "no component alone" not in text
+
+
+def test_slope_sentence_without_a_breakdown_at_that_level_says_so():
+    text = _slope_case(lambda n: 12.0 * n * n, bd_levels=("encoder",))
+    assert "this level has no breakdown to explain it" in text and "From the breakdown" not in text

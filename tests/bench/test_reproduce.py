@@ -118,11 +118,12 @@ def test_host_affected_rows_are_split_out_and_listed(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "wall time at r >= 96: 20.00 %" in text and "OUTSIDE 5 %" in text
     assert "device-bound in both runs: 0.00 %" in text
-    assert "host-affected: 20.00 %" in text and "not held: the host's speed" in text
+    assert "host-affected: 20.00 %" in text and "(part of the held class above)" in text
     assert "Host-affected wall-time rows at r ≥ 96 (1)" in text and "1 of 1 deviate by no more than" in text
     assert "| v2 | mamba_ssm | model | 96 |" in text and "all of them (issue 10's bar)" in text
     assert reproduce.main([str(a), str(b), "--tol", "5", "--exempt-host-bound"]) == 0
-    assert "the device-bound ones (--exempt-host-bound)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "the device-bound ones (--exempt-host-bound)" in text and "not held: the host's speed" in text
 
 
 def test_host_margin_decides_the_regime_and_a_row_without_device_time_is_host_affected(tmp_path):
@@ -142,13 +143,14 @@ def test_bad_host_margin_is_one_line(tmp_path, capsys):
     assert "--host-margin must be >= 0" in capsys.readouterr().err
 
 
-def test_host_pace_is_the_wall_ratio_of_rows_host_bound_in_both_runs():
+def test_host_pace_is_the_host_time_ratio_of_rows_host_bound_in_both_runs():
     def rows(scale, run_id):
         out = []
         for r, frac in ((32, 0.8), (48, 0.7), (64, 0.6), (128, 0.01)):  # the r = 128 row is device-bound
             out.append({"model": "v1", "backend": "mamba_ssm", "level": "model", "res": r, "batch": 8,
                         "dtype": "bf16", "kind": "train", "status": "ok", "median_ms": 10.0 * r * scale,
-                        "device_ms": 2.0 * r, "host_frac": frac, "run_id": run_id})  # fmt: skip
+                        "device_ms": 2.0 * r, "host_frac": frac, "host_ms": 10.0 * r * scale * frac,
+                        "run_id": run_id})  # fmt: skip
         return pd.DataFrame(out)
 
     pace = reproduce.host_pace(reproduce.compare(rows(1.0, "A1"), rows(1.25, "B1")))
@@ -161,6 +163,21 @@ def test_host_pace_is_the_wall_ratio_of_rows_host_bound_in_both_runs():
 def test_runs_without_wall_times_have_empty_wall_classes(tmp_path, capsys):
     rows = [{k: v for k, v in r.items() if k != "median_ms"} for r in _host_rows(1.0)]
     a, b = _write(tmp_path, "a", rows), _write(tmp_path, "b", rows)
-    assert reproduce.main([str(a), str(b), "--tol", "5"]) == 0
+    assert reproduce.main([str(a), str(b), "--tol", "5"]) == 1  # the held wall class is empty: not shown to hold
     text = capsys.readouterr().out
     assert "device time (all rows): 0.00 %" in text and "host-affected: no matched rows" in text
+    assert "NOTHING TO HOLD" in text
+
+
+def test_exempt_mode_with_no_device_time_in_one_run_fails_instead_of_passing(tmp_path, capsys):
+    a = _write(tmp_path, "a", _host_rows(1.0))
+    b = _write(tmp_path, "b", [{k: v for k, v in r.items() if k != "device_ms"} for r in _host_rows(1.2)])
+    assert reproduce.main([str(a), str(b), "--tol", "5", "--exempt-host-bound"]) == 1
+    assert "NOTHING TO HOLD" in capsys.readouterr().out
+
+
+def test_host_affected_in_either_run_not_only_both(tmp_path):
+    rows_a = _host_rows(1.0)
+    rows_b = [dict(r, median_ms=150.0) if r["model"] == "v1" else r for r in _host_rows(1.0)]  # v1: 1.01× then 1.5×
+    cmp = reproduce.compare(pd.DataFrame(rows_a), pd.DataFrame(rows_b))
+    assert cmp[(cmp.metric == "median_ms") & (cmp.model == "v1")].host_affected.all()
