@@ -383,7 +383,8 @@ def kernel_time_stats(step, device: torch.device, per_call_ms: float, budget_ms:
     the kernels. The calls are split over `sessions` profiler sessions and the median session's per-call time
     is returned, so one preempted kernel (another process on the GPU, a context switch) does not move the number.
     cold_l2: like do_bench, clear the L2 cache (triton's 256 MB buffer) before each call, and subtract the
-    clears' own kernel time (profiled alone, the same number of times), so both times see the same cold cache.
+    clears' own kernel time (profiled alone, the same number of times, in each session), so both times see the
+    same cold cache.
     per_call_ms (the measured wall time) sizes the number of calls to about budget_ms.
     Returns {"ms": median per-call kernel time, "sessions_ms": each session's, "total_ms": each session's kernel
     sum with the clears, "span_ms": each session's elapsed time (CUDA events around its calls)}: a session's
@@ -399,17 +400,19 @@ def kernel_time_stats(step, device: torch.device, per_call_ms: float, budget_ms:
     drv = runtime.driver.active if cold_l2 else None
     cache = drv.get_empty_cache_for_benchmark() if cold_l2 else None
     n = max(2, min(20, int(budget_ms / max(per_call_ms, 1e-3))))
-    sessions = max(1, min(sessions, n))
-    m = math.ceil(n / sessions)  # calls per session
+    sessions = max(1, sessions)  # always this many (a slow call: one call per session), so the median means one
+    m = max(1, math.ceil(n / sessions))  # calls per session
 
     def cleared():
         if cache is not None:
             drv.clear_cache(cache)
         step()
 
-    clears = dt.kernel_ms(dt.profile_kernels(lambda: drv.clear_cache(cache), device, m)) if cache is not None else 0.0
     per, totals, spans = [], [], []
-    for _ in range(sessions):
+    for _ in range(sessions):  # each session subtracts its own clears' time, so one slow clears profile moves one
+        clears = (
+            dt.kernel_ms(dt.profile_kernels(lambda: drv.clear_cache(cache), device, m)) if cache is not None else 0.0
+        )
         total, span = _profiled_session(cleared, device, m)
         totals.append(total)
         spans.append(span)

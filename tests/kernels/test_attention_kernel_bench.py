@@ -144,7 +144,7 @@ def test_no_kernel_time_no_regime_column():
 
 
 def test_kernel_time_is_the_median_session_per_call(monkeypatch):
-    """A fake profiler: 5 calls split over 3 sessions of 2; one session preempted (5× its kernel time)."""
+    """A fake profiler: 5 calls' budget, 3 sessions of 2 calls; one session preempted (5× its kernel time)."""
     totals = iter([2.0, 10.0, 3.0])
     seen = []
 
@@ -156,6 +156,35 @@ def test_kernel_time_is_the_median_session_per_call(monkeypatch):
     st = ak.kernel_time_stats(lambda: None, torch.device("cuda"), per_call_ms=10.0, cold_l2=False)
     assert seen == [2, 2, 2] and st["sessions_ms"] == [1.0, 5.0, 1.5] and st["ms"] == 1.5
     assert st["total_ms"] == [2.0, 10.0, 3.0] and st["span_ms"] == [20.0] * 3
+
+
+def test_kernel_time_subtracts_each_sessions_own_clears_and_a_slow_call_still_gets_3_sessions(monkeypatch):
+    """cold_l2: a fake triton driver and profiler. The clears-only profile of one session is 3× slow; only that
+    session's number moves, and the median does not. A 40 ms call (budget 50 ms) still gets 3 sessions of 1."""
+    from bench import device_time as dt
+
+    class Drv:
+        def get_empty_cache_for_benchmark(self):
+            return "cache"
+
+        def clear_cache(self, cache):
+            pass
+
+    import triton.runtime as rt
+
+    monkeypatch.setattr(rt, "driver", type("D", (), {"active": Drv()})())
+    clears = iter([0.10, 0.30, 0.10])  # ms per session's clears-only profile (m = 2 clears of 0.05)
+    monkeypatch.setattr(
+        dt, "profile_kernels", lambda fn, device, steps: [dt.Kernel("memset", 1e3 * next(clears), "kernel")]
+    )
+    monkeypatch.setattr(ak, "_profiled_session", lambda call, device, m: (0.12, 1.0))  # 2 × (clear 0.05 + step 0.01)
+    st = ak.kernel_time_stats(lambda: None, torch.device("cuda"), per_call_ms=10.0)
+    assert st["sessions_ms"] == pytest.approx([0.01, 0.0, 0.01]) and st["ms"] == pytest.approx(0.01)
+    seen = []
+    monkeypatch.setattr(ak, "_profiled_session", lambda call, device, m: seen.append(m) or (0.06, 1.0))
+    clears = iter([0.05] * 3)
+    ak.kernel_time_stats(lambda: None, torch.device("cuda"), per_call_ms=40.0)
+    assert seen == [1, 1, 1]
 
 
 @pytest.mark.gpu
