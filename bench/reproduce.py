@@ -53,20 +53,17 @@ def load_rows(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _ratio(row, side: str) -> float:
-    """wall / device time of one run's row (NaN where either is missing)."""
-    try:
-        wall, dev = float(row.get(f"median_ms_{side}")), float(row.get(f"device_ms_{side}"))
-    except (TypeError, ValueError):
-        return float("nan")
-    return wall / dev if wall > 0 and dev > 0 else float("nan")
-
-
 def _num(row, col: str) -> float:
     try:
         return float(row.get(col))
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _ratio(row, side: str) -> float:
+    """wall / device time of one run's row (NaN where either is missing)."""
+    wall, dev = _num(row, f"median_ms_{side}"), _num(row, f"device_ms_{side}")
+    return wall / dev if wall > 0 and dev > 0 else float("nan")
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, min_res: int = 96, host_margin: float = 5.0) -> pd.DataFrame:
