@@ -17,6 +17,10 @@ of the wall time, and the host's speed differs between machines and between mome
 rounds show it: `round_spread_pct`). The rest are *device-bound* in both runs. Each host-affected row at r ≥
 --min-res is listed with its wall/device ratio and round spread in both runs. --exempt-host-bound holds only the
 device-bound rows of (b) to --tol (the report still gives the strict class).
+
+Device time is then taken per series and kind (device_shifts): a row outside the bar has *shifted* when its
+deviation is more than 3 × the larger of its two replays' spreads across rounds (each run steady, the two apart:
+something fixed per process, such as an autotuned kernel config), else it is scatter.
 """
 
 from __future__ import annotations
@@ -85,7 +89,11 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, min_res: int = 96, host_margin: fl
             if not (va > 0 and vb > 0):
                 continue
             line = {**{k: row[k] for k in key}, "metric": metric, "A": va, "B": vb,
-                    "dev_pct": 100 * abs(vb / va - 1), "large_r": int(row["res"]) >= min_res}  # fmt: skip
+                    "dev_pct": 100 * abs(vb / va - 1), "shift_pct": 100 * (vb / va - 1),
+                    "large_r": int(row["res"]) >= min_res}  # fmt: skip
+            if metric == "device_ms":  # the replay's own spread across its rounds (the device time's noise)
+                line.update(spread_a=_num(row, "graph_round_spread_pct_a"),
+                            spread_b=_num(row, "graph_round_spread_pct_b"))  # fmt: skip
             if metric == "median_ms":
                 ra, rb = _ratio(row, "a"), _ratio(row, "b")
                 limit = 1 + host_margin / 100
@@ -152,6 +160,43 @@ def host_pace(cmp: pd.DataFrame, min_host_frac: float = 0.5) -> pd.DataFrame:
     return out.reset_index()
 
 
+def device_shifts(cmp: pd.DataFrame, tol: float = 5.0, factor: float = 3.0) -> pd.DataFrame:
+    """Device-time agreement per series and kind (model, backend, variant, level, fwd/train), to tell a shift between
+    the two runs from noise. A row outside `tol` has *shifted* when its |B/A − 1| is more than `factor` × the larger
+    of its two replay spreads across rounds (each run is steady, they differ: something fixed per process, such as an
+    autotuned kernel config, or the GPU); else it is *scatter* (the runs differ no more than their own rounds do).
+    One line per series: rows, rows outside tol, how many of those shifted, the median and worst signed deviation
+    and the largest in-run spread."""
+    cols = ["model", "backend", "variant", "level", "kind", "rows", "outside", "shifted", "median shift %",
+            "worst shift %", "in-run spread %", "verdict"]  # fmt: skip
+    d = cmp[cmp["metric"] == "device_ms"] if len(cmp) else cmp
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    d = d.assign(variant=d["variant"].fillna("") if "variant" in d else "")
+    for c in ("spread_a", "spread_b"):
+        if c not in d:
+            d = d.assign(**{c: float("nan")})
+    own = d[["spread_a", "spread_b"]].max(axis=1)  # NaN when neither run recorded it
+    d = d.assign(outside=d["dev_pct"] > tol, shifted=(d["dev_pct"] > tol) & (d["dev_pct"] > factor * own))
+    out = []
+    for keys, g in d.groupby(["model", "backend", "variant", "level", "kind"], sort=True):
+        n_out, n_shift = int(g["outside"].sum()), int(g["shifted"].sum())
+        unknown = int((g["outside"] & own[g.index].isna()).sum())
+        if not n_out:
+            verdict = f"within {tol:g} %"
+        elif n_shift == n_out:
+            verdict = f"shift between the runs (> {factor:g} × own spread)"
+        elif n_shift == 0 and not unknown:
+            verdict = "scatter (within the rounds' spread)"
+        else:
+            verdict = "mixed" if not unknown else f"outside; {unknown} without a recorded spread"
+        worst_row = g.loc[g["dev_pct"].idxmax()]
+        out.append(dict(zip(cols[:5], keys)) | {"rows": len(g), "outside": n_out, "shifted": n_shift,
+                   "median shift %": float(g["shift_pct"].median()), "worst shift %": float(worst_row["shift_pct"]),
+                   "in-run spread %": float(own[g.index].max()), "verdict": verdict})  # fmt: skip
+    return pd.DataFrame(out, columns=cols)
+
+
 HELD = {  # the classes held to --tol: strict (issue 10's bar as stated), or with --exempt-host-bound
     False: ("device time (all rows)", "wall time at r >= min_res"),
     True: ("device time (all rows)", "wall time at r >= min_res, device-bound in both runs"),
@@ -205,6 +250,19 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
             for c in ("A", "B", "dev_pct", "wall_dev_a", "wall_dev_b", "spread_a", "spread_b"):
                 t[c] = t[c].map(fmt_num)
             lines.append(md_table(t))
+        shifts = device_shifts(cmp, tol if tol is not None else 5.0)
+        if len(shifts):
+            bar = tol if tol is not None else 5.0
+            s = shifts[shifts["outside"] > 0].copy()
+            lines += ["", f"Device time per series and kind: {len(shifts) - len(s)} of {len(shifts)} have every row "
+                      f"within {bar:g} %; the others below. A row outside {bar:g} % has *shifted* when its deviation "
+                      "is more than 3 × the larger of its two replay spreads across rounds: each run is steady and "
+                      "they differ (something fixed per process, e.g. an autotuned kernel config, or the GPU); else "
+                      "it is scatter. Median and worst: signed B/A − 1.", ""]  # fmt: skip
+            for c in ("median shift %", "worst shift %", "in-run spread %"):
+                s[c] = s[c].map(fmt_num)
+            if len(s):
+                lines.append(md_table(s))
         pace = host_pace(cmp)
         if len(pace):
             lines += ["", "How fast the hosts were: B/A of the host time (eager − kernel time) over the matched rows "
@@ -215,8 +273,8 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
                 pace[c] = pace[c].map(fmt_num)
             lines.append(md_table(pace))
         top = cmp.sort_values("dev_pct", ascending=False).head(10)
-        extra = ("large_r", "wall_dev_a", "wall_dev_b", "spread_a", "spread_b", "host_affected", "host_frac_a",
-                 "host_frac_b", "host_ms_a", "host_ms_b", "run_id_a", "run_id_b")  # fmt: skip
+        extra = ("large_r", "shift_pct", "wall_dev_a", "wall_dev_b", "spread_a", "spread_b", "host_affected",
+                 "host_frac_a", "host_frac_b", "host_ms_a", "host_ms_b", "run_id_a", "run_id_b")  # fmt: skip
         top = top.drop(columns=[c for c in top if c in extra])
         for c in ("A", "B", "dev_pct"):
             top[c] = top[c].map(fmt_num)

@@ -181,3 +181,36 @@ def test_host_affected_in_either_run_not_only_both(tmp_path):
     rows_b = [dict(r, median_ms=150.0) if r["model"] == "v1" else r for r in _host_rows(1.0)]  # v1: 1.01× then 1.5×
     cmp = reproduce.compare(pd.DataFrame(rows_a), pd.DataFrame(rows_b))
     assert cmp[(cmp.metric == "median_ms") & (cmp.model == "v1")].host_affected.all()
+
+
+def _dev_rows(backend, kind, device_ms, spread):
+    return [{"model": "v1", "backend": backend, "level": "model", "res": r, "batch": 8, "dtype": "bf16", "kind": kind,
+             "status": "ok", "median_ms": 2 * device_ms, "device_ms": device_ms, "graph_round_spread_pct": spread}
+            for r in (32, 64)]  # fmt: skip
+
+
+def test_device_shifts_tell_a_shift_between_runs_from_scatter_and_list_only_series_outside(tmp_path, capsys):
+    a = _write(tmp_path, "a", _dev_rows("mamba2", "train", 10.0, 0.2) + _dev_rows("mamba_ssm", "train", 10.0, 10.0)
+               + _dev_rows("mamba_ssm", "fwd", 10.0, 0.2))  # fmt: skip
+    b = _write(tmp_path, "b", _dev_rows("mamba2", "train", 9.3, 0.3) + _dev_rows("mamba_ssm", "train", 10.8, 12.0)
+               + _dev_rows("mamba_ssm", "fwd", 10.1, 0.2))  # fmt: skip
+    shifts = reproduce.device_shifts(reproduce.compare(reproduce.load_rows(a), reproduce.load_rows(b)), tol=5.0)
+    by = {(r.backend, r.kind): r for r in shifts.itertuples()}
+    assert by[("mamba2", "train")].verdict.startswith("shift between the runs")  # 7 % off, rounds steady to 0.3 %
+    assert by[("mamba2", "train")].shifted == 2 and by[("mamba2", "train")].outside == 2
+    assert by[("mamba_ssm", "train")].verdict.startswith("scatter")  # 8 % off, but its rounds spread 12 %
+    assert by[("mamba_ssm", "fwd")].verdict == "within 5 %"
+    assert reproduce.main([str(a), str(b), "--tol", "5"]) == 1
+    text = capsys.readouterr().out
+    assert "1 of 3 have every row within 5 %" in text
+    assert "| v1 | mamba2 |  | model | train | 2 | 2 | 2 |" in text
+    assert "| v1 | mamba_ssm |  | model | fwd |" not in text  # every row within: not listed
+
+
+def test_device_shifts_without_recorded_spread_say_so(tmp_path):
+    rows_a = [dict(r, graph_round_spread_pct=None) for r in _dev_rows("mamba2", "train", 10.0, 0.0)]
+    rows_b = [dict(r, graph_round_spread_pct=None) for r in _dev_rows("mamba2", "train", 12.0, 0.0)]
+    cmp = reproduce.compare(reproduce.load_rows(_write(tmp_path, "a", rows_a)),
+                            reproduce.load_rows(_write(tmp_path, "b", rows_b)))  # fmt: skip
+    (line,) = reproduce.device_shifts(cmp, tol=5.0).itertuples()
+    assert line.verdict == "outside; 2 without a recorded spread" and line.shifted == 0
