@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.fit import loglog_slope
+
 COMPONENTS = {  # key → (title, pattern); order = classification order and stacking order
     "attn": ("attention core", r"flash|fmha|sdpa|_attn_|attention|softmax|convert_dq_to_16bits|compute_dot_do_o"
                                r"|unpack_cudnn"),
@@ -111,12 +113,9 @@ def breakdown_table(df: pd.DataFrame, kind: str = "train") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _slope(n, y) -> float:
-    """Least-squares slope of log y vs log n (NaN unless every y > 0 and there are ≥ 2 points)."""
-    n, y = np.asarray(n, float), np.asarray(y, float)
-    if len(n) < 2 or not (np.isfinite(y).all() and (y > 0).all()):
-        return float("nan")
-    return float(np.polyfit(np.log(n), np.log(y), 1)[0])
+def _exponent(n, y) -> float:
+    """A component's exponent, 2 decimals: NaN where it is absent (0 ms) at one of the r."""
+    return round(loglog_slope(n, y, skip_missing=False), 2)
 
 
 def component_exponents(df: pd.DataFrame, kind: str = "train", min_res: int = 128) -> pd.DataFrame:
@@ -140,14 +139,14 @@ def component_exponents(df: pd.DataFrame, kind: str = "train", min_res: int = 12
         total = sum(ms.values())
         rng = f"{int(g['res'].iloc[0])}–{int(g['res'].iloc[-1])}"
         base = {"series": series, "level": level, "batch": int(batch), "r range": rng}
-        out.append({**base, "component": "total kernel time", "exponent": round(_slope(n, total), 2),
+        out.append({**base, "component": "total kernel time", "exponent": _exponent(n, total),
                     "share at first r": 1.0, "share at last r": 1.0})  # fmt: skip
         for k, v in ms.items():
             if not (v > 0).any():
                 continue
             first = round(float(v[0] / total[0]), 3) if total[0] > 0 else float("nan")
             last = round(float(v[-1] / total[-1]), 3) if total[-1] > 0 else float("nan")
-            out.append({**base, "component": COMPONENTS[k][0], "exponent": round(_slope(n, v), 2),
+            out.append({**base, "component": COMPONENTS[k][0], "exponent": _exponent(n, v),
                         "share at first r": first, "share at last r": last})  # fmt: skip
     return pd.DataFrame(out)
 

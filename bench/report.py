@@ -32,6 +32,7 @@ import pandas as pd
 
 from bench.breakdown import COMPONENTS, breakdown_table, component_exponents, plot_breakdown
 from bench.env import summary_line
+from bench.fit import loglog_slope
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text, cli_main
 from models.variants import BASELINE, VARIANTS, get_variant, series_name
 
@@ -390,14 +391,6 @@ FIT_METRICS = {  # name → (kind, column, label)
     "fwd_memory": ("fwd", "act_mem_gb", "inference memory above baseline"),
     "train_memory": ("train", "act_mem_gb", "training memory above baseline"),
 }
-
-
-def loglog_slope(n, y) -> float:
-    n, y = np.asarray(n, float), np.asarray(y, float)
-    keep = (n > 0) & (y > 0) & np.isfinite(y)
-    if keep.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(n[keep]), np.log(y[keep]), 1)[0])
 
 
 def fits_table(df: pd.DataFrame, batch: int) -> pd.DataFrame:
