@@ -132,3 +132,10 @@ def test_slope_sentence_names_a_component_absent_at_the_first_r():
 def test_slope_sentence_without_a_breakdown_at_that_level_says_so():
     text = _slope_case(lambda n: 12.0 * n * n, bd_levels=("encoder",))
     assert "this level has no breakdown to explain it" in text and "From the breakdown" not in text
+
+
+def test_memory_verdict_compares_the_specs_gb_with_the_measured_gib_in_one_unit():
+    """The spec writes GB (10^9 bytes), the tables GiB: 0.8 GiB is 0.859 GB, 9.31× below 8 GB (not 10×)."""
+    from bench.report import GIB, _verdict
+
+    assert _verdict(0.8 * GIB / 1e9, 8, 8) == "spec overstates by 9.31×"
