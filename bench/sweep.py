@@ -40,6 +40,7 @@ results; ≤ ~5 min on 2 cores (a 240 s time budget: a rerun continues).
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -131,6 +132,9 @@ class Settings:
     gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
     shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
     render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
+    autotune_cache: str | None = (
+        None  # Triton autotune choices loaded before and saved after each point (bench.autotune)
+    )
     run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
     model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
@@ -209,6 +213,9 @@ def build_parser() -> ArgParser:
                    "one process each (default: all visible GPUs; 1: one GPU, as always)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs default to 1)")
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
+    p.add_argument("--autotune-cache", type=str, default=None, metavar="JSON",
+                   help="mamba_ssm's Triton autotune choices: start from this file's, add this run's (bench.autotune; "
+                        "share one file between calls and runs to run the same configs)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
     p.add_argument(
@@ -270,6 +277,15 @@ def settings_from_args(args) -> Settings:
                     ("--graph-max-ms", args.graph_max_ms), ("--global-warmup", args.global_warmup)):  # fmt: skip
         if v is not None and not v >= 0:
             raise ConfigError(f"{flag} must be >= 0, got {v}")
+    if args.autotune_cache:  # a bad or foreign file is refused before any measurement (bench.autotune)
+        from bench import autotune
+
+        try:
+            writable_dir(str(Path(args.autotune_cache).resolve().parent))
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"--autotune-cache: {e}") from None
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        autotune.load(args.autotune_cache, gpu=gpu)
     if args.preset is not None and args.preset not in ("default", "small", "tiny"):
         raise ConfigError(f"--preset: unknown preset {args.preset!r}; choose default, small or tiny")
 
@@ -341,7 +357,8 @@ def settings_from_args(args) -> Settings:
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
-        triton_autotune=args.triton_autotune, threads=args.threads or (None if cuda else 1),
+        triton_autotune=args.triton_autotune, autotune_cache=args.autotune_cache,
+        threads=args.threads or (None if cuda else 1),
         model_levels=model_levels, gpus=pick_gpus(args.gpus, args.device, gpu_count()),
     )  # fmt: skip
     if args.cuda_graph:
@@ -661,12 +678,43 @@ class Sweep:
         self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
         for row in self.store.rows.values():
             self._note_oom(row)
+        self.autotune_saved: dict = {}  # the --autotune-cache file's choices (bench.autotune)
+        self.autotune_stats = {"path": s.autotune_cache, "preloaded": 0, "skipped": 0, "keys": 0}
+        if s.autotune_cache:
+            from bench import autotune
+
+            self.autotune_saved = autotune.load(s.autotune_cache, gpu=self.device_name)  # bad file: one line, exit 2
+            self.autotune_stats["keys"] = sum(len(v) for v in self.autotune_saved.values())
 
     def _note_oom(self, row: dict) -> None:
         """Remember the smallest r at which a (model, backend, level, batch, kind) ran out of memory."""
         if row.get("status") == "oom" and row["kind"] != "flops":
             k = (row["model"], row["backend"], row.get("variant") or "", row["level"], row["batch"], row["kind"])
             self.oom_at[k] = min(self.oom_at.get(k, 10**9), row["res"])
+
+    # -- Triton autotune choices (--autotune-cache) ----------------------------------------------
+
+    def autotune_preload(self) -> None:
+        """Start every loaded mamba_ssm Triton kernel from the file's choices (keys tuned here keep their own)."""
+        if not self.s.autotune_cache:
+            return
+        from bench import autotune
+
+        applied, skipped = autotune.preload(autotune.autotuners(), self.autotune_saved)
+        self.autotune_stats["preloaded"] += applied
+        self.autotune_stats["skipped"] = max(self.autotune_stats["skipped"], skipped)
+
+    def autotune_save(self) -> None:
+        """Add what this process has tuned to the file (the file's earlier choices stand)."""
+        if not self.s.autotune_cache:
+            return
+        from bench import autotune
+
+        new = autotune.merged(self.autotune_saved, autotune.choices(autotune.autotuners()))
+        if new != self.autotune_saved:
+            autotune.save(self.s.autotune_cache, new, gpu=self.device_name)
+            self.autotune_saved = new
+        self.autotune_stats["keys"] = sum(len(v) for v in new.values())
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -728,6 +776,7 @@ class Sweep:
         def make(capturable: bool):
             if "wl" not in built:
                 wl = measure.build_workload(c.model, c.backend, c.level, s.preset, dev, c.overrides)
+                self.autotune_preload()  # (the backend's modules are imported now)
                 built.update(wl=wl, inputs=wl.inputs(c.batch, c.N, dev), params=wl.params, cfg=wl.cfg, note=wl.note)
             wl, inputs = built["wl"], built["inputs"]
             if kind == "train":
@@ -802,6 +851,7 @@ class Sweep:
                 Path(s.trace_dir).mkdir(parents=True, exist_ok=True)
             fields = measure_group(factories, dev, rcfg, dcfg, traces)
             group_s = time.perf_counter() - t0
+            self.autotune_save()
             for c, f in fields.items():
                 row = rows[c]
                 err = f.pop("error", None)
@@ -1033,6 +1083,8 @@ def _run_sweep(s: Settings) -> None:
         env["end"] = {"date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                       **{k: nv.get(k) for k in ("sm_clock_mhz", "power_draw_w", "temperature_c")}}  # fmt: skip
         env["wall_s"] = time.perf_counter() - sweep.t0
+        if s.autotune_cache:
+            env["autotune_cache"] = dict(sweep.autotune_stats)
         sweep.store.flush()
     if not s.render:
         print(f"sweep share {s.shard[0] + 1}/{s.shard[1]} on {s.device} done in {env['wall_s']:.0f} s", flush=True)

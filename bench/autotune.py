@@ -1,0 +1,124 @@
+"""Triton autotune choices, saved from one process and reused by the next (`make bench ARGS="--autotune-cache F"`).
+
+A `triton.autotune` kernel benchmarks its configs the first time it meets a new key and keeps the fastest for the
+life of the process. mamba_ssm's Mamba-2 (SSD) kernels key on chunk size and head dims only, not on batch or
+sequence length: a process keeps the configs it chose at the first shape it ran, and a second process (the next
+call of a resumed sweep, or a second run) may choose others. Measured: between two H200 runs, Mamba-2 training
+steps moved 5.8–6.6 % at every r ≥ 48 while each run's own rounds agreed within 0.4 % (README, "What `make bench`
+measures"). A cache file removes that choice from the comparison: every key a process tunes is written to it (as
+the index of the chosen config in the kernel's config list), and a later process that loads it starts with those
+choices, so every call and run that shares the file runs the same configs.
+
+    tuners = autotuners(("mamba_ssm.",))         # {"module.kernel": Autotuner} of the loaded modules
+    n = preload(tuners, load("tune.json"))      # choices whose kernel, key and config list match
+    save("tune.json", choices(tuners), merge=load("tune.json"))
+
+A choice is applied only where the kernel's name, its number of configs and the config's text all match (a
+different mamba_ssm or triton version skips it, and counts it as skipped). The file records the triton version
+and the GPU it was tuned on; `load` refuses a file of another GPU name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from models.common import ConfigError
+from models.utils import atomic_write_text
+
+FORMAT = 1  # the file's layout version
+
+
+def autotuners(prefixes: tuple[str, ...] = ("mamba_ssm.",)) -> dict:
+    """Every triton Autotuner that a loaded module under one of `prefixes` holds as a global: {"module.name": it}."""
+    try:
+        from triton.runtime.autotuner import Autotuner
+    except ImportError:  # no triton: nothing is tuned
+        return {}
+    found = {}
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not mod_name.startswith(prefixes):
+            continue
+        for name, obj in list(vars(mod).items()):
+            if isinstance(obj, Autotuner):
+                found[f"{mod_name}.{name}"] = obj
+    return found
+
+
+def _jsonable(key: tuple) -> list:
+    return [k if isinstance(k, (int, float, str, bool)) or k is None else str(k) for k in key]
+
+
+def choices(tuners: dict) -> dict[str, list[dict]]:
+    """What each tuner has chosen so far: {name: [{"key": [...], "config": index, "text": str(config)}, ...]}."""
+    out = {}
+    for name, t in sorted(tuners.items()):
+        picked = []
+        for key, config in t.cache.items():
+            try:
+                index = next(i for i, c in enumerate(t.configs) if c is config)
+            except StopIteration:  # a config the list does not hold (pruned copies): not reusable by index
+                continue
+            picked.append({"key": _jsonable(key), "config": index, "text": str(config)})
+        if picked:
+            out[name] = picked
+    return out
+
+
+def preload(tuners: dict, saved: dict[str, list[dict]]) -> tuple[int, int]:
+    """Put the saved choices into the tuners' caches (a key the process has tuned already keeps its own choice).
+    Returns (applied, skipped): skipped are choices whose kernel is not loaded or whose config list differs."""
+    applied = skipped = 0
+    for name, picked in saved.items():
+        t = tuners.get(name)
+        for p in picked:
+            i = p.get("config")
+            if t is None or not isinstance(i, int) or not 0 <= i < len(t.configs) or str(t.configs[i]) != p.get("text"):
+                skipped += 1
+                continue
+            key = tuple(p["key"])
+            if key not in t.cache:
+                t.cache[key] = t.configs[i]
+                applied += 1
+    return applied, skipped
+
+
+def merged(old: dict[str, list[dict]], new: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """old's choices with new's added (a key both hold keeps old's: the file's first choice stands)."""
+    out = {name: list(picked) for name, picked in old.items()}
+    for name, picked in new.items():
+        have = {json.dumps(p["key"]) for p in out.get(name, [])}
+        out.setdefault(name, []).extend(p for p in picked if json.dumps(p["key"]) not in have)
+    return out
+
+
+def load(path: str | Path, gpu: str | None = None) -> dict[str, list[dict]]:
+    """The saved choices ({} when the file does not exist). ConfigError (one line) for a file that is not one,
+    or one tuned on another GPU than `gpu`."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+        saved = data["choices"]
+        if data.get("format") != FORMAT or not isinstance(saved, dict):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"--autotune-cache {p}: not an autotune cache file (format {FORMAT})") from None
+    if gpu and data.get("gpu") and data["gpu"] != gpu:
+        raise ConfigError(f"--autotune-cache {p}: tuned on {data['gpu']}, this is {gpu}; use another file")
+    return saved
+
+
+def save(path: str | Path, saved: dict[str, list[dict]], gpu: str | None = None) -> None:
+    """Write the choices (temp file, then rename), with the triton version and the GPU."""
+    try:
+        import triton
+
+        version = triton.__version__
+    except ImportError:
+        version = None
+    text = json.dumps({"format": FORMAT, "triton": version, "gpu": gpu, "choices": saved}, indent=1, sort_keys=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), text + "\n")
