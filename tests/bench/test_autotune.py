@@ -126,3 +126,29 @@ def test_a_quick_sweep_with_a_cache_records_it_and_a_bad_file_is_refused_first(t
     assert sweep.main([*QUICK, "--out", str(tmp_path / "bad"), "--autotune-cache", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not an autotune cache file" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_mamba2_choices_round_trip_and_the_next_process_does_not_tune(tmp_path, monkeypatch):
+    """V1 on the mamba2 backend: its first training step tunes mamba_ssm's SSD kernels; with the saved choices put
+    back into emptied caches (a new process), the same step runs without benchmarking a single config."""
+    pytest.importorskip("mamba_ssm")
+    from bench import measure
+
+    dev = torch.device("cuda")
+    wl = measure.build_workload("v1", "mamba2", "model", "tiny", dev)
+    step = measure.make_train_step(wl, wl.inputs(2, 256, dev), dev, True)
+    step()
+    torch.cuda.synchronize()
+    tuners = autotune.autotuners()
+    saved = autotune.choices(tuners)
+    n = sum(len(v) for v in saved.values())
+    assert n > 0, "no mamba_ssm Triton kernel was tuned"
+    path = tmp_path / "tune.json"
+    autotune.save(path, saved, gpu=torch.cuda.get_device_name(dev))
+    for t in tuners.values():
+        t.cache.clear()
+        monkeypatch.setattr(t, "_bench", lambda *a, **k: pytest.fail("tuned despite the saved choices"))
+    assert autotune.preload(tuners, autotune.load(path, gpu=torch.cuda.get_device_name(dev))) == (n, 0)
+    step()
+    torch.cuda.synchronize()
