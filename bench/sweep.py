@@ -21,7 +21,8 @@ missing backend becomes a row (oom / unavailable) and the sweep goes on. At the 
 the tables, plots and results/README.md. On a host with several GPUs the rows are spread over them, one process
 per GPU, each a deterministic share of the plan (bench.multi_gpu; --gpus 1 keeps to one GPU).
 
-Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line prints it), in two resumable calls.
+Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line prints it); measured, 1,124 s of rows in
+three resumable calls (README, "Time limit").
 --time-budget (default 420 s of measuring) stops starting rows after it, so one call stays under 9 min; the rows
 left are "skipped" and the same command run again continues from there. Part 1 holds, in priority order: every
 variant's primary backend at the model and encoder levels (its sweep_levels) in the latency regime, then the
@@ -30,7 +31,9 @@ reference, mamba2, and LAST triton and flex) at the model level up to r = 128 (�
 repeats another's (its record's sweep_scaling off: V3, V4-nopos) has no r > 128 or throughput rows. Knobs that
 trade coverage for time: --models, --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput
 regime), --throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms,
---no-device-time, --max-batch (off by default: ≈ 2 min).
+--no-device-time, --max-batch (off by default: ≈ 1.5 min on the primary backends, ≈ 8 min on all).
+--autotune-cache FILE loads mamba_ssm's Triton autotune choices from FILE before each point and adds what the
+process tuned after it (bench.autotune): calls and runs that share one file run the same kernel configs.
 
 Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
 backends — the Mamba variants first on the fused C++ scan (cpu_fused), then the reference — one CPU thread, 3
