@@ -91,9 +91,11 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, min_res: int = 96, host_margin: fl
             line = {**{k: row[k] for k in key}, "metric": metric, "A": va, "B": vb,
                     "dev_pct": 100 * abs(vb / va - 1), "shift_pct": 100 * (vb / va - 1),
                     "large_r": int(row["res"]) >= min_res}  # fmt: skip
-            if metric == "device_ms":  # the replay's own spread across its rounds (the device time's noise)
-                line.update(spread_a=_num(row, "graph_round_spread_pct_a"),
-                            spread_b=_num(row, "graph_round_spread_pct_b"))  # fmt: skip
+            if metric == "device_ms":  # the replay's own spread across its rounds (the device time's noise), and
+                # where each run's device time comes from (a graph replay vs a profiler kernel sum: not one clock)
+                line.update(graph_spread_a=_num(row, "graph_round_spread_pct_a"),
+                            graph_spread_b=_num(row, "graph_round_spread_pct_b"),
+                            same_source=str(row.get("device_source_a")) == str(row.get("device_source_b")))  # fmt: skip
             if metric == "median_ms":
                 ra, rb = _ratio(row, "a"), _ratio(row, "b")
                 limit = 1 + host_margin / 100
@@ -173,10 +175,12 @@ def device_shifts(cmp: pd.DataFrame, tol: float = 5.0, factor: float = 3.0) -> p
     if d.empty:
         return pd.DataFrame(columns=cols)
     d = d.assign(variant=d["variant"].fillna("") if "variant" in d else "")
-    for c in ("spread_a", "spread_b"):
+    for c in ("graph_spread_a", "graph_spread_b"):
         if c not in d:
             d = d.assign(**{c: float("nan")})
-    own = d[["spread_a", "spread_b"]].max(axis=1)  # NaN when neither run recorded it
+    own = d[["graph_spread_a", "graph_spread_b"]].max(axis=1)  # NaN when neither run recorded it
+    if "same_source" in d:  # the two runs' device times from different sources: their spread says nothing
+        own = own.where(d["same_source"].astype(bool))
     d = d.assign(outside=d["dev_pct"] > tol, shifted=(d["dev_pct"] > tol) & (d["dev_pct"] > factor * own))
     out = []
     for keys, g in d.groupby(["model", "backend", "variant", "level", "kind"], sort=True):
@@ -188,8 +192,10 @@ def device_shifts(cmp: pd.DataFrame, tol: float = 5.0, factor: float = 3.0) -> p
             verdict = f"shift between the runs (> {factor:g} × own spread)"
         elif n_shift == 0 and not unknown:
             verdict = "scatter (within the rounds' spread)"
+        elif not unknown:
+            verdict = f"mixed: {n_shift} shifted, {n_out - n_shift} scatter"
         else:
-            verdict = "mixed" if not unknown else f"outside; {unknown} without a recorded spread"
+            verdict = f"outside: {n_shift} shifted, {unknown} without a comparable spread"
         worst_row = g.loc[g["dev_pct"].idxmax()]
         out.append(dict(zip(cols[:5], keys)) | {"rows": len(g), "outside": n_out, "shifted": n_shift,
                    "median shift %": float(g["shift_pct"].median()), "worst shift %": float(worst_row["shift_pct"]),
@@ -256,7 +262,8 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
             s = shifts[shifts["outside"] > 0].copy()
             lines += ["", f"Device time per series and kind: {len(shifts) - len(s)} of {len(shifts)} have every row "
                       f"within {bar:g} %; the others below. A row outside {bar:g} % has *shifted* when its deviation "
-                      "is more than 3 × the larger of its two replay spreads across rounds: each run is steady and "
+                      "is more than 3 × the larger of its two replay spreads across rounds (both runs timed by a "
+                      "replay): each run is steady and "
                       "they differ (something fixed per process, e.g. an autotuned kernel config, or the GPU); else "
                       "it is scatter. Median and worst: signed B/A − 1.", ""]  # fmt: skip
             for c in ("median shift %", "worst shift %", "in-run spread %"):
@@ -273,8 +280,9 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
                 pace[c] = pace[c].map(fmt_num)
             lines.append(md_table(pace))
         top = cmp.sort_values("dev_pct", ascending=False).head(10)
-        extra = ("large_r", "shift_pct", "wall_dev_a", "wall_dev_b", "spread_a", "spread_b", "host_affected",
-                 "host_frac_a", "host_frac_b", "host_ms_a", "host_ms_b", "run_id_a", "run_id_b")  # fmt: skip
+        extra = ("large_r", "shift_pct", "graph_spread_a", "graph_spread_b", "same_source", "wall_dev_a", "wall_dev_b",
+                 "spread_a", "spread_b", "host_affected", "host_frac_a", "host_frac_b", "host_ms_a", "host_ms_b",
+                 "run_id_a", "run_id_b")  # fmt: skip
         top = top.drop(columns=[c for c in top if c in extra])
         for c in ("A", "B", "dev_pct"):
             top[c] = top[c].map(fmt_num)

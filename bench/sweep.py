@@ -32,8 +32,8 @@ repeats another's (its record's sweep_scaling off: V3, V4-nopos) has no r > 128 
 trade coverage for time: --models, --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput
 regime), --throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms,
 --no-device-time, --max-batch (off by default: ≈ 1.5 min on the primary backends, ≈ 8 min on all).
---autotune-cache FILE loads mamba_ssm's Triton autotune choices from FILE before each point and adds what the
-process tuned after it (bench.autotune): calls and runs that share one file run the same kernel configs.
+--autotune-cache FILE loads mamba_ssm's Triton autotune choices from FILE before each row runs a kernel and adds
+what the process tuned after it (bench.autotune): calls and runs that share one file run the same kernel configs.
 
 Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
 backends — the Mamba variants first on the fused C++ scan (cpu_fused), then the reference — one CPU thread, 3
@@ -287,8 +287,7 @@ def settings_from_args(args) -> Settings:
             writable_dir(str(Path(args.autotune_cache).resolve().parent))
         except argparse.ArgumentTypeError as e:
             raise ConfigError(f"--autotune-cache: {e}") from None
-        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-        autotune.load(args.autotune_cache, gpu=gpu)
+        autotune.load(args.autotune_cache)  # its format (the GPU it was tuned on: Sweep, without a CUDA context here)
     if args.preset is not None and args.preset not in ("default", "small", "tiny"):
         raise ConfigError(f"--preset: unknown preset {args.preset!r}; choose default, small or tiny")
 
@@ -682,7 +681,7 @@ class Sweep:
         for row in self.store.rows.values():
             self._note_oom(row)
         self.autotune_saved: dict = {}  # the --autotune-cache file's choices (bench.autotune)
-        self.autotune_stats = {"path": s.autotune_cache, "preloaded": 0, "skipped": 0, "keys": 0}
+        self.autotune_stats = {"path": s.autotune_cache, "preloaded": 0, "skipped": 0, "keys": 0, "differ": 0}
         if s.autotune_cache:
             from bench import autotune
 
@@ -703,6 +702,7 @@ class Sweep:
             return
         from bench import autotune
 
+        self.autotune_saved = autotune.load(self.s.autotune_cache, gpu=self.device_name)  # (other workers' keys)
         applied, skipped = autotune.preload(autotune.autotuners(), self.autotune_saved)
         self.autotune_stats["preloaded"] += applied
         self.autotune_stats["skipped"] = max(self.autotune_stats["skipped"], skipped)
@@ -713,11 +713,10 @@ class Sweep:
             return
         from bench import autotune
 
-        new = autotune.merged(self.autotune_saved, autotune.choices(autotune.autotuners()))
-        if new != self.autotune_saved:
-            autotune.save(self.s.autotune_cache, new, gpu=self.device_name)
-            self.autotune_saved = new
-        self.autotune_stats["keys"] = sum(len(v) for v in new.values())
+        mine = autotune.choices(autotune.autotuners())
+        self.autotune_saved, differ = autotune.update(self.s.autotune_cache, mine, gpu=self.device_name)
+        self.autotune_stats["keys"] = sum(len(v) for v in self.autotune_saved.values())
+        self.autotune_stats["differ"] = max(self.autotune_stats["differ"], differ)  # tuned here ≠ the file's
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -762,6 +761,7 @@ class Sweep:
         # bench.flops). B = 1: FLOPs are linear in the batch.
         count_dev = counting_device(c.backend, self.device)
         wl = measure.build_workload(c.model, c.backend, c.level, self.s.preset, count_dev)
+        self.autotune_preload()  # (the backend's modules are imported now)
         args = wl.forward_args(wl.inputs(1, c.N, count_dev))
         fc = count_flops(c.model, wl.cfg, c.level, wl.module, args, c.N)
         row.update(
@@ -895,6 +895,7 @@ class Sweep:
     def run_max_batch(self, c: Combo, row: dict) -> None:
         s, dev = self.s, self.device
         wl = measure.build_workload(c.model, c.backend, "model", s.preset, dev)
+        self.autotune_preload()  # (the backend's modules are imported now)
         measure.free_memory(dev)
         free, _total = torch.cuda.mem_get_info(dev)
         capacity_mb = (free + torch.cuda.memory_reserved(dev)) / measure.MiB
@@ -966,6 +967,7 @@ class Sweep:
                 (self.run_flops if kind == "flops" else self.run_max_batch)(c, row)
             except Exception as e:
                 self.fail(row, e, c, kind)
+            self.autotune_save()
         self._note_oom(row)
         row["elapsed_s"] = time.perf_counter() - t_row
         self.store.add(row)

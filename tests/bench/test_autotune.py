@@ -74,6 +74,40 @@ def test_choices_that_do_not_match_the_kernel_are_skipped_and_a_tuned_key_keeps_
     assert autotune.preload(tuners, ok) == (0, 0) and _scale_kernel.cache[(100, "torch.float32")] is CONFIGS[0]
 
 
+def test_keys_json_cannot_carry_are_left_out_and_equal_configs_are_found(tuners):
+    import numpy as np
+
+    _scale_kernel.cache[(np.int64(3), "torch.float32")] = CONFIGS[0]  # would come back as "3": never matching
+    _scale_kernel.cache[(7, "torch.float32")] = triton.Config({"BLOCK": 32})  # an equal copy (triton's disk cache)
+    (picked,) = autotune.choices(tuners).values()
+    assert picked == [{"key": [7, "torch.float32"], "config": 1, "text": str(CONFIGS[1])}]
+
+
+def test_two_writers_keep_each_others_keys_and_a_differing_choice_is_counted(tmp_path):
+    path = tmp_path / "tune.json"
+    a = {"k": [{"key": [1], "config": 0, "text": "a"}]}
+    b = {"k": [{"key": [2], "config": 1, "text": "b"}, {"key": [1], "config": 1, "text": "b"}]}
+    autotune.update(path, a)
+    both, differ = autotune.update(path, b)  # a second process, started before the first wrote
+    assert autotune.load(path) == both == {"k": a["k"] + b["k"][:1]} and differ == 1  # key 1: the file's stands
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "oops",
+        {"key": [[1]], "config": 0, "text": ""},
+        {"key": [1], "config": True, "text": ""},
+        {"key": [1], "config": 0},
+    ],  # fmt: skip
+)
+def test_malformed_entries_are_refused_by_load(tmp_path, entry):
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps({"format": autotune.FORMAT, "choices": {"k": [entry]}}))
+    with pytest.raises(ConfigError, match="not an autotune cache file"):
+        autotune.load(path)
+
+
 def test_merge_keeps_the_files_first_choice():
     old = {"k": [{"key": [1], "config": 0, "text": "a"}]}
     new = {"k": [{"key": [1], "config": 1, "text": "b"}, {"key": [2], "config": 1, "text": "b"}]}
@@ -120,7 +154,7 @@ def test_a_quick_sweep_with_a_cache_records_it_and_a_bad_file_is_refused_first(t
     out, path = tmp_path / "out", tmp_path / "tune.json"
     assert sweep.main([*QUICK, "--out", str(out), "--autotune-cache", str(path)]) == 0
     (env,) = json.loads((out / "raw" / "sweep_B2_fp32.json").read_text())["runs"]
-    assert env["autotune_cache"] == {"path": str(path), "preloaded": 0, "skipped": 0, "keys": 0}
+    assert env["autotune_cache"] == {"path": str(path), "preloaded": 0, "skipped": 0, "keys": 0, "differ": 0}
     capsys.readouterr()
     path.write_text("[]")
     assert sweep.main([*QUICK, "--out", str(tmp_path / "bad"), "--autotune-cache", str(path)]) == 2

@@ -213,4 +213,13 @@ def test_device_shifts_without_recorded_spread_say_so(tmp_path):
     cmp = reproduce.compare(reproduce.load_rows(_write(tmp_path, "a", rows_a)),
                             reproduce.load_rows(_write(tmp_path, "b", rows_b)))  # fmt: skip
     (line,) = reproduce.device_shifts(cmp, tol=5.0).itertuples()
-    assert line.verdict == "outside; 2 without a recorded spread" and line.shifted == 0
+    assert line.verdict == "outside: 0 shifted, 2 without a comparable spread" and line.shifted == 0
+
+
+def test_device_shifts_ignore_the_spread_when_the_two_runs_device_times_come_from_different_sources(tmp_path):
+    rows_a = [dict(r, device_source="cuda-graph replay") for r in _dev_rows("mamba2", "train", 10.0, 0.1)]
+    rows_b = [dict(r, device_source="profiler kernel sum") for r in _dev_rows("mamba2", "train", 12.0, 0.1)]
+    cmp = reproduce.compare(reproduce.load_rows(_write(tmp_path, "a", rows_a)),
+                            reproduce.load_rows(_write(tmp_path, "b", rows_b)))  # fmt: skip
+    (line,) = reproduce.device_shifts(cmp, tol=5.0).itertuples()
+    assert line.shifted == 0 and "2 without a comparable spread" in line.verdict
