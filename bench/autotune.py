@@ -64,9 +64,8 @@ def choices(tuners: dict) -> dict[str, list[dict]]:
     for name, t in sorted(tuners.items()):
         picked = []
         for key, config in t.cache.items():
-            index = next((i for i, c in enumerate(t.configs) if c is config), None)
-            if index is None:  # triton's own disk cache (TRITON_CACHE_AUTOTUNING) rebuilds equal Config objects
-                index = next((i for i, c in enumerate(t.configs) if c == config), None)
+            # (by equality: triton's own disk cache, TRITON_CACHE_AUTOTUNING, rebuilds equal Config objects)
+            index = next((i for i, c in enumerate(t.configs) if c == config), None)
             if index is not None and _saveable(key):
                 picked.append({"key": list(key), "config": index, "text": str(config)})
         if picked:
@@ -96,8 +95,8 @@ def merged(old: dict[str, list[dict]], new: dict[str, list[dict]]) -> dict[str, 
     """old's choices with new's added (a key both hold keeps old's: the file's first choice stands)."""
     out = {name: list(picked) for name, picked in old.items()}
     for name, picked in new.items():
-        have = {json.dumps(p["key"]) for p in out.get(name, [])}
-        out.setdefault(name, []).extend(p for p in picked if json.dumps(p["key"]) not in have)
+        have = {tuple(p["key"]) for p in out.get(name, [])}
+        out.setdefault(name, []).extend(p for p in picked if tuple(p["key"]) not in have)
     return out
 
 
@@ -153,6 +152,6 @@ def update(path: str | Path, new: dict[str, list[dict]], gpu: str | None = None)
         both = merged(old, new)
         if both != old:
             save(p, both, gpu)
-    held = {(name, json.dumps(e["key"])): e["config"] for name, es in both.items() for e in es}
-    differ = sum(held[(name, json.dumps(e["key"]))] != e["config"] for name, es in new.items() for e in es)
+    held = {(name, tuple(e["key"])): e["config"] for name, es in both.items() for e in es}
+    differ = sum(held[(name, tuple(e["key"]))] != e["config"] for name, es in new.items() for e in es)
     return both, differ

@@ -263,9 +263,9 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
             lines += ["", f"Device time per series and kind: {len(shifts) - len(s)} of {len(shifts)} have every row "
                       f"within {bar:g} %; the others below. A row outside {bar:g} % has *shifted* when its deviation "
                       "is more than 3 × the larger of its two replay spreads across rounds (both runs timed by a "
-                      "replay): each run is steady and "
-                      "they differ (something fixed per process, e.g. an autotuned kernel config, or the GPU); else "
-                      "it is scatter. Median and worst: signed B/A − 1.", ""]  # fmt: skip
+                      "replay): each run is steady and they differ (something fixed per process, e.g. an autotuned "
+                      "kernel config, or the GPU); else it is scatter. Median and worst: signed B/A − 1.",
+                      ""]  # fmt: skip
             for c in ("median shift %", "worst shift %", "in-run spread %"):
                 s[c] = s[c].map(fmt_num)
             if len(s):

@@ -135,9 +135,7 @@ class Settings:
     gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
     shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
     render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
-    autotune_cache: str | None = (
-        None  # Triton autotune choices loaded before and saved after each point (bench.autotune)
-    )
+    autotune_cache: str | None = None  # --autotune-cache: Triton autotune choices to share (bench.autotune)
     run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
     model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
@@ -680,13 +678,12 @@ class Sweep:
         self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
         for row in self.store.rows.values():
             self._note_oom(row)
-        self.autotune_saved: dict = {}  # the --autotune-cache file's choices (bench.autotune)
         self.autotune_stats = {"path": s.autotune_cache, "preloaded": 0, "skipped": 0, "keys": 0, "differ": 0}
-        if s.autotune_cache:
+        if s.autotune_cache:  # a file of another GPU: one line, exit 2, before the first row
             from bench import autotune
 
-            self.autotune_saved = autotune.load(s.autotune_cache, gpu=self.device_name)  # bad file: one line, exit 2
-            self.autotune_stats["keys"] = sum(len(v) for v in self.autotune_saved.values())
+            saved = autotune.load(s.autotune_cache, gpu=self.device_name)
+            self.autotune_stats["keys"] = sum(len(v) for v in saved.values())
 
     def _note_oom(self, row: dict) -> None:
         """Remember the smallest r at which a (model, backend, level, batch, kind) ran out of memory."""
@@ -702,8 +699,8 @@ class Sweep:
             return
         from bench import autotune
 
-        self.autotune_saved = autotune.load(self.s.autotune_cache, gpu=self.device_name)  # (other workers' keys)
-        applied, skipped = autotune.preload(autotune.autotuners(), self.autotune_saved)
+        saved = autotune.load(self.s.autotune_cache, gpu=self.device_name)  # re-read: other workers' keys
+        applied, skipped = autotune.preload(autotune.autotuners(), saved)
         self.autotune_stats["preloaded"] += applied
         self.autotune_stats["skipped"] = max(self.autotune_stats["skipped"], skipped)
 
@@ -714,8 +711,8 @@ class Sweep:
         from bench import autotune
 
         mine = autotune.choices(autotune.autotuners())
-        self.autotune_saved, differ = autotune.update(self.s.autotune_cache, mine, gpu=self.device_name)
-        self.autotune_stats["keys"] = sum(len(v) for v in self.autotune_saved.values())
+        saved, differ = autotune.update(self.s.autotune_cache, mine, gpu=self.device_name)
+        self.autotune_stats["keys"] = sum(len(v) for v in saved.values())
         self.autotune_stats["differ"] = max(self.autotune_stats["differ"], differ)  # tuned here ≠ the file's
 
     # -- bookkeeping ---------------------------------------------------------------------------
