@@ -23,17 +23,20 @@ per GPU, each a deterministic share of the plan (bench.multi_gpu; --gpus 1 keeps
 
 Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line prints it); measured, 1,124 s of rows in
 three resumable calls (README, "Time limit").
---time-budget (default 420 s of measuring) stops starting rows after it, so one call stays under 9 min; the rows
-left are "skipped" and the same command run again continues from there. Part 1 holds, in priority order: every
-variant's primary backend at the model and encoder levels (its sweep_levels) in the latency regime, then the
-throughput regime, the spec point and V1 without padding (≈ 6–7 min); part 2 the other backends (seed,
-reference, mamba2, and LAST triton and flex) at the model level up to r = 128 (≈ 3 min). A variant whose cost
+--time-budget (default 420 s of measuring) stops starting rows after it, or before a unit that would end past it
+(its estimate scaled by how the call's units ran against theirs), so one call stays under 9 min; the rows left are
+"skipped" and the same command run again continues from there. A timed unit holds every series of one level, r,
+batch and kind, timed in the same interleaved rounds: up to r = 128 at the model level, every variant's primary
+backend, V1 without padding, seed, reference, mamba2, then the Triton kernel and flex (LAST); beyond 128 and at
+the encoder level the primary ones. In priority order: the model level, the encoder level, the throughput regime,
+the spec point. A variant whose cost
 repeats another's (its record's sweep_scaling off: V3, V4-nopos) has no r > 128 or throughput rows. Knobs that
 trade coverage for time: --models, --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput
 regime), --throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms,
 --no-device-time, --max-batch (off by default: ≈ 1.5 min on the primary backends, ≈ 8 min on all).
---autotune-cache FILE loads mamba_ssm's Triton autotune choices from FILE before each row runs a kernel and adds
-what the process tuned after it (bench.autotune): calls and runs that share one file run the same kernel configs.
+--autotune-cache (default on CUDA: <out>/raw/autotune_<gpu>.json; off: none) loads mamba_ssm's Triton autotune
+choices from the file before each row runs a kernel and adds what the process tuned after it (bench.autotune):
+every call and run of one results folder runs the same kernel configs.
 
 Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
 backends — the Mamba variants first on the fused C++ scan (cpu_fused), then the reference — one CPU thread, 3
@@ -48,6 +51,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -81,8 +85,8 @@ CONFIG_VARIANTS = {  # row label → (model, config overrides): extra series bes
     "pad=off": ("v1", {"pad_multiple": "off"}),  # no padding: mamba_ssm's scan on its slow path when L % 2048 ≠ 0
 }
 SCALING_RES = 128  # above it (and in the throughput regime) only variants with sweep_scaling are planned
-LAST = ("triton", "flex")  # backends planned last: our kernel and torch.compile'd code (if either broke the CUDA
-# context, everything else is already on disk)
+LAST = ("triton", "flex")  # built last in their unit: our kernel and torch.compile'd code (a CUDA context either
+# broke skips the rest of the call, and a rerun continues)
 KINDS = ("flops", "fwd", "train", "max_batch")  # what a row measures
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
 SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
@@ -135,7 +139,8 @@ class Settings:
     gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
     shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
     render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
-    autotune_cache: str | None = None  # --autotune-cache: Triton autotune choices to share (bench.autotune)
+    autotune_cache: str | None = None  # --autotune-cache: Triton autotune choices to share (bench.autotune); "auto":
+    # resolved by Sweep (CUDA: <out>/raw/autotune_<gpu>.json, CPU: none)
     run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
     model_levels: dict[str, list[str]] = field(default_factory=dict)  # model → its levels (default: all of levels)
 
@@ -214,9 +219,10 @@ def build_parser() -> ArgParser:
                    "one process each (default: all visible GPUs; 1: one GPU, as always)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (CPU runs default to 1)")
     p.add_argument("--triton-autotune", action="store_true", help="autotune the Triton kernel (slower start)")
-    p.add_argument("--autotune-cache", type=str, default=None, metavar="JSON",
+    p.add_argument("--autotune-cache", type=str, default="auto", metavar="JSON",
                    help="mamba_ssm's Triton autotune choices: start from this file's, add this run's (bench.autotune; "
-                        "share one file between calls and runs to run the same configs)")  # fmt: skip
+                        "calls and runs that share one file run the same configs). auto (default): on CUDA, "
+                        "<out>/raw/autotune_<gpu>.json; off: none")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
     p.add_argument(
@@ -278,7 +284,7 @@ def settings_from_args(args) -> Settings:
                     ("--graph-max-ms", args.graph_max_ms), ("--global-warmup", args.global_warmup)):  # fmt: skip
         if v is not None and not v >= 0:
             raise ConfigError(f"{flag} must be >= 0, got {v}")
-    if args.autotune_cache:  # a bad or foreign file is refused before any measurement (bench.autotune)
+    if args.autotune_cache not in ("auto", "off"):  # a bad or foreign file is refused before any measurement
         from bench import autotune
 
         try:
@@ -357,7 +363,8 @@ def settings_from_args(args) -> Settings:
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
-        triton_autotune=args.triton_autotune, autotune_cache=args.autotune_cache,
+        triton_autotune=args.triton_autotune,
+        autotune_cache=None if args.autotune_cache == "off" else args.autotune_cache,
         threads=args.threads or (None if cuda else 1),
         model_levels=model_levels, gpus=pick_gpus(args.gpus, args.device, gpu_count()),
     )  # fmt: skip
@@ -521,6 +528,11 @@ class Combo:
         return dict(CONFIG_VARIANTS[self.variant][1]) if self.variant else {}
 
 
+def slug(name: str) -> str:
+    """A device name as a file-name part: "NVIDIA H200" → "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
 def throughput_batch(res: int, tokens: int) -> int:
     """The batch of the throughput regime at r: round(tokens / r²), at least 1 (2^19: 512 at 32², 8 at 256²)."""
     return max(1, round(tokens / (res * res)))
@@ -542,49 +554,55 @@ class Unit:
 
 
 def make_plan(s: Settings, device: torch.device) -> list[Unit]:
-    """Units in priority order, so that a time-budget cut keeps the headline: the primary backends in the latency
-    regime, then in the throughput regime, the spec point, seed and reference, the largest-batch searches, and last
-    the Triton kernel and FlexAttention (LAST: new or compiled code; if it ever broke the CUDA context, everything
-    else is already on disk)."""
+    """Units in priority order, so that a time-budget cut keeps the headline. A timed unit holds every series of
+    one level, r, batch and kind, so that models and backends are timed in the same interleaved rounds of one
+    process (issue 10): at the levels and r of the secondary backends, a unit holds each variant's primary
+    backend, V1 without padding, then seed, reference and mamba2, then the Triton kernel and FlexAttention
+    (LAST: new or compiled code, built last in its unit; a CUDA context it broke skips the rest of the call, and
+    a rerun continues). Order: the latency regime at the model level, then the encoder, the throughput regime,
+    the spec point, and the largest-batch searches."""
     primary = primary_backends(device.type)
     timed = ["fwd", "train"]
     level_order = [lv for lv in ("model", "encoder", "mixer") if lv in s.levels]
+    sec_levels = [lv for lv in level_order if lv in s.secondary_levels]
     plan: list[Unit] = []
 
-    def section(which, batch_of=None, kinds=timed, flops=True, levels=level_order, max_res=10**9, variants=False):
+    def rank(b: str, m: str) -> int:  # a unit's combos: primary, then the other backends, then LAST
+        return 0 if b == primary[m] else 2 if b in LAST else 1
+
+    def section(batch_of=None, kinds=timed, flops=True, levels=level_order, secondary=False):
         for level in levels:
             here = [m for m in s.models if level in s.model_levels.get(m, s.levels)]
-            every = [(m, b) for m in here for b in s.backends[m] if which(m, b)]
-            for r in [r for r in s.res if r <= max_res]:
+            for r in s.res:
                 batch = batch_of(r) if batch_of else s.batch
                 if batch is None:
                     continue
+                others = secondary and level in sec_levels and r <= s.secondary_max_res
+                every = [(m, b) for m in here for b in s.backends[m] if b == primary[m] or others]
                 # a record whose cost repeats another's (sweep_scaling off) has no long-sequence or throughput rows
                 scaling = batch_of is not None or r > SCALING_RES
                 series = [(m, b) for m, b in every if not scaling or get_variant(m).sweep_scaling]
+                series.sort(key=lambda mb: rank(mb[1], mb[0]))  # stable: the models keep their order within a rank
                 if flops and s.flops:
                     plan.extend(Unit("flops", [Combo(m, b, level, r, batch)]) for m, b in series)
-                extra = []  # V1 without padding, timed in the same rounds as the padded V1 (issue 10)
-                if variants and r in s.pad_compare_res and level != "mixer":
-                    extra = [
-                        Combo(m, b, level, r, batch, "pad=off") for m, b in series if m == CONFIG_VARIANTS["pad=off"][0]
-                    ]
+                combos = [Combo(m, b, level, r, batch) for m, b in series]
+                if r in s.pad_compare_res and level != "mixer":  # V1 without padding, in the same rounds (issue 10)
+                    at = next((i for i, c in enumerate(combos) if rank(c.backend, c.model)), len(combos))
+                    combos[at:at] = [Combo(m, b, level, r, batch, "pad=off") for m, b in series
+                                     if m == CONFIG_VARIANTS["pad=off"][0] and b == primary[m]]  # fmt: skip
                 for kind in kinds:
-                    if series:
-                        plan.append(Unit(kind, [Combo(m, b, level, r, batch) for m, b in series] + extra))
+                    if combos:
+                        plan.append(Unit(kind, list(combos)))
 
-    section(lambda m, b: b == primary[m], variants=True)
+    section(secondary=True)
     if s.tokens and "model" in s.levels:  # the throughput regime: whole model, primary backends
-        section(lambda m, b: b == primary[m], lambda r: throughput_batch(r, s.tokens) if
-                throughput_batch(r, s.tokens) != s.batch else None, s.throughput_kinds, False, ["model"],
-                variants=True)  # fmt: skip
+        section(lambda r: throughput_batch(r, s.tokens) if throughput_batch(r, s.tokens) != s.batch else None,
+                s.throughput_kinds, False, ["model"])  # fmt: skip
     if s.spec_batch and "model" in s.levels and s.spec_batch != s.batch:
         r0 = 32 if 32 in s.res else s.res[0]
         series = [m for m in s.models if primary[m] in s.backends[m] and "model" in s.model_levels.get(m, s.levels)]
         if series:
             plan += [Unit(k, [Combo(m, primary[m], "model", r0, s.spec_batch) for m in series]) for k in timed]
-    secondary = dict(levels=[lv for lv in level_order if lv in s.secondary_levels], max_res=s.secondary_max_res)
-    section(lambda m, b: b != primary[m] and b not in LAST, **secondary)
 
     def max_batch(pick) -> None:  # the largest-batch search: whole model, every backend but the reference scans
         for m in s.models if s.max_batch and "model" in s.levels else ():  # (secondary ones up to their max r)
@@ -596,7 +614,6 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
 
     max_batch(lambda m, b: b == primary[m])
     max_batch(lambda m, b: b != primary[m] and b not in LAST)
-    section(lambda m, b: b != primary[m] and b in LAST, **secondary)
     max_batch(lambda m, b: b != primary[m] and b in LAST)
     return plan
 
@@ -672,12 +689,16 @@ class Sweep:
         self.device_index = (self.device.index or 0) if cuda else None
         self.device_name = torch.cuda.get_device_name(self.device_index) if cuda else (cpu_name() or "cpu")
         self.t0 = time.perf_counter()
+        self.budget_closed = ""  # why this call starts no more rows ("" while it may)
+        self.est_s = self.spent_s = 0.0  # this call's measured units: estimated and actual seconds
         self.run_id = s.run_id or time.strftime("%Y%m%dT%H%M%S")  # the multi-GPU workers share their call's
         self.oom_at: dict[tuple, int] = {}  # (model, backend, variant, level, batch, kind) → smallest r that OOMed
         self.broken: str | None = None  # set when a CUDA error poisoned the context
         self.peak_tflops: float | None = None  # this run's measured bf16 matmul peak (CUDA)
         for row in self.store.rows.values():
             self._note_oom(row)
+        if s.autotune_cache == "auto":  # one file per GPU name beside the rows: every call and run of this folder
+            s.autotune_cache = str(self.out / "raw" / f"autotune_{slug(self.device_name)}.json") if cuda else None
         self.autotune_stats = {"path": s.autotune_cache, "preloaded": 0, "skipped": 0, "keys": 0, "differ": 0}
         if s.autotune_cache:  # a file of another GPU: one line, exit 2, before the first row
             from bench import autotune
@@ -727,13 +748,32 @@ class Sweep:
             **({} if flops_row or kind == "max_batch" else {"regime": regime(c.batch, c.res, self.s)}),
         }  # fmt: skip
 
-    def over_budget(self) -> bool:
-        return self.s.time_budget_s > 0 and time.perf_counter() - self.t0 > self.s.time_budget_s
+    def over_budget(self, upcoming_s: float = 0.0) -> bool:
+        """True once the time budget is spent, or once the next unit (estimated at `upcoming_s`, scaled by how this
+        call's measured units ran against their estimates, at least 1×) would end past it; then it stays True, so
+        the rows left keep the plan's order for the next call. The first unit of a call always runs."""
+        budget = self.s.time_budget_s
+        if budget <= 0 or self.budget_closed:
+            return bool(self.budget_closed)
+        elapsed = time.perf_counter() - self.t0
+        if elapsed > budget:
+            self.budget_closed = f"time budget ({budget:.0f} s) exhausted; rerun to continue"
+        elif upcoming_s > 0 and self.est_s > 0:
+            need = upcoming_s * max(1.0, self.spent_s / self.est_s)
+            if elapsed + need > budget:
+                self.budget_closed = (f"time budget ({budget:.0f} s): the next unit (≈ {need:.0f} s) would end "
+                                      f"past it at {elapsed:.0f} s; rerun to continue")  # fmt: skip
+        return bool(self.budget_closed)
+
+    def spent(self, est_s: float, t_start: float) -> None:
+        """Count one measured unit (its estimate and its actual seconds) for over_budget's scaling."""
+        self.est_s += est_s
+        self.spent_s += time.perf_counter() - t_start
 
     def pre_status(self, c: Combo, kind: str) -> tuple[str, str] | None:
         """(status, note) when the row is decided without running it."""
         if self.over_budget():
-            return "skipped", f"time budget ({self.s.time_budget_s:.0f} s) exhausted; rerun to continue"
+            return "skipped", self.budget_closed
         if self.broken:
             return "skipped", f"CUDA context unusable after {self.broken}; rerun to continue"
         problem = measure.backend_problem(c.model, c.backend, self.device)
@@ -825,6 +865,7 @@ class Sweep:
         for c in unit.combos:
             if c not in todo:
                 bar.update(estimate_seconds(c, kind, s, dev))
+        self.over_budget(sum(estimate_seconds(c, kind, s, dev) for c in todo))  # closes it if this unit won't fit
         rows, factories = {}, {}
         for c in todo:
             rows[c] = row = self.base(c, kind)
@@ -851,6 +892,7 @@ class Sweep:
                 Path(s.trace_dir).mkdir(parents=True, exist_ok=True)
             fields = measure_group(factories, dev, rcfg, dcfg, traces)
             group_s = time.perf_counter() - t0
+            self.spent(sum(estimate_seconds(c, kind, s, dev) for c in factories), t0)
             self.autotune_save()
             for c, f in fields.items():
                 row = rows[c]
@@ -955,6 +997,7 @@ class Sweep:
         t_row = time.perf_counter()
         row = self.base(c, kind)
         bar.set_postfix_str(f"{c.model}/{c.backend}/{c.level} r={c.res} B={row['batch']} {kind}")
+        self.over_budget(estimate_seconds(c, kind, s, dev))  # (not counted in the scaling: compiles dominate them)
         decided = self.pre_status(c, kind)
         if decided:
             row["status"], row["note"] = decided

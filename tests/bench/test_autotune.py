@@ -186,3 +186,19 @@ def test_gpu_mamba2_choices_round_trip_and_the_next_process_does_not_tune(tmp_pa
     assert autotune.preload(tuners, autotune.load(path, gpu=torch.cuda.get_device_name(dev))) == (n, 0)
     step()
     torch.cuda.synchronize()
+
+
+def test_the_default_cache_is_one_file_per_gpu_beside_the_rows_and_off_turns_it_off(tmp_path, monkeypatch):
+    from bench import sweep
+
+    def settings(*extra):
+        return sweep.settings_from_args(sweep.build_parser().parse_args([*QUICK, "--out", str(tmp_path), *extra]))
+
+    assert settings().autotune_cache == "auto" and settings("--autotune-cache", "off").autotune_cache is None
+    assert sweep.Sweep(settings()).s.autotune_cache is None  # CPU: nothing is autotuned, no file
+    assert sweep.slug("NVIDIA H200") == "nvidia-h200" and sweep.slug("  ") == "gpu"
+    # on CUDA "auto" names <out>/raw/autotune_<gpu>.json (the device name stubbed: no GPU here)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
+    s = settings()
+    s.device = "cuda"
+    assert sweep.Sweep(s).s.autotune_cache == str(tmp_path / "raw" / "autotune_nvidia-h200.json")

@@ -2,6 +2,7 @@
 row, bad arguments exit 2 with one line; plus the max-batch search and the timing summary."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -295,10 +296,21 @@ def test_gpu_plan_order_and_settings(monkeypatch):
     # every timed unit holds the series of one level, r and batch (timed in interleaved rounds)
     for u in timed:
         assert len({(c.level, c.res, c.batch) for c in u.combos}) == 1
-    primary = set(primary_backends("cuda").values())
-    order = [c.backend for u in plan for c in u.combos]
-    first_secondary = next(i for i, b in enumerate(order) if b not in primary)
-    assert all(b in primary for b in order[:first_secondary]) and order[-1] in sweep.LAST
+    primary = primary_backends("cuda")
+    # models and backends in the same rounds: at the model level up to r = 128, a unit holds every backend of every
+    # variant (primary first, then the others, the Triton kernel and flex last); beyond it, the primary ones only
+    rank = [[0 if c.backend == primary[c.model] else 2 if c.backend in sweep.LAST else 1 for c in u.combos]
+            for u in timed]  # fmt: skip
+    assert all(r == sorted(r) for r in rank)
+    every = {(m, b) for m in VARIANTS for b in s.backends[m] if "model" in s.model_levels.get(m, s.levels)}
+    for u in timed:
+        c0 = u.combos[0]
+        pairs = {(c.model, c.backend) for c in u.combos}
+        if c0.level == "model" and c0.batch == 8 and c0.res <= 128:
+            assert pairs == every
+        else:
+            assert all(b == primary[m] for m, b in pairs)
+    assert any(c.backend == "triton" and c.res == 48 for u in timed for c in u.combos)
     lat = [u for u in timed if u.combos[0].batch == 8 and u.combos[0].level == "model" and u.combos[0].res == 32]
     assert {c.model for u in lat for c in u.combos} == set(VARIANTS)  # every variant interleaved with the others
     # the throughput regime: 2^19 tokens per batch, training step, whole model; r = 256 is the latency row
@@ -342,6 +354,23 @@ def test_time_budget_skips_rows_that_a_rerun_then_measures(tmp_path):
     assert set(df["status"]) == {"skipped"} and df["note"].str.contains("time budget").all()
     assert sweep.main(args) == 0
     assert set(rows(tmp_path)["status"]) == {"ok"}
+
+
+def test_time_budget_closes_before_a_unit_that_would_end_past_it(tmp_path):
+    s = sweep.settings_from_args(sweep.build_parser().parse_args(["--quick", "--out", str(tmp_path)]))
+    s.time_budget_s = 100.0
+    sw = sweep.Sweep(s)
+    sw.t0 = time.perf_counter() - 50  # 50 s into the call
+    assert not sw.over_budget(1e6)  # the call's first unit always runs: nothing to scale its estimate by yet
+    sw.spent(10.0, time.perf_counter() - 20)  # a unit estimated at 10 s took 20 s: later estimates count double
+    assert not sw.over_budget(20.0)  # 50 + 2 × 20 = 90 s ≤ 100
+    assert sw.over_budget(30.0)  # 50 + 2 × 30 = 110 s > 100: closed ...
+    assert "the next unit (≈ 60 s) would end past it" in sw.budget_closed
+    assert sw.over_budget(0.0) and sw.pre_status(sweep.make_plan(s, sw.device)[0].combos[0], "fwd")[0] == "skipped"
+    sw2 = sweep.Sweep(s)
+    sw2.spent(10.0, time.perf_counter() - 5)  # faster than estimated: the estimate stands (at least 1×)
+    sw2.t0 = time.perf_counter() - 50
+    assert not sw2.over_budget(45.0) and sw2.over_budget(55.0)
 
 
 def test_redo_measures_only_the_named_rows_again(tmp_path, capsys):
