@@ -928,9 +928,11 @@ NOTES = """\
   and the FLOP table's note says so. The reference scan is counted as one op with the algorithm's cost.
 - **Timing.** Before the first row ≥ 2 s of bf16 GEMMs (clocks up) and a torch.matmul peak probe. Per point: a
   compile call, a memory call, ≥ the warm-up time, then ≥ 20 repetitions (fewer for a step over ~100 ms: at most
-  `max_point_s` of timing, ≥ 1 per round) in 3 rounds interleaved across the models and backends of one level, r and
-  batch; CUDA events around each repetition; median, IQR and the spread of the round medians; NVML SM clock and
-  power after each round (row: medians). Forward: eval mode, no_grad, bf16 autocast. Training step: train mode
+  `max_point_s` of timing, ≥ 1 per round) in 3 rounds interleaved across the series of one unit of the plan (since
+  the sweep after `aae9f0a`: every model and backend of one level, r, batch and kind; up to `aae9f0a`, the primary
+  backends in one unit and the other backends in units of their own); CUDA events around each repetition; median,
+  IQR and the spread of the round medians; NVML SM clock and power after each round (row: medians). Forward: eval
+  mode, no_grad, bf16 autocast. Training step: train mode
   (dropout on), forward + backward + AdamW step, bf16 autocast, fp32 master weights.
 - **Device time.** The same step captured in one CUDA graph (static inputs, AdamW(capturable=True), warm-up on a side
   stream) and replayed: no Python, no launches, the device-bound time. Steps over `--graph-max-ms` are not captured
