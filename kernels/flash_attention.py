@@ -187,6 +187,12 @@ _GPU_BWD_KV_CONFIGS = [
     _cfg(32, 128, 4, 4),
     _cfg(32, 64, 4, 3),
     _cfg(64, 64, 4, 2),
+    # small key blocks for short key sets (cross-attention: Nk = 0.2·N, 205 keys at N = 1024, where 128-key blocks
+    # leave the second block 60 % masked); past the first three, so only a full autotune (FLASH_ATTN_TUNE_TOP=0)
+    # tries them: kernels/NOTES.md, "Next candidate"
+    _cfg(32, 64, 4, 4),
+    _cfg(16, 64, 4, 3),
+    _cfg(16, 32, 4, 3),
 ]
 # dQ: BLOCK_M % BLOCK_N == 0.
 _GPU_BWD_Q_CONFIGS = [
@@ -196,6 +202,8 @@ _GPU_BWD_Q_CONFIGS = [
     _cfg(128, 32, 4, 4),
     _cfg(64, 32, 4, 3),
     _cfg(64, 64, 4, 2),
+    _cfg(64, 32, 4, 4),  # small query blocks for short query sets (as above)
+    _cfg(32, 32, 4, 3),
 ]
 if _INTERPRET:
     # One small config: autotuning under the interpreter is far too slow. Small blocks also make the

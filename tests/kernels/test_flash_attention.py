@@ -264,6 +264,22 @@ def test_block_shapes_of_gpu_configs(blocks, causal):
             assert rel_err(a, b) < tg
 
 
+_SMALL_BWD = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _gpu_configs("_BWD_KV_CONFIGS")[6:]]
+_SMALL_DQ = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _gpu_configs("_BWD_Q_CONFIGS")[6:]]
+
+
+@pytest.mark.parametrize("i", range(max(len(_SMALL_BWD), len(_SMALL_DQ))))
+def test_small_backward_blocks_with_dropout_on_a_cross_shape(i):
+    """The small dK/dV and dQ blocks kept for short key / query sets (cross-attention, Nq = 4·Nk): exact against
+    attention_ref with the kernel's own dropout mask, causal too."""
+    kv, dq = _SMALL_BWD[i % len(_SMALL_BWD)], _SMALL_DQ[i % len(_SMALL_DQ)]
+    dtype = torch.float16 if CUDA else torch.float32
+    q, k, v = qkv(1, 2, 164, 41, 16, dtype, seed=i)
+    cfgs = (_first_gpu_configs()[0], _cfg(*kv), _cfg(*dq))
+    for causal in (False, True):
+        check_pinned(q, k, v, causal=causal, dropout_p=0.1, seed=11 + i, configs=cfgs, tol=TOL[dtype])
+
+
 def _first_gpu_configs():
     """Block shapes of the first config of each GPU list: what FLASH_ATTN_AUTOTUNE=0 runs on the GPU."""
     return tuple(
