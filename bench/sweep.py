@@ -25,11 +25,13 @@ Time: the GPU plan is ≈ 10 min of estimated work on one H200 (the plan line pr
 three resumable calls (README, "Time limit").
 --time-budget (default 420 s of measuring) stops starting rows after it, or before a unit that would end past it
 (its estimate scaled by how the call's units ran against theirs), so one call stays under 9 min; the rows left are
-"skipped" and the same command run again continues from there. A timed unit holds every series of one level, r,
-batch and kind, timed in the same interleaved rounds: up to r = 128 at the model level, every variant's primary
-backend, V1 without padding, seed, reference, mamba2, then the Triton kernel and flex (LAST); beyond 128 and at
-the encoder level the primary ones. In priority order: the model level, the encoder level, the throughput regime,
-the spec point. A variant whose cost
+"skipped" and the same command run again continues from there. A timed unit holds the series of one level, r,
+batch and kind, timed in the same interleaved rounds. --backend-order interleaved (the GPU default): up to r = 128
+at the model level, every variant's primary backend, V1 without padding, seed, reference, mamba2, then the Triton
+kernel and flex (LAST); beyond 128 and at the encoder level the primary ones; in priority order the model level,
+the encoder level, the throughput regime, the spec point. primary-first (the CPU default, where one call's budget
+cuts the plan): the primary backends at every level and regime, then the other backends in units of their own,
+LAST at the end. A variant whose cost
 repeats another's (its record's sweep_scaling off: V3, V4-nopos) has no r > 128 or throughput rows. Knobs that
 trade coverage for time: --models, --levels, --backends, --res, --secondary-max-res, --tokens 0 (no throughput
 regime), --throughput-kinds, --min-reps / --rounds / --max-point-s, --profile-steps, --graph-max-ms,
@@ -128,6 +130,7 @@ class Settings:
     pad_compare_res: list[int]  # r at which V1 (primary backend) is also measured without padding (pad=off)
     secondary_levels: list[str]  # levels the non-primary backends (seed, reference, triton) run at
     secondary_max_res: int  # ... and up to this r
+    backend_order: str  # interleaved: every backend in its primary's units (GPU) | primary-first (CPU): make_plan
     time_budget_s: float
     epoch_samples: int
     out: str
@@ -211,6 +214,9 @@ def build_parser() -> ArgParser:
         default=None,
         help="largest r for seed / reference / triton (GPU 128; they run at the model level unless --levels is given)",
     )
+    p.add_argument("--backend-order", choices=("interleaved", "primary-first"), default=None,
+                   help="interleaved (GPU default): every backend timed in the same rounds as its variant's "
+                        "primary one; primary-first (CPU default): the primary backends first")  # fmt: skip
     p.add_argument("--time-budget", type=nonneg_float, default=None, help="seconds; later rows are skipped")
     p.add_argument("--epoch-samples", type=positive_int, default=50_000, help="samples per epoch (CIFAR-10: 50,000)")
     p.add_argument("--preset", default=None, help="model size preset: default | small | tiny")
@@ -360,6 +366,7 @@ def settings_from_args(args) -> Settings:
         if args.pad_compare_res else ([48, 96] if mode == "full" else []),
         secondary_levels=levels if args.levels or mode != "full" else ["model"],
         secondary_max_res=args.secondary_max_res or (128 if mode == "full" else 10**6),
+        backend_order=args.backend_order or ("interleaved" if mode == "full" else "primary-first"),
         time_budget_s=d["budget"] if args.time_budget is None else args.time_budget,
         epoch_samples=args.epoch_samples, out=str(args.out or d["out"]), fresh=args.fresh,
         redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
@@ -554,13 +561,16 @@ class Unit:
 
 
 def make_plan(s: Settings, device: torch.device) -> list[Unit]:
-    """Units in priority order, so that a time-budget cut keeps the headline. A timed unit holds every series of
-    one level, r, batch and kind, so that models and backends are timed in the same interleaved rounds of one
-    process (issue 10): at the levels and r of the secondary backends, a unit holds each variant's primary
-    backend, V1 without padding, then seed, reference and mamba2, then the Triton kernel and FlexAttention
-    (LAST: new or compiled code, built last in its unit; a CUDA context it broke skips the rest of the call, and
-    a rerun continues). Order: the latency regime at the model level, then the encoder, the throughput regime,
-    the spec point, and the largest-batch searches."""
+    """Units in priority order, so that a time-budget cut keeps the headline. A timed unit is timed in interleaved
+    rounds: the series of one level, r, batch and kind. Two orders (--backend-order):
+      interleaved (GPU default: a run there takes several calls anyway): at the levels and r of the secondary
+        backends, a unit holds each variant's primary backend, V1 without padding, then seed, reference and mamba2,
+        then the Triton kernel and FlexAttention, all in the same rounds of one process (issue 10); the model
+        level first, then the encoder, the throughput regime, the spec point, the largest-batch searches;
+      primary-first (CPU default: a one-call budget keeps the primaries' scaling): the primary backends at every
+        level and regime, then the others in units of their own.
+    LAST (the Triton kernel and FlexAttention: new or compiled code) is built last in its unit, or planned last;
+    a CUDA context it broke skips the rest of the call, and a rerun continues."""
     primary = primary_backends(device.type)
     timed = ["fwd", "train"]
     level_order = [lv for lv in ("model", "encoder", "mixer") if lv in s.levels]
@@ -570,15 +580,18 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
     def rank(b: str, m: str) -> int:  # a unit's combos: primary, then the other backends, then LAST
         return 0 if b == primary[m] else 2 if b in LAST else 1
 
-    def section(batch_of=None, kinds=timed, flops=True, levels=level_order, secondary=False):
+    def secondary(level: str, r: int) -> bool:  # where the non-primary backends run
+        return level in sec_levels and r <= s.secondary_max_res
+
+    def section(pick, batch_of=None, kinds=timed, flops=True, levels=level_order):
+        """Units of the (model, backend) pairs that pick(m, b, level, r) keeps, per level, r and kind."""
         for level in levels:
             here = [m for m in s.models if level in s.model_levels.get(m, s.levels)]
             for r in s.res:
                 batch = batch_of(r) if batch_of else s.batch
                 if batch is None:
                     continue
-                others = secondary and level in sec_levels and r <= s.secondary_max_res
-                every = [(m, b) for m in here for b in s.backends[m] if b == primary[m] or others]
+                every = [(m, b) for m in here for b in s.backends[m] if pick(m, b, level, r)]
                 # a record whose cost repeats another's (sweep_scaling off) has no long-sequence or throughput rows
                 scaling = batch_of is not None or r > SCALING_RES
                 series = [(m, b) for m, b in every if not scaling or get_variant(m).sweep_scaling]
@@ -594,15 +607,22 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
                     if combos:
                         plan.append(Unit(kind, list(combos)))
 
-    section(secondary=True)
+    interleaved = s.backend_order == "interleaved"
+    if interleaved:
+        section(lambda m, b, lv, r: b == primary[m] or secondary(lv, r))
+    else:
+        section(lambda m, b, lv, r: b == primary[m])
     if s.tokens and "model" in s.levels:  # the throughput regime: whole model, primary backends
-        section(lambda r: throughput_batch(r, s.tokens) if throughput_batch(r, s.tokens) != s.batch else None,
+        section(lambda m, b, lv, r: b == primary[m],
+                lambda r: throughput_batch(r, s.tokens) if throughput_batch(r, s.tokens) != s.batch else None,
                 s.throughput_kinds, False, ["model"])  # fmt: skip
     if s.spec_batch and "model" in s.levels and s.spec_batch != s.batch:
         r0 = 32 if 32 in s.res else s.res[0]
         series = [m for m in s.models if primary[m] in s.backends[m] and "model" in s.model_levels.get(m, s.levels)]
         if series:
             plan += [Unit(k, [Combo(m, primary[m], "model", r0, s.spec_batch) for m in series]) for k in timed]
+    if not interleaved:
+        section(lambda m, b, lv, r: b != primary[m] and b not in LAST and secondary(lv, r), levels=sec_levels)
 
     def max_batch(pick) -> None:  # the largest-batch search: whole model, every backend but the reference scans
         for m in s.models if s.max_batch and "model" in s.levels else ():  # (secondary ones up to their max r)
@@ -614,6 +634,8 @@ def make_plan(s: Settings, device: torch.device) -> list[Unit]:
 
     max_batch(lambda m, b: b == primary[m])
     max_batch(lambda m, b: b != primary[m] and b not in LAST)
+    if not interleaved:
+        section(lambda m, b, lv, r: b != primary[m] and b in LAST and secondary(lv, r), levels=sec_levels)
     max_batch(lambda m, b: b != primary[m] and b in LAST)
     return plan
 

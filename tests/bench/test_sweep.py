@@ -3,6 +3,7 @@ row, bad arguments exit 2 with one line; plus the max-batch search and the timin
 
 import json
 import time
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -311,6 +312,18 @@ def test_gpu_plan_order_and_settings(monkeypatch):
         else:
             assert all(b == primary[m] for m, b in pairs)
     assert any(c.backend == "triton" and c.res == 48 for u in timed for c in u.combos)
+    # --backend-order primary-first (the CPU default): the primary backends everywhere first, LAST at the very end
+    pf = sweep.settings_from_args(sweep.build_parser().parse_args(["--backend-order", "primary-first"]))
+    pf_plan = sweep.make_plan(pf, torch.device("cuda"))
+    order = [c.backend for u in pf_plan for c in u.combos]
+    first_secondary = next(i for i, b in enumerate(order) if b != primary["v1"] and b not in primary.values())
+    assert all(b in primary.values() for b in order[:first_secondary]) and order[-1] in sweep.LAST
+    rows_of = lambda p: Counter((u.kind, c) for u in p for c in u.combos)  # noqa: E731
+    assert rows_of(pf_plan) == rows_of(plan)  # the same rows, in another order
+    monkeypatch.setattr(sweep, "pick_device", lambda name: torch.device("cpu"))
+    cpu = sweep.settings_from_args(sweep.build_parser().parse_args([]))
+    assert cpu.mode == "reduced" and cpu.backend_order == "primary-first" and s.backend_order == "interleaved"
+    monkeypatch.setattr(sweep, "pick_device", lambda name: torch.device("cuda"))
     lat = [u for u in timed if u.combos[0].batch == 8 and u.combos[0].level == "model" and u.combos[0].res == 32]
     assert {c.model for u in lat for c in u.combos} == set(VARIANTS)  # every variant interleaved with the others
     # the throughput regime: 2^19 tokens per batch, training step, whole model; r = 256 is the latency row
