@@ -43,7 +43,7 @@ every call and run of one results folder runs the same kernel configs.
 Without CUDA this is a clearly announced REDUCED sweep (small preset, batch 1, r = 32, 48 and 64, the CPU
 backends — the Mamba variants first on the fused C++ scan (cpu_fused), then the reference — one CPU thread, 3
 repetitions in 3 rounds after a warm-up call, wall time only) into results/cpu/, so it never overwrites the GPU
-results; ≈ 7 min on 2 cores (a 360 s time budget, which the primary backends' units fit: a rerun continues).
+results; ≈ 7–8 min on 2 cores (a 420 s time budget, which the primary backends' units fit: a rerun continues).
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def settings_from_args(args) -> Settings:
                  out=REPO / "results", all_backends=True)  # fmt: skip
     elif mode == "reduced":
         d = dict(res=[32, 48, 64], batch=1, preset="small", warmup=0.0, min_reps=3, max_point_s=1.0,
-                 levels=list(LEVELS), tokens=0, spec=0, ref_max=10**6, budget=360.0, out=REPO / "results" / "cpu",
+                 levels=list(LEVELS), tokens=0, spec=0, ref_max=10**6, budget=420.0, out=REPO / "results" / "cpu",
                  all_backends=False)  # fmt: skip
     else:  # quick
         d = dict(res=[8, 12], batch=2, preset="tiny", warmup=0.0, min_reps=3, max_point_s=0.5,
