@@ -85,20 +85,23 @@ def measure_group(
     trace_names: dict | None = None,
 ) -> dict[object, dict]:
     """{key: fields} for every point; fields["error"] holds the exception of a point that could not be timed."""
-    from bench.measure import free_memory, is_oom, measure_memory
+    from bench.measure import MiB, free_memory, is_oom, measure_memory, rss_bytes
 
     out: dict[object, dict] = {k: {} for k in factories}
     steps: dict[object, Callable] = {}
     est: dict[object, float] = {}
     for k, factory in factories.items():  # 1. build, first call, memory, warm-up
         try:
+            # what the process holds before this point is built (the unit's points built before it, and caches):
+            # its memory peak counts from here, so a point's memory does not depend on its place in the unit
+            resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
             step = factory(False)
             # CUDA: a first call (compilation, autotuning, allocator growth) before the memory call; CPU has none of
             # that, and its first call is the one whose peak RSS counts (the allocator's pages are then resident)
             t_first = _timed_call(step, device) if device.type == "cuda" else math.nan
             t0 = time.perf_counter()
             if cfg.memory:
-                out[k].update(measure_memory(step, device))
+                out[k].update(measure_memory(step, device), mem_resident_mb=resident / MiB)
             t_mem = 1e3 * (time.perf_counter() - t0)
             t_first = t_mem if math.isnan(t_first) else t_first
             est[k] = t_mem if cfg.memory else _timed_call(step, device)  # the memory call is a plain step too

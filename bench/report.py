@@ -108,7 +108,10 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = pd.to_numeric(_col(df, c), errors="coerce")
     df["note"] = _col(df, "note").fillna("").astype(str)
     gpu = df["mem_alloc_peak_mb"].notna()
-    df["peak_mem_gb"] = np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) / 1024
+    # the step's peak above what the process held before its model was built (mem_resident_mb: the other points of
+    # its unit, caches); rows of older runs have no such column and keep the process's absolute peak
+    resident = pd.to_numeric(_col(df, "mem_resident_mb"), errors="coerce").fillna(0.0)
+    df["peak_mem_gb"] = (np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) - resident) / 1024
     base = np.where(gpu, df["mem_alloc_before_mb"], df["rss_before_mb"])
     df["act_mem_gb"] = df["peak_mem_gb"] - base / 1024
     df["host_pct"] = 100 * df["host_frac"]
@@ -940,9 +943,11 @@ NOTES = """\
   Kernel time = summed GPU kernel durations (memcpy/memset included) of torch.profiler over 1–3 eager steps; host
   overhead = eager − kernel time (a share > 50 % means the row measures Python and launches, not the model).
   Fits, crossovers and the spec table use device time; the tables give both.
-- **Memory.** Peak = torch.cuda.max_memory_allocated after reset_peak_memory_stats around one step (includes
-  parameters, gradients, AdamW state and inputs); NVML device-level used memory and max_memory_reserved are in the
-  CSV. Fits use the peak minus the allocation before the step. On CPU: process RSS.
+- **Memory.** Peak = torch.cuda.max_memory_allocated after reset_peak_memory_stats around one step, less what the
+  process held before the point's model was built (`mem_resident_mb`: the points built before it in its unit,
+  caches), i.e. its own parameters, gradients, AdamW state, inputs and activations; rows without that column (runs
+  up to `aae9f0a`) give the process's absolute peak. NVML device-level used memory and max_memory_reserved are in
+  the CSV. Fits use the peak minus the allocation before the step. On CPU: process RSS, the same way.
 - **Levels.** mixer = one Mamba mixer vs one self-attention on (B, N, d_model); encoder = `model.encode` (all
   num_layers layers); model = the whole flow-matching network with N = Nin + Nq tokens (Nin = 20 %).
 - **Backends.** V1: mamba_ssm (fused CUDA kernels), reference (pure PyTorch, launch-bound on GPU). V4: seed

@@ -46,6 +46,11 @@ def test_quick_sweep_writes_csv_json_md_png(quick_run):
     timed = df[df["kind"] != "flops"]
     assert (timed["median_ms"] > 0).all() and (timed["tflops"] > 0).all()
     assert (timed[timed["kind"] == "train"]["epoch_min"] > 0).all()
+    # memory counts from what the process held before the point's model was built (its unit's earlier points)
+    assert (timed["mem_resident_mb"] > 0).all() and (timed["rss_peak_mb"] >= timed["rss_before_mb"]).all()
+    prepared = report.prepare(timed)
+    expect = (timed["rss_peak_mb"] - timed["mem_resident_mb"]) / 1024
+    assert (prepared["peak_mem_gb"] - expect).abs().max() < 1e-9
     env = json.loads((out / "raw" / "sweep_B2_fp32.json").read_text())["runs"][0]
     for key in ("git_commit", "torch", "hostname", "date", "reduced", "settings", "triton"):
         assert key in env
