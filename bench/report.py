@@ -110,10 +110,11 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     gpu = df["mem_alloc_peak_mb"].notna()
     # the step's peak above what the process held before its model was built (mem_resident_mb: the other points of
     # its unit, caches); rows of older runs have no such column and keep the process's absolute peak
+    peak = np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"])  # the process's absolute peak
     resident = pd.to_numeric(_col(df, "mem_resident_mb"), errors="coerce").fillna(0.0)
-    df["peak_mem_gb"] = (np.where(gpu, df["mem_alloc_peak_mb"], df["rss_peak_mb"]) - resident) / 1024
+    df["peak_mem_gb"] = (peak - resident) / 1024
     base = np.where(gpu, df["mem_alloc_before_mb"], df["rss_before_mb"])
-    df["act_mem_gb"] = df["peak_mem_gb"] - base / 1024
+    df["act_mem_gb"] = (peak - base) / 1024  # above the allocation just before the step (both absolute)
     df["host_pct"] = 100 * df["host_frac"]
     df["regime"] = _col(df, "regime").map(lambda v: v if isinstance(v, str) else "")
     # rows of older runs: the per-token wall cost from the median

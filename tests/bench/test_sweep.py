@@ -51,6 +51,8 @@ def test_quick_sweep_writes_csv_json_md_png(quick_run):
     prepared = report.prepare(timed)
     expect = (timed["rss_peak_mb"] - timed["mem_resident_mb"]) / 1024
     assert (prepared["peak_mem_gb"] - expect).abs().max() < 1e-9
+    act = (timed["rss_peak_mb"] - timed["rss_before_mb"]) / 1024  # the fits' memory: above the step's own baseline
+    assert (prepared["act_mem_gb"] - act).abs().max() < 1e-9
     env = json.loads((out / "raw" / "sweep_B2_fp32.json").read_text())["runs"][0]
     for key in ("git_commit", "torch", "hostname", "date", "reduced", "settings", "triton"):
         assert key in env
