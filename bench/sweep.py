@@ -884,10 +884,11 @@ class Sweep:
         """The combos of one fwd / train unit: decided rows first, the rest timed together (bench.points)."""
         s, dev, kind = self.s, self.device, unit.kind
         todo = [c for c in unit.combos if s.fresh or not self.store.done(row_key(self.base(c, kind)))]
+        est = {c: estimate_seconds(c, kind, s, dev) for c in unit.combos}  # the bar, the budget and its scaling
         for c in unit.combos:
             if c not in todo:
-                bar.update(estimate_seconds(c, kind, s, dev))
-        self.over_budget(sum(estimate_seconds(c, kind, s, dev) for c in todo))  # closes it if this unit won't fit
+                bar.update(est[c])
+        self.over_budget(sum(est[c] for c in todo))  # closes it if this unit won't fit
         rows, factories = {}, {}
         for c in todo:
             rows[c] = row = self.base(c, kind)
@@ -914,7 +915,7 @@ class Sweep:
                 Path(s.trace_dir).mkdir(parents=True, exist_ok=True)
             fields = measure_group(factories, dev, rcfg, dcfg, traces)
             group_s = time.perf_counter() - t0
-            self.spent(sum(estimate_seconds(c, kind, s, dev) for c in factories), t0)
+            self.spent(sum(est[c] for c in factories), t0)
             self.autotune_save()
             for c, f in fields.items():
                 row = rows[c]
@@ -934,7 +935,7 @@ class Sweep:
             self._note_oom(rows[c])
             rows[c].setdefault("elapsed_s", 0.0)
             self.store.add(rows[c])
-            bar.update(estimate_seconds(c, kind, s, dev))
+            bar.update(est[c])
 
     def fail(self, row: dict, e: BaseException, c: Combo, kind: str) -> None:
         """The row of a point that raised: oom, unavailable (ConfigError / ImportError: backend missing;
