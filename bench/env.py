@@ -147,7 +147,10 @@ def environment(device: torch.device | None = None, **settings) -> dict:
         **gpu_info(device),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "flash_attn_autotune": os.environ.get("FLASH_ATTN_AUTOTUNE"),
-        "flash_attn_fwd": os.environ.get("FLASH_ATTN_FWD"),  # the experimental forward variant, if any
+        # the forward's K/V reads (kernels/flash_attention.py); unset = auto: TMA at D >= 64 on sm_90, else pointers
+        "flash_attn_fwd": os.environ.get("FLASH_ATTN_FWD") or "auto",
+        "flash_attn_tune_top": os.environ.get("FLASH_ATTN_TUNE_TOP"),  # autotune over the first k configs (unset: all)
+        "flash_attn_short_blocks": os.environ.get("FLASH_ATTN_SHORT_BLOCKS"),  # "0": no short-sequence config rule
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         **settings,
     }

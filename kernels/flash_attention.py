@@ -98,13 +98,15 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _AUTOTUNE = os.environ.get("FLASH_ATTN_AUTOTUNE", "1") != "0"
 # FLASH_ATTN_TUNE_TOP=k: autotune over the first k fitting configs of each list only (0 or unset: all).
 _TUNE_TOP = int(os.environ.get("FLASH_ATTN_TUNE_TOP", "0") or 0)
-# FLASH_ATTN_FWD=tma (an experiment, off by default; kernels/NOTES.md): the forward reads K and V through
-# TMA tensor descriptors (tl.make_tensor_descriptor, Hopper's bulk copies; needs unit D-stride and 16-byte
-# aligned row strides and bases, else that call takes the pointer path). A module flag read per call (launch
-# plans, replays and the autotuner are keyed on it), so a test can switch it. "ws" (a warp-specialised key
+# FLASH_ATTN_FWD picks how the forward reads K and V: "tma" through TMA tensor descriptors
+# (tl.make_tensor_descriptor, Hopper's bulk copies; needs unit D-stride and 16-byte aligned row strides and
+# bases, else that call takes the pointer path), "ptr" through pointers, unset or "auto": TMA at head dim >= 64 on
+# an sm_90 GPU (measured faster there on the H200: +4-6 % at D = 64; equal at D = 32, so the pointer path stays;
+# kernels/NOTES.md), pointers elsewhere and under the interpreter. A module flag read per call (launch plans,
+# replays and the autotuner are keyed on the choice), so a test can switch it. "ws" (a warp-specialised key
 # loop, tl.range(..., warp_specialize=True)) was tried and removed: triton 3.6's NVGPUWarpSpecialization pass
 # fails on this kernel (H200, every config); the error names it.
-_FWD_VARIANTS = ("tma",)
+_FWD_VARIANTS = ("tma", "ptr", "auto")
 _REMOVED_VARIANTS = {"ws": "warp_specialize was removed: triton 3.6 fails to compile this kernel's key loop with "
                            "it (NVGPUWarpSpecialization); see kernels/NOTES.md"}  # fmt: skip
 
@@ -117,10 +119,14 @@ def _parse_fwd_variant(text: str) -> frozenset:
     bad = sorted(parts - set(_FWD_VARIANTS))
     if bad:
         raise ValueError(f"FLASH_ATTN_FWD: unknown {bad}; use a comma list of {list(_FWD_VARIANTS)} or leave it unset")
-    return parts
+    if "tma" in parts and "ptr" in parts:
+        raise ValueError("FLASH_ATTN_FWD: 'tma' and 'ptr' exclude each other")
+    if not parts:
+        return frozenset({"auto"})
+    return parts - {"ptr"}  # "ptr": the empty set, the pointer path everywhere
 
 
-_FWD_VARIANT = _parse_fwd_variant(os.environ.get("FLASH_ATTN_FWD", ""))
+_FWD_VARIANT = _parse_fwd_variant(os.environ.get("FLASH_ATTN_FWD", "auto"))
 _LOG2E = 1.4426950408889634
 _PHILOX_ROUNDS = 7
 _INT32_MAX = 2**31 - 1
@@ -220,6 +226,35 @@ _MASK_BLOCK = (64, 64)
 
 _AUTOTUNE_KEY = ["NQ_BUCKET", "NK_BUCKET", "HEAD_DIM", "CAUSAL", "DROPOUT"]
 
+# Short sequences: the config a full autotune (FLASH_ATTN_TUNE_TOP=0) picked on the H200 for the model's
+# cross-attention at B = 64, N = 1024 (Nq = 819 queries onto Nk = 205 keys; kernels/NOTES.md) goes to the front
+# of its list when the sequence it tiles fits the bucket: kind -> (bucket argument, largest bucket, config).
+# So FLASH_ATTN_AUTOTUNE=0 runs it and FLASH_ATTN_TUNE_TOP=3 weighs it against the two long-sequence defaults.
+# FLASH_ATTN_SHORT_BLOCKS=0 keeps the lists' own order (to measure the rule).
+_SHORT_BLOCKS = os.environ.get("FLASH_ATTN_SHORT_BLOCKS", "1") != "0"
+_SHORT_RULES = {
+    "fwd": ("NK_BUCKET", 256, _cfg(64, 32, 4, 3)),  # key blocks of 32: 224 of 205 keys computed, not 256
+    "dkdv": ("NK_BUCKET", 256, _cfg(32, 64, 4, 3)),  # 64-key programs: 4 per (batch, head), not 2
+    "dq": ("NQ_BUCKET", 1024, _cfg(64, 32, 4, 4)),  # 64-query programs: twice the programs of 128
+}
+
+
+def _same(a: triton.Config, b: triton.Config) -> bool:
+    return (a.kwargs, a.num_warps, a.num_stages) == (b.kwargs, b.num_warps, b.num_stages)
+
+
+def _order_for_length(kind: str, configs: list, named_args: dict) -> list:
+    """``configs`` with the short-sequence config of ``kind`` first when its bucket argument is small enough."""
+    rule = _SHORT_RULES.get(kind)
+    if not _SHORT_BLOCKS or rule is None:
+        return configs
+    arg, largest, short = rule
+    n = named_args.get(arg)
+    if not isinstance(n, int) or n > largest:
+        return configs
+    hit = [c for c in configs if _same(c, short)]
+    return hit + [c for c in configs if not _same(c, short)] if hit else configs
+
 
 def _autotune_bench(kernel_call, quantiles):
     # Shorter than triton's default (25 ms warm-up, 100 ms timing): GPU time is scarce.
@@ -251,7 +286,7 @@ def _make_prune(kind: str):
         if elsize == 4:
             return [_cfg(*_FP32_CONFIG[kind])]
         fits = [c for c in configs if _smem_estimate(kind, c, head_dim, elsize) <= _SMEM_BUDGET]
-        fits = fits or [configs[-1]]
+        fits = _order_for_length(kind, fits or [configs[-1]], named_args)
         return (fits[:_TUNE_TOP] if _TUNE_TOP > 0 else fits) if _AUTOTUNE else fits[:1]
 
     return prune
@@ -1130,7 +1165,7 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     dropout = dropout_p > 0.0
     thresh = _drop_thresh(dropout_p)
     r = o if res is None else res
-    tma = "tma" in _FWD_VARIANT and _tma_ok(k) and _tma_ok(v)
+    tma = _want_tma(q) and _tma_ok(k) and _tma_ok(v)
     key = ("fwd", q.dtype, q.device, _layout(q), _layout(k), _layout(v), o.stride(), r.stride(),
            _aligned(q, k, v), causal, dropout, res is not None, tma)  # fmt: skip
     if tma:
@@ -1150,6 +1185,21 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
             DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS, TMA=tma,
         ), config, record, seed_at=(8,))  # fmt: skip
     return o, lse, res
+
+
+_SM90: dict = {}  # device index -> is an sm_90 GPU
+
+
+def _want_tma(q: torch.Tensor) -> bool:
+    """Does this call's forward read K and V by TMA (FLASH_ATTN_FWD, above), before the operand check?"""
+    if "tma" in _FWD_VARIANT:
+        return True
+    if "auto" not in _FWD_VARIANT or _INTERPRET or not q.is_cuda or q.shape[-1] < 64:
+        return False
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if index not in _SM90:
+        _SM90[index] = torch.cuda.get_device_capability(index)[0] == 9
+    return _SM90[index]
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
@@ -1285,6 +1335,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v), sm_scale, dropout_p, causal, with_res,
                _FWD_VARIANT)  # fmt: skip
         o, res, lse = _fwd_outputs(q, with_res)
+        if _want_tma(q):  # a replay launches without _fwd, which sets the descriptors' allocator
+            _ensure_allocator()
         _replay_or_run(sig, _sources(q, k, v, o, lse, res=res), seed, q, 1, lambda record: _fwd(
             q, k, v, sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, res)
@@ -1331,6 +1383,8 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         sig = ("qkv", qkv.shape, qkv.stride(), qkv.dtype, qkv.device, qkv.data_ptr() % 16, H, sm_scale, dropout_p,
                causal, with_res, _FWD_VARIANT)  # fmt: skip
         o, res, lse = _bnhd_outputs(B, H, N, D, qkv.dtype, qkv.device, with_res)
+        if _want_tma(o):  # as in FlashAttentionFunction
+            _ensure_allocator()
         _replay_or_run(sig, _sources(qkv, o, lse, res=res), seed, qkv, 1, lambda record: _fwd(
             *_unpack_qkv(qkv, H), sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
         ctx.save_for_backward(qkv, o, lse, res)

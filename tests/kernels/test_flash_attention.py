@@ -288,6 +288,35 @@ def _first_gpu_configs():
     )
 
 
+@pytest.mark.parametrize("kind,lists", [("fwd", "_GPU_FWD_CONFIGS"), ("dkdv", "_GPU_BWD_KV_CONFIGS"),
+                                        ("dq", "_GPU_BWD_Q_CONFIGS")])  # fmt: skip
+def test_short_sequences_put_their_measured_config_first(kind, lists, monkeypatch):
+    """The GPU lists' pruning (what the autotuner weighs, and FLASH_ATTN_AUTOTUNE=0's pick): a short key set
+    (fwd, dK/dV) or query set (dQ) moves the config a full autotune chose there to the front; longer ones keep
+    the list's order; FLASH_ATTN_SHORT_BLOCKS=0 switches the rule off."""
+    configs = getattr(fa, lists)
+    arg, largest, short = fa._SHORT_RULES[kind]
+    assert sum(fa._same(c, short) for c in configs) == 1 and not fa._same(configs[0], short)
+    monkeypatch.setattr(fa, "_AUTOTUNE", True)
+    monkeypatch.setattr(fa, "_TUNE_TOP", 3)
+    prune = fa._make_prune(kind)
+    q = torch.empty(1, dtype=torch.bfloat16)
+
+    def pruned(n, d=32):
+        return prune(configs, {"Q": q, "NQ_BUCKET": 4096, "NK_BUCKET": 4096, arg: n}, HEAD_DIM=d)
+
+    first_three = pruned(2 * largest)
+    assert [fa._same(a, b) for a, b in zip(first_three, configs)] == [True] * 3  # a long sequence: the list's order
+    for n in (16, largest):
+        got = pruned(n)
+        assert len(got) == 3 and fa._same(got[0], short)
+        assert [fa._same(a, b) for a, b in zip(got[1:], configs)] == [True, True]
+    monkeypatch.setattr(fa, "_AUTOTUNE", False)
+    assert len(pruned(largest)) == 1 and fa._same(pruned(largest)[0], short)  # what the sweep runs
+    monkeypatch.setattr(fa, "_SHORT_BLOCKS", False)
+    assert fa._same(pruned(largest)[0], configs[0])
+
+
 def check_pinned(q, k, v, *, causal, dropout_p, seed, configs, tol, sm_scale=None, residual=True):
     """check_against_ref through _fwd/_bwd with pinned (forward, dK/dV, dQ) configs; returns the errors."""
     fwd_cfg, kv_cfg, q_cfg = configs
@@ -1087,7 +1116,32 @@ def test_fwd_variant_stride_d_falls_back(fwd_variant):
 def test_unknown_fwd_variant_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"FLASH_ATTN_FWD: unknown \['tmaa'\]"):
         fa._parse_fwd_variant("tmaa,tma")
-    assert fa._parse_fwd_variant(" tma , ") == frozenset({"tma"}) and fa._parse_fwd_variant("") == frozenset()
+    assert fa._parse_fwd_variant(" tma , ") == frozenset({"tma"}) and fa._parse_fwd_variant("ptr") == frozenset()
+    assert fa._parse_fwd_variant("") == fa._parse_fwd_variant("auto") == frozenset({"auto"})
+    with pytest.raises(ValueError, match="'tma' and 'ptr' exclude each other"):
+        fa._parse_fwd_variant("tma,ptr")
+
+
+def test_auto_fwd_variant_reads_by_tma_only_at_d64_up_on_sm90(fwd_variant, monkeypatch):
+    """auto (the default): TMA where the H200 measured it faster (D >= 64 on sm_90), pointers elsewhere: CPU
+    tensors, the interpreter, D = 32, other GPUs. tma / ptr force either."""
+    fwd_variant("auto")
+    assert fa._FWD_VARIANT == fa._parse_fwd_variant("")
+    q32, q64 = torch.empty(1, 1, 8, 32), torch.empty(1, 1, 8, 64)
+    assert not fa._want_tma(q64)  # a CPU tensor (and, in CI, the interpreter)
+
+    class FakeCuda:  # what _want_tma reads of a CUDA tensor
+        def __init__(self, d, index):
+            self.is_cuda, self.shape, self.device = True, (1, 1, 8, d), torch.device("cuda", index)
+
+    monkeypatch.setattr(fa, "_INTERPRET", False)
+    monkeypatch.setattr(fa, "_SM90", {0: True, 1: False})
+    assert fa._want_tma(FakeCuda(64, 0)) and fa._want_tma(FakeCuda(128, 0))
+    assert not fa._want_tma(FakeCuda(32, 0)) and not fa._want_tma(FakeCuda(64, 1))
+    fwd_variant()  # ptr
+    assert not fa._want_tma(FakeCuda(64, 0))
+    fwd_variant("tma")
+    assert fa._want_tma(FakeCuda(32, 1)) and fa._want_tma(q32)
 
 
 def test_removed_fwd_variant_says_why():
