@@ -290,31 +290,35 @@ def _first_gpu_configs():
 
 @pytest.mark.parametrize("kind,lists", [("fwd", "_GPU_FWD_CONFIGS"), ("dkdv", "_GPU_BWD_KV_CONFIGS"),
                                         ("dq", "_GPU_BWD_Q_CONFIGS")])  # fmt: skip
-def test_short_sequences_put_their_measured_config_first(kind, lists, monkeypatch):
-    """The GPU lists' pruning (what the autotuner weighs, and FLASH_ATTN_AUTOTUNE=0's pick): a short key set
-    (fwd, dK/dV) or query set (dQ) moves the config a full autotune chose there to the front; longer ones keep
+def test_short_key_sets_put_their_measured_config_first(kind, lists, monkeypatch):
+    """The GPU lists' pruning (what the autotuner weighs, and FLASH_ATTN_AUTOTUNE=0's pick): a short key set (and,
+    for dQ, a short query set too) moves the config a full autotune chose there to the front; anything longer keeps
     the list's order; FLASH_ATTN_SHORT_BLOCKS=0 switches the rule off."""
     configs = getattr(fa, lists)
-    arg, largest, short = fa._SHORT_RULES[kind]
+    limits, short = fa._SHORT_RULES[kind]
     assert sum(fa._same(c, short) for c in configs) == 1 and not fa._same(configs[0], short)
     monkeypatch.setattr(fa, "_AUTOTUNE", True)
     monkeypatch.setattr(fa, "_TUNE_TOP", 3)
     prune = fa._make_prune(kind)
     q = torch.empty(1, dtype=torch.bfloat16)
 
-    def pruned(n, d=32):
-        return prune(configs, {"Q": q, "NQ_BUCKET": 4096, "NK_BUCKET": 4096, arg: n}, HEAD_DIM=d)
+    def pruned(**buckets):
+        return prune(configs, {"Q": q, "NQ_BUCKET": 4096, "NK_BUCKET": 4096, **buckets}, HEAD_DIM=32)
 
-    first_three = pruned(2 * largest)
-    assert [fa._same(a, b) for a, b in zip(first_three, configs)] == [True] * 3  # a long sequence: the list's order
-    for n in (16, largest):
-        got = pruned(n)
-        assert len(got) == 3 and fa._same(got[0], short)
-        assert [fa._same(a, b) for a, b in zip(got[1:], configs)] == [True, True]
+    def in_list_order(got):
+        return [fa._same(a, b) for a, b in zip(got, configs)] == [True] * len(got)
+
+    short_buckets = dict(limits)
+    for arg in limits:  # one bucket past its limit: the list's order
+        assert in_list_order(pruned(**{**short_buckets, arg: 2 * limits[arg]}))
+    assert in_list_order(pruned(NQ_BUCKET=256, NK_BUCKET=1024))  # 1,024 keys (self-attention at N = 1024)
+    for n in (16, None):
+        got = pruned(**({a: 16 for a in limits} if n else short_buckets))
+        assert len(got) == 3 and fa._same(got[0], short) and in_list_order(got[1:])
     monkeypatch.setattr(fa, "_AUTOTUNE", False)
-    assert len(pruned(largest)) == 1 and fa._same(pruned(largest)[0], short)  # what the sweep runs
+    assert len(pruned(**short_buckets)) == 1 and fa._same(pruned(**short_buckets)[0], short)  # the sweep's pick
     monkeypatch.setattr(fa, "_SHORT_BLOCKS", False)
-    assert fa._same(pruned(largest)[0], configs[0])
+    assert fa._same(pruned(**short_buckets)[0], configs[0])
 
 
 def check_pinned(q, k, v, *, causal, dropout_p, seed, configs, tol, sm_scale=None, residual=True):
