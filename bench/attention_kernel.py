@@ -93,6 +93,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
 def _head_dim(text: str) -> int:
     value = _positive_int(text)
     if value not in HEAD_DIMS:
@@ -139,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-reps", type=_positive_int, default=10, help="at least this many timed runs")
     p.add_argument("--no-host", action="store_true", help="skip the host-time-per-call rows")
     p.add_argument("--model-step", action="store_true", help="time V4's training step, sdpa vs triton, instead")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="--model-step: interleaved rounds (default 5)")
+    p.add_argument("--point-s", type=_positive_float, default=2.0,
+                   help="--model-step: timed seconds per backend and point at most (default 2)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny sizes, just checks the code path runs")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--replot", type=existing_file, metavar="CSV", help="only re-render the MD and PNG from a saved CSV")
@@ -850,40 +863,72 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
 # ----------------------------------------------------------------------------------------------------
 
 STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note",
-                "kernel_ms"]  # fmt: skip
+                "kernel_ms", "n_rounds", "round_spread_pct", "sm_clock_mhz"]  # fmt: skip
+STEP_BACKENDS = ("sdpa", "triton")
+
+
+def _failed(e: BaseException, measure) -> dict:
+    """A step's row fields for an exception: oom or error, with its first line."""
+    return dict(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
 
 
 def model_step(args, device: torch.device, paths: dict) -> list[dict]:
-    """V4 (default preset) training step, bf16 autocast, with attention on sdpa and triton, per dropout and r."""
+    """V4 (default preset) training step, bf16 autocast, attention on sdpa and on triton, per dropout and r.
+
+    Both backends' steps are built side by side and timed in --rounds interleaved rounds (bench.rounds, the order
+    rotated each round), so a drift of the host (these steps are host-bound at r <= 48) lands on both alike; at
+    least --min-reps steps each, fewer where a point would pass --point-s seconds (at least one per round)."""
     import pandas as pd
 
     from bench import measure
+    from bench.rounds import RoundsConfig, clock_probe, event_timer, reps_per_round, run_rounds
 
     rows = []
     B = args.batch
+    cfg = RoundsConfig(rounds=args.rounds, min_reps=args.min_reps, max_point_s=args.point_s)
+    probe = clock_probe(device)
     for p in args.dropout:
         for r in args.res:
             N = r * r
-            for backend in ("sdpa", "triton"):
-                row = dict(backend=backend, res=r, N=N, batch=B, dropout=p, status="ok", note="")
-                try:
-                    wl = measure.build_workload("v4", backend, "model", "tiny" if args.quick else "default", device,
-                                                overrides={"dropout": p})  # fmt: skip
-                    step = measure.make_train_step(wl, wl.inputs(B, N, device), device, amp=device.type == "cuda")
-                    step()  # compile, autotune, launch plans
-                    t = measure.time_fn(step, device, warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
-                                        max_reps=max(args.min_reps, 100))  # fmt: skip
-                    kms = kernel_time_ms(step, device, t.median, budget_ms=200.0, cold_l2=False)
-                    row.update(median_ms=t.median, q1_ms=t.q1, q3_ms=t.q3, n_reps=len(t.times_ms), kernel_ms=kms)
-                except Exception as e:  # noqa: BLE001
-                    row.update(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
-                finally:
-                    wl = step = None
-                    measure.free_memory(device)
+            point = {b: dict(backend=b, res=r, N=N, batch=B, dropout=p, status="ok", note="") for b in STEP_BACKENDS}
+            steps = {}
+            try:
+                for b in STEP_BACKENDS:
+                    try:
+                        wl = measure.build_workload("v4", b, "model", "tiny" if args.quick else "default", device,
+                                                    overrides={"dropout": p})  # fmt: skip
+                        steps[b] = measure.make_train_step(wl, wl.inputs(B, N, device), device,
+                                                           amp=device.type == "cuda")  # fmt: skip
+                        steps[b]()  # compile, autotune, launch plans
+                    except Exception as e:  # noqa: BLE001
+                        steps.pop(b, None)
+                        point[b].update(_failed(e, measure))
+                        measure.free_memory(device)
+                est = {}
+                for b, step in steps.items():  # warm-up, then one timed step: the estimate that sizes the rounds
+                    measure.time_fn(step, device, warmup_ms=args.warmup, rep_ms=0, min_reps=1, max_reps=1)
+                    est[b] = measure.time_fn(step, device, warmup_ms=0, rep_ms=0, min_reps=1, max_reps=1).median
+                timers = {b: event_timer(steps[b], device) for b in steps}
+                res = run_rounds(timers, {b: reps_per_round(est[b], cfg) for b in steps}, cfg.rounds, probe=probe)
+                for b in steps:
+                    if res[b].error is not None:
+                        e = res[b].error
+                        point[b].update(_failed(e, measure))
+                        continue
+                    sm = res[b].summary()
+                    point[b].update({k: sm[k] for k in ("median_ms", "q1_ms", "q3_ms", "n_reps", "n_rounds",
+                                                        "round_spread_pct", "sm_clock_mhz")})  # fmt: skip
+                    point[b]["kernel_ms"] = kernel_time_ms(steps[b], device, sm["median_ms"], budget_ms=200.0,
+                                                           cold_l2=False)  # fmt: skip
+            finally:
+                steps = None
+                measure.free_memory(device)
+            for b in STEP_BACKENDS:
+                row = point[b]
                 rows.append(row)
-                print(f"v4 step B={B} r={r} p={p} {backend:<7} {row.get('median_ms', float('nan')):9.2f} ms "
+                print(f"v4 step B={B} r={r} p={p} {b:<7} {row.get('median_ms', float('nan')):9.2f} ms "
                       f"{row['status']} {row['note']}", flush=True)  # fmt: skip
-                write_csv_atomic(paths["csv"], rows, STEP_COLUMNS)
+            write_csv_atomic(paths["csv"], rows, STEP_COLUMNS)
     atomic_write_text(paths["md"], render_step_markdown(pd.DataFrame(rows, columns=STEP_COLUMNS)))
     return rows
 
@@ -904,7 +949,8 @@ def _step_kernel_cells(at) -> list[str]:
 def render_step_markdown(df) -> str:
     lines = ["# V4 training step: attention on sdpa vs triton", "",
              "Median ms [IQR] of one training step (forward + backward + AdamW, bf16 autocast), "
-             "bench.measure's V4 workload; bar: triton ≤ sdpa at every r ≥ 48. Kernel ms: the summed GPU kernel "
+             "bench.measure's V4 workload, both backends timed in the same interleaved rounds (the order rotated "
+             "each round); bar: triton ≤ sdpa at every r ≥ 48. Kernel ms: the summed GPU kernel "
              f"time per step (torch.profiler); a step whose median is > {HOST_BOUND:g}× it is host-bound.",
              ""]  # fmt: skip
     for p in sorted(set(df["dropout"]), reverse=True):
@@ -1001,7 +1047,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = {ext: args.out / f"{stem}.{ext}" for ext in ("csv", "json", "md")}
         env = environment(
             device, benchmark="v4 training step, sdpa vs triton", batch=args.batch, res=list(args.res),
-            dropout=list(args.dropout), warmup_ms=args.warmup, rep_ms=args.rep, min_reps=args.min_reps,
+            dropout=list(args.dropout), warmup_ms=args.warmup, min_reps=args.min_reps, rounds=args.rounds,
+            point_s=args.point_s, timer="bench.rounds.run_rounds (CUDA events, interleaved across backends)",
         )  # fmt: skip
         atomic_write_text(paths["json"], json.dumps(env, indent=2, default=str) + "\n")
         model_step(args, device, paths)

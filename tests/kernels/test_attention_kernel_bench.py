@@ -72,6 +72,35 @@ def test_model_step_quick(tmp_path):
     assert "| 4 | 16 |" in md and "| regime |" in md and "| – | – | – |" in md  # no kernel time on a CPU
 
 
+def test_model_step_times_both_backends_in_the_same_rounds(tmp_path, monkeypatch):
+    """sdpa and triton are timed in one bench.rounds.run_rounds group per point (interleaved, rotated), not one
+    after the other; the rows keep the rounds and their spread."""
+    import bench.rounds as rounds
+
+    groups = []
+    real = rounds.run_rounds
+
+    def spy(timers, reps, n, probe=None):
+        groups.append((tuple(timers), n))
+        return real(timers, reps, n, probe)
+
+    monkeypatch.setattr(rounds, "run_rounds", spy)
+    argv = ["--model-step", "--quick", "--res", "4", "--dropout", "0.1", "0", "--batch", "1", "--rounds", "3",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert ak.main(argv) == 0
+    assert groups == [(("sdpa", "triton"), 3)] * 2  # one group per (dropout, r)
+    df = pd.read_csv(tmp_path / "attention_kernel_v4step_B1_fp32.csv")
+    assert (df["n_rounds"] == 3).all() and (df["n_reps"] >= 3).all() and df["round_spread_pct"].notna().all()
+
+
+def test_model_step_rejects_bad_rounds_and_point_budget(capsys):
+    for argv in (["--model-step", "--rounds", "0"], ["--model-step", "--point-s", "nan"]):
+        with pytest.raises(SystemExit) as e:
+            ak.main(argv)
+        assert e.value.code != 0
+    assert "expected a positive" in capsys.readouterr().err
+
+
 def test_replot_from_csv(tmp_path):
     rows = []
     for backend, ms in (("triton", 1.0), ("sdpa_flash", 1.1), ("sdpa_cudnn", 0.9), ("naive", None)):
