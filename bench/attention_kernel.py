@@ -51,7 +51,7 @@ import torch
 
 from bench.env import environment
 from models.utils import ArgParser, atomic_savefig, atomic_to_csv, atomic_write_text
-from models.validate import existing_file, writable_dir
+from models.validate import existing_file, positive_float, writable_dir
 
 BACKENDS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex", "naive"]
 SDPA_BACKENDS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
@@ -90,16 +90,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
     return value
 
 
@@ -150,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-host", action="store_true", help="skip the host-time-per-call rows")
     p.add_argument("--model-step", action="store_true", help="time V4's training step, sdpa vs triton, instead")
     p.add_argument("--rounds", type=_positive_int, default=5, help="--model-step: interleaved rounds (default 5)")
-    p.add_argument("--point-s", type=_positive_float, default=2.0,
+    p.add_argument("--point-s", type=positive_float, default=2.0,
                    help="--model-step: timed seconds per backend and point at most (default 2)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny sizes, just checks the code path runs")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -912,8 +902,7 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
                 res = run_rounds(timers, {b: reps_per_round(est[b], cfg) for b in steps}, cfg.rounds, probe=probe)
                 for b in steps:
                     if res[b].error is not None:
-                        e = res[b].error
-                        point[b].update(_failed(e, measure))
+                        point[b].update(_failed(res[b].error, measure))
                         continue
                     sm = res[b].summary()
                     point[b].update({k: sm[k] for k in ("median_ms", "q1_ms", "q3_ms", "n_reps", "n_rounds",

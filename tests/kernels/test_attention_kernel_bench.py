@@ -98,7 +98,8 @@ def test_model_step_rejects_bad_rounds_and_point_budget(capsys):
         with pytest.raises(SystemExit) as e:
             ak.main(argv)
         assert e.value.code != 0
-    assert "expected a positive" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "expected a positive integer" in err and "must be a finite number > 0, got 'nan'" in err
 
 
 def test_replot_from_csv(tmp_path):
