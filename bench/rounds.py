@@ -12,10 +12,14 @@ temperature, another process) spreads over all points instead of landing on whic
 
 A timer is any `f(n) -> list[ms]` (CUDA events or perf_counter; tests use a fake clock). A timer that raises
 is dropped from the later rounds and its exception kept (the caller turns it into the row's status).
+Python's cyclic garbage collector is off while a point's share of a round runs, as `timeit` does, and a
+collection runs before it: a host-bound step allocates many objects, and a gen-2 pass landing in one round
+moves that round's median (re-enabled after, also when the timer raises; `gc=False` leaves it alone).
 """
 
 from __future__ import annotations
 
+import gc as _gc
 import math
 import statistics
 from collections.abc import Callable
@@ -72,10 +76,11 @@ class PointTimes:
 
 
 def run_rounds(
-    timers: dict, reps: dict, rounds: int, probe: Callable[[], dict] | None = None
+    timers: dict, reps: dict, rounds: int, probe: Callable[[], dict] | None = None, gc: bool = True
 ) -> dict[object, PointTimes]:
     """Time every point `rounds` times, interleaved: round j runs the points in order rotated by j, each for
-    reps[key] repetitions. Returns {key: PointTimes}; a timer that raises keeps its error and leaves the rounds."""
+    reps[key] repetitions. Returns {key: PointTimes}; a timer that raises keeps its error and leaves the rounds.
+    gc: collect, then keep the cyclic GC off during each timer call (restored to its prior state after)."""
     keys = list(timers)
     res = {k: PointTimes() for k in keys}
     for j in range(rounds):
@@ -84,11 +89,18 @@ def run_rounds(
             break
         shift = j % len(live)
         for pos, k in enumerate(live[shift:] + live[:shift]):
+            was_on = _gc.isenabled()
+            if gc:
+                _gc.collect()
+                _gc.disable()
             try:
                 times = [float(t) for t in timers[k](reps[k])]
             except Exception as e:  # recorded; the caller decides (oom / error)
                 res[k].error = e
                 continue
+            finally:
+                if gc and was_on:
+                    _gc.enable()
             res[k].rounds.append(times)
             res[k].order.append(pos)
             if probe is not None:

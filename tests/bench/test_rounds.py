@@ -65,6 +65,31 @@ def test_a_failing_point_leaves_the_rounds_and_the_others_go_on():
     assert [k for k, _ in clock.log] == ["a", "b", "b", "a", "a"]  # round 3 has only a left
 
 
+def test_gc_is_off_inside_each_timer_call_and_restored_after_even_on_failure():
+    import gc
+
+    seen = []
+
+    def timer(n):
+        seen.append(gc.isenabled())
+        if len(seen) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return [1.0] * n
+
+    assert gc.isenabled()
+    res = run_rounds({"a": timer, "b": timer}, {"a": 1, "b": 1}, rounds=2)
+    assert seen == [False, False, False] and gc.isenabled() and res["b"].error is not None
+    gc.disable()  # a caller that turned GC off keeps it off
+    try:
+        run_rounds({"a": timer}, {"a": 1}, rounds=1)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    seen.clear()
+    run_rounds({"a": lambda n: seen.append(gc.isenabled()) or [1.0] * n}, {"a": 1}, rounds=1, gc=False)
+    assert seen == [True]
+
+
 def test_reps_per_round_reaches_the_minimum_unless_the_point_is_slow():
     cfg = RoundsConfig(rounds=3, min_reps=20, max_point_s=2.0)
     assert reps_per_round(1.0, cfg) == 7  # 3 × 7 = 21 ≥ 20
