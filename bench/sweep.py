@@ -142,6 +142,7 @@ class Settings:
     gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
     shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
     render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
+    render_when: str = "auto"  # --render: auto (only once no row is left for a later call), always, never
     autotune_cache: str | None = None  # --autotune-cache: Triton autotune choices to share (bench.autotune); "auto":
     # resolved by Sweep (CUDA: <out>/raw/autotune_<gpu>.json, CPU: none)
     run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
@@ -229,6 +230,9 @@ def build_parser() -> ArgParser:
                    help="mamba_ssm's Triton autotune choices: start from this file's, add this run's (bench.autotune; "
                         "calls and runs that share one file run the same configs). auto (default): on CUDA, "
                         "<out>/raw/autotune_<gpu>.json; off: none")  # fmt: skip
+    p.add_argument("--render", default="auto", metavar="WHEN",
+                   help="render tables and plots at the end: auto (default: only when no row is left for a "
+                        "later call, so a resumed GPU run renders once), always, never")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
     p.add_argument(
@@ -290,6 +294,8 @@ def settings_from_args(args) -> Settings:
                     ("--graph-max-ms", args.graph_max_ms), ("--global-warmup", args.global_warmup)):  # fmt: skip
         if v is not None and not v >= 0:
             raise ConfigError(f"{flag} must be >= 0, got {v}")
+    if args.render not in ("auto", "always", "never"):
+        raise ConfigError(f"--render: unknown value {args.render!r}; choose auto, always or never")
     if args.autotune_cache not in ("auto", "off"):  # a bad or foreign file is refused before any measurement
         from bench import autotune
 
@@ -372,6 +378,7 @@ def settings_from_args(args) -> Settings:
         redo=_redo_specs(args.redo, models, sorted({b for bs in backends.values() for b in bs})),
         triton_autotune=args.triton_autotune,
         autotune_cache=None if args.autotune_cache == "off" else args.autotune_cache,
+        render_when=args.render,
         threads=args.threads or (None if cuda else 1),
         model_levels=model_levels, gpus=pick_gpus(args.gpus, args.device, gpu_count()),
     )  # fmt: skip
@@ -1157,8 +1164,21 @@ def _run_sweep(s: Settings) -> None:
     if not s.render:
         print(f"sweep share {s.shard[0] + 1}/{s.shard[1]} on {s.device} done in {env['wall_s']:.0f} s", flush=True)
         return
+    left = rows_left(sweep.store)
+    if s.render_when == "never" or (s.render_when == "auto" and left):
+        why = f"{left} rows left for the next call (the same command continues)" if left else "--render never"
+        print(f"sweep done in {env['wall_s']:.0f} s; {why}; not rendered (--render {s.render_when}): "
+              f"`python -m bench.report --out {s.out}` renders what is there", flush=True)  # fmt: skip
+        return
     print(f"sweep done in {env['wall_s']:.0f} s; rendering tables and plots", flush=True)
     render_report(s)
+
+
+def rows_left(store: RowStore) -> int:
+    """Rows a rerun of the same command would still measure: those skipped by the time budget or a broken CUDA
+    context ("rerun to continue"), not those skipped by design (e.g. the reference scan past --ref-max-res)."""
+    return sum(r.get("status") == "skipped" and "rerun to continue" in str(r.get("note") or "")
+               for r in store.rows.values())  # fmt: skip
 
 
 def render_report(s: Settings) -> None:

@@ -131,6 +131,7 @@ def test_unavailable_backend_becomes_a_row(tmp_path):
         (["--redo", "/"], "give model/backend"),
         (["--redo", "//fwd/x"], "give model/backend"),
         (["--redo", "//maxbatch"], "unknown kind 'maxbatch'"),
+        (["--render", "sometimes"], "--render: unknown value 'sometimes'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
@@ -374,6 +375,26 @@ def test_time_budget_skips_rows_that_a_rerun_then_measures(tmp_path):
     assert set(df["status"]) == {"skipped"} and df["note"].str.contains("time budget").all()
     assert sweep.main(args) == 0
     assert set(rows(tmp_path)["status"]) == {"ok"}
+
+
+def test_a_call_that_leaves_rows_does_not_render_unless_asked(tmp_path, capsys):
+    """--render auto: a resumable call that the time budget cut short leaves the rendering to the call that
+    finishes the plan (GPU time not spent on plots that the next call redraws); always / never override it."""
+    args = ["--quick", "--models", "v4", "--backends", "sdpa", "--levels", "mixer", "--res", "8", "--no-flops",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert sweep.main([*args, "--time-budget", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "rows left for the next call" in out and "not rendered" in out
+    assert not (tmp_path / "README.md").exists()
+    assert sweep.rows_left(sweep.RowStore(tmp_path, sweep.settings_from_args(sweep.build_parser().parse_args(
+        args)).tag)) == len(rows(tmp_path))  # fmt: skip
+    assert sweep.main([*args, "--time-budget", "1e-6", "--render", "always"]) == 0
+    assert (tmp_path / "README.md").exists()
+    (tmp_path / "README.md").unlink()
+    assert sweep.main([*args, "--render", "never"]) == 0
+    assert set(rows(tmp_path)["status"]) == {"ok"} and not (tmp_path / "README.md").exists()
+    assert "--render never" in capsys.readouterr().out
+    assert sweep.main(args) == 0 and (tmp_path / "README.md").exists()  # nothing left: auto renders
 
 
 def test_time_budget_closes_before_a_unit_that_would_end_past_it(tmp_path):
