@@ -18,6 +18,10 @@ rounds show it: `round_spread_pct`). The rest are *device-bound* in both runs. E
 --min-res is listed with its wall/device ratio and round spread in both runs. --exempt-host-bound holds only the
 device-bound rows of (b) to --tol (the report still gives the strict class).
 
+The header names each run's calls (run_id), commit(s) and GPU, and how many of its rows a rerun would still
+measure (skipped by a time budget: "rerun to continue"). Issue 10's bar is about two *full* runs at *one*
+commit: with --tol, a run with rows left, or runs at different commits, also make the exit status 1.
+
 Device time is then taken per series and kind (device_shifts): a row outside the bar has *shifted* when its
 deviation is more than 3 × the larger of its two replays' spreads across rounds (each run steady, the two apart:
 something fixed per process, such as an autotuned kernel config), else it is scatter.
@@ -55,6 +59,32 @@ def load_rows(path: str | Path) -> pd.DataFrame:
     if df.empty or not set(KEY) <= set(df.columns):
         raise ConfigError(f"{path}: no sweep rows (the files hold no rows with {', '.join(KEY)})")
     return df
+
+
+def load_runs(path: str | Path) -> list[dict]:
+    """The call records (bench.env's environment, one per sweep call) of a run, in file order."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted((p / "raw").glob("sweep_*.json")) or sorted(p.glob("sweep_*.json"))
+    out = []
+    for f in files:
+        try:
+            out += json.loads(f.read_text()).get("runs", [])
+        except (OSError, json.JSONDecodeError):
+            pass  # load_rows has already refused an unreadable file
+    return out
+
+
+def run_summary(rows: pd.DataFrame, runs: list[dict]) -> dict:
+    """{calls, commits, gpus, rows, left}: what a run is made of, and how many rows a rerun would still measure."""
+    note = rows["note"].astype(str) if "note" in rows else pd.Series("", index=rows.index)
+    left = int(((rows["status"] == "skipped") & note.str.contains("rerun to continue", regex=False)).sum())
+    return {
+        "calls": [r.get("run_id") for r in runs if r.get("run_id")],
+        "commits": sorted({str(r.get("git_commit") or "unknown") for r in runs}) or ["unknown"],
+        "gpus": sorted({str(r.get("device_name") or r.get("gpu_name") or "?") for r in runs}),
+        "rows": len(rows),
+        "left": left,
+    }
 
 
 def _num(row, col: str) -> float:
@@ -213,13 +243,24 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
            exempt_host_bound: bool = False) -> tuple[str, bool]:  # fmt: skip
     """(markdown text, whether every held class is within tol)."""
     rows_a, rows_b = load_rows(a_path), load_rows(b_path)
+    runs = {"A": run_summary(rows_a, load_runs(a_path)), "B": run_summary(rows_b, load_runs(b_path))}
     cmp = compare(rows_a, rows_b, min_res, host_margin)
     w = worst(cmp)
-    lines = [f"# Reproducibility: {a_path} vs {b_path}", "",
-             f"{len(cmp)} matched (row, metric) pairs; deviation = |B/A − 1|. A wall-time row is host-affected "
-             f"when its wall time exceeds its device time by more than {host_margin:g} % in either run.",
-             ""]  # fmt: skip
-    within = True
+    lines = [f"# Reproducibility: {a_path} vs {b_path}", ""]
+    for side, path in (("A", a_path), ("B", b_path)):
+        r = runs[side]
+        short = ", ".join(c[:7] for c in r["commits"])
+        lines.append(f"- run {side} ({path}): {len(r['calls'])} calls ({', '.join(r['calls'])}) at commit {short} on "
+                     f"{', '.join(r['gpus'])}; {r['rows']} rows, "
+                     + (f"**{r['left']} still to do** (not a full run)" if r["left"] else "complete"))  # fmt: skip
+    same = runs["A"]["commits"] == runs["B"]["commits"] and len(runs["A"]["commits"]) == 1
+    complete = not runs["A"]["left"] and not runs["B"]["left"]
+    lines += [f"- one commit: {'yes' if same else 'NO (the bar is about two runs at one commit)'}; "
+              f"both runs full: {'yes' if complete else 'NO'}", "",
+              f"{len(cmp)} matched (row, metric) pairs; deviation = |B/A − 1|. A wall-time row is host-affected "
+              f"when its wall time exceeds its device time by more than {host_margin:g} % in either run.",
+              ""]  # fmt: skip
+    within = tol is None or (same and complete)
     held = HELD[exempt_host_bound]
     for name, line in w.items():
         label = name.replace("min_res", str(min_res))

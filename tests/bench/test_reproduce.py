@@ -8,7 +8,7 @@ import pytest
 from bench import reproduce
 
 
-def _run(tmp_path, name, scale_small=1.0, scale_large=1.0, device_scale=1.0, extra=()):
+def _run(tmp_path, name, scale_small=1.0, scale_large=1.0, device_scale=1.0, extra=(), runs=()):
     rows = []
     for model, backend in (("v1", "mamba_ssm"), ("v4", "sdpa")):
         for r in (32, 64, 96, 128):
@@ -43,7 +43,7 @@ def _run(tmp_path, name, scale_small=1.0, scale_large=1.0, device_scale=1.0, ext
     rows += list(extra)
     path = tmp_path / name / "raw" / "sweep_B8_bf16.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"runs": [], "rows": rows}))
+    path.write_text(json.dumps({"runs": list(runs), "rows": rows}))
     return tmp_path / name
 
 
@@ -223,3 +223,24 @@ def test_device_shifts_ignore_the_spread_when_the_two_runs_device_times_come_fro
                             reproduce.load_rows(_write(tmp_path, "b", rows_b)))  # fmt: skip
     (line,) = reproduce.device_shifts(cmp, tol=5.0).itertuples()
     assert line.shifted == 0 and "2 without a comparable spread" in line.verdict
+
+
+def test_the_bar_needs_two_full_runs_at_one_commit(tmp_path, capsys):
+    call = lambda rid, commit: {"run_id": rid, "git_commit": commit, "device_name": "NVIDIA H200"}  # noqa: E731
+    left = {"model": "v4", "backend": "sdpa", "level": "encoder", "res": 32, "batch": 8, "dtype": "bf16",
+            "kind": "fwd", "status": "skipped", "note": "time budget (400 s) exhausted; rerun to continue"}  # fmt: skip
+    by_design = {**left, "res": 48, "note": "reference scan past --ref-max-res 48"}
+    a = _run(tmp_path, "a", runs=[call("t1", "a" * 40), call("t2", "a" * 40)], extra=[by_design])
+    b = _run(tmp_path, "b", runs=[call("t3", "a" * 40)], extra=[by_design])
+    assert reproduce.main([str(a), str(b), "--tol", "5"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "2 calls (t1, t2) at commit aaaaaaa on NVIDIA H200" in text and "one commit: yes; both runs full: yes" in text
+    )
+    c = _run(tmp_path, "c", runs=[call("t4", "b" * 40)])
+    assert reproduce.main([str(a), str(c), "--tol", "5"]) == 1  # every row agrees, but not at one commit
+    assert "one commit: NO" in capsys.readouterr().out
+    d = _run(tmp_path, "d", runs=[call("t5", "a" * 40)], extra=[left])
+    assert reproduce.main([str(a), str(d), "--tol", "5"]) == 1
+    assert "**1 still to do** (not a full run)" in capsys.readouterr().out
+    assert reproduce.main([str(a), str(d)]) == 0  # without --tol it only reports
