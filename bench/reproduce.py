@@ -42,10 +42,15 @@ EXTRA_KEY = ("variant",)  # present once the sweep has variants; matched on when
 TIMED = ("fwd", "train", "fwd_graph")
 
 
+def _sweep_files(path: str | Path) -> list[Path]:
+    """The sweep JSON files of a run: the file itself, or a results folder's raw/sweep_*.json (else its sweep_*.json)."""
+    p = Path(path)
+    return [p] if p.is_file() else sorted((p / "raw").glob("sweep_*.json")) or sorted(p.glob("sweep_*.json"))
+
+
 def load_rows(path: str | Path) -> pd.DataFrame:
     """The rows of a run: a raw/sweep_*.json file, or every raw/sweep_*.json of a results folder."""
-    p = Path(path)
-    files = [p] if p.is_file() else sorted((p / "raw").glob("sweep_*.json")) or sorted(p.glob("sweep_*.json"))
+    files = _sweep_files(path)
     if not files:
         raise ConfigError(f"{path}: no sweep data (expected a raw/sweep_<tag>.json file or a folder holding raw/)")
     frames = []
@@ -63,10 +68,8 @@ def load_rows(path: str | Path) -> pd.DataFrame:
 
 def load_runs(path: str | Path) -> list[dict]:
     """The call records (bench.env's environment, one per sweep call) of a run, in file order."""
-    p = Path(path)
-    files = [p] if p.is_file() else sorted((p / "raw").glob("sweep_*.json")) or sorted(p.glob("sweep_*.json"))
     out = []
-    for f in files:
+    for f in _sweep_files(path):
         try:
             out += json.loads(f.read_text()).get("runs", [])
         except (OSError, json.JSONDecodeError):
