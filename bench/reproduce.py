@@ -43,7 +43,7 @@ TIMED = ("fwd", "train", "fwd_graph")
 
 
 def _sweep_files(path: str | Path) -> list[Path]:
-    """The sweep JSON files of a run: the file itself, or a results folder's raw/sweep_*.json (else its sweep_*.json)."""
+    """A run's sweep JSON files: the file itself, or a folder's raw/sweep_*.json (else its sweep_*.json)."""
     p = Path(path)
     return [p] if p.is_file() else sorted((p / "raw").glob("sweep_*.json")) or sorted(p.glob("sweep_*.json"))
 
