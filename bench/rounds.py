@@ -12,9 +12,11 @@ temperature, another process) spreads over all points instead of landing on whic
 
 A timer is any `f(n) -> list[ms]` (CUDA events or perf_counter; tests use a fake clock). A timer that raises
 is dropped from the later rounds and its exception kept (the caller turns it into the row's status).
-Python's cyclic garbage collector is off while a point's share of a round runs, as `timeit` does, and a
-collection runs before it: a host-bound step allocates many objects, and a gen-2 pass landing in one round
-moves that round's median (re-enabled after, also when the timer raises; `gc=False` leaves it alone).
+Python's cyclic garbage collector is off while the rounds run, as `timeit` does: a host-bound step allocates many
+objects, and a full pass (0.13 s with the harness imported, on a CPU machine) landing in one round moves that
+round's median. No collection is forced per round either (e4b6675 collected before every point's share of a
+round: ~0.1 s each, untimed, in run 3); the caller frees a point's garbage after it (bench.measure.free_memory). Re-enabled after, also when a timer
+raises; `gc=False` leaves it alone.
 """
 
 from __future__ import annotations
@@ -80,7 +82,18 @@ def run_rounds(
 ) -> dict[object, PointTimes]:
     """Time every point `rounds` times, interleaved: round j runs the points in order rotated by j, each for
     reps[key] repetitions. Returns {key: PointTimes}; a timer that raises keeps its error and leaves the rounds.
-    gc: collect, then keep the cyclic GC off during each timer call (restored to its prior state after)."""
+    gc: keep the cyclic GC off for the whole call (restored to its prior state after, also on an error)."""
+    was_on = _gc.isenabled()
+    if gc:
+        _gc.disable()
+    try:
+        return _rounds(timers, reps, rounds, probe)
+    finally:
+        if gc and was_on:
+            _gc.enable()
+
+
+def _rounds(timers: dict, reps: dict, rounds: int, probe: Callable[[], dict] | None) -> dict[object, PointTimes]:
     keys = list(timers)
     res = {k: PointTimes() for k in keys}
     for j in range(rounds):
@@ -89,18 +102,11 @@ def run_rounds(
             break
         shift = j % len(live)
         for pos, k in enumerate(live[shift:] + live[:shift]):
-            was_on = _gc.isenabled()
-            if gc:
-                _gc.collect()
-                _gc.disable()
             try:
                 times = [float(t) for t in timers[k](reps[k])]
             except Exception as e:  # recorded; the caller decides (oom / error)
                 res[k].error = e
                 continue
-            finally:
-                if gc and was_on:
-                    _gc.enable()
             res[k].rounds.append(times)
             res[k].order.append(pos)
             if probe is not None:
