@@ -15,8 +15,8 @@ is dropped from the later rounds and its exception kept (the caller turns it int
 Python's cyclic garbage collector is off while the rounds run, as `timeit` does: a host-bound step allocates many
 objects, and a full pass (0.13 s with the harness imported, on a CPU machine) landing in one round moves that
 round's median. No collection is forced per round either (e4b6675 collected before every point's share of a
-round: ~0.1 s each, untimed, in run 3); the caller frees a point's garbage after it (bench.measure.free_memory). Re-enabled after, also when a timer
-raises; `gc=False` leaves it alone.
+round: ~0.1 s each, untimed, in run 3); the caller frees a point's garbage after it (bench.measure.free_memory).
+Re-enabled after, also when a timer raises; `gc=False` leaves it alone.
 """
 
 from __future__ import annotations
