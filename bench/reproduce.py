@@ -79,14 +79,14 @@ def load_runs(path: str | Path) -> list[dict]:
 
 def run_summary(rows: pd.DataFrame, runs: list[dict]) -> dict:
     """{calls, commits, gpus, rows, left}: what a run is made of, and how many rows a rerun would still measure."""
-    note = rows["note"].astype(str) if "note" in rows else pd.Series("", index=rows.index)
-    left = int(((rows["status"] == "skipped") & note.str.contains("rerun to continue", regex=False)).sum())
+    from bench.sweep import rows_left
+
     return {
         "calls": [r.get("run_id") for r in runs if r.get("run_id")],
         "commits": sorted({str(r.get("git_commit") or "unknown") for r in runs}) or ["unknown"],
         "gpus": sorted({str(r.get("device_name") or r.get("gpu_name") or "?") for r in runs}),
         "rows": len(rows),
-        "left": left,
+        "left": rows_left(rows.to_dict("records")),
     }
 
 
@@ -258,7 +258,10 @@ def report(a_path, b_path, min_res: int = 96, tol: float | None = None, host_mar
                      + (f"**{r['left']} still to do** (not a full run)" if r["left"] else "complete"))  # fmt: skip
     same = runs["A"]["commits"] == runs["B"]["commits"] and len(runs["A"]["commits"]) == 1
     complete = not runs["A"]["left"] and not runs["B"]["left"]
-    lines += [f"- one commit: {'yes' if same else 'NO (the bar is about two runs at one commit)'}; "
+    unknown = runs["A"]["commits"] == runs["B"]["commits"] == ["unknown"]  # neither run recorded its commit
+    one = "yes" if same else "NO (the bar is about two runs at one commit)"
+    one = "unknown (no commit recorded)" if unknown else one
+    lines += [f"- one commit: {one}; "
               f"both runs full: {'yes' if complete else 'NO'}", "",
               f"{len(cmp)} matched (row, metric) pairs; deviation = |B/A − 1|. A wall-time row is host-affected "
               f"when its wall time exceeds its device time by more than {host_margin:g} % in either run.",

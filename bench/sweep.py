@@ -91,6 +91,7 @@ LAST = ("triton", "flex")  # built last in their unit: our kernel and torch.comp
 # broke skips the rest of the call, and a rerun continues)
 KINDS = ("flops", "fwd", "train", "max_batch")  # what a row measures
 DONE = ("ok", "oom")  # statuses a rerun does not repeat (unavailable / error / skipped are retried)
+RERUN = "rerun to continue"  # ends the note of a row skipped for a reason the next call removes (rows_left)
 SCHEMA = 2  # rows of an older sweep (1: no rounds, no device time) are dropped when a file is loaded
 
 # ----------------------------------------------------------------------------------------------
@@ -786,12 +787,12 @@ class Sweep:
             return bool(self.budget_closed)
         elapsed = time.perf_counter() - self.t0
         if elapsed > budget:
-            self.budget_closed = f"time budget ({budget:.0f} s) exhausted; rerun to continue"
+            self.budget_closed = f"time budget ({budget:.0f} s) exhausted; {RERUN}"
         elif upcoming_s > 0 and self.est_s > 0:
             need = upcoming_s * max(1.0, self.spent_s / self.est_s)
             if elapsed + need > budget:
                 self.budget_closed = (f"time budget ({budget:.0f} s): the next unit (≈ {need:.0f} s) would end "
-                                      f"past it at {elapsed:.0f} s; rerun to continue")  # fmt: skip
+                                      f"past it at {elapsed:.0f} s; {RERUN}")  # fmt: skip
         return bool(self.budget_closed)
 
     def spent(self, est_s: float, t_start: float) -> None:
@@ -804,7 +805,7 @@ class Sweep:
         if self.over_budget():
             return "skipped", self.budget_closed
         if self.broken:
-            return "skipped", f"CUDA context unusable after {self.broken}; rerun to continue"
+            return "skipped", f"CUDA context unusable after {self.broken}; {RERUN}"
         problem = measure.backend_problem(c.model, c.backend, self.device)
         if problem:
             return "unavailable", problem
@@ -1164,7 +1165,7 @@ def _run_sweep(s: Settings) -> None:
     if not s.render:
         print(f"sweep share {s.shard[0] + 1}/{s.shard[1]} on {s.device} done in {env['wall_s']:.0f} s", flush=True)
         return
-    left = rows_left(sweep.store)
+    left = rows_left(sweep.store.rows.values())
     if s.render_when == "never" or (s.render_when == "auto" and left):
         why = f"{left} rows left for the next call (the same command continues)" if left else "--render never"
         print(f"sweep done in {env['wall_s']:.0f} s; {why}; not rendered (--render {s.render_when}): "
@@ -1174,11 +1175,10 @@ def _run_sweep(s: Settings) -> None:
     render_report(s)
 
 
-def rows_left(store: RowStore) -> int:
-    """Rows a rerun of the same command would still measure: those skipped by the time budget or a broken CUDA
-    context ("rerun to continue"), not those skipped by design (e.g. the reference scan past --ref-max-res)."""
-    return sum(r.get("status") == "skipped" and "rerun to continue" in str(r.get("note") or "")
-               for r in store.rows.values())  # fmt: skip
+def rows_left(rows) -> int:
+    """Of `rows` (dicts), those a rerun of the same command would still measure: skipped by the time budget or a
+    broken CUDA context (RERUN), not skipped by design (e.g. the reference scan past --ref-max-res)."""
+    return sum(r.get("status") == "skipped" and RERUN in str(r.get("note") or "") for r in rows)
 
 
 def render_report(s: Settings) -> None:

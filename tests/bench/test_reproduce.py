@@ -244,3 +244,6 @@ def test_the_bar_needs_two_full_runs_at_one_commit(tmp_path, capsys):
     assert reproduce.main([str(a), str(d), "--tol", "5"]) == 1
     assert "**1 still to do** (not a full run)" in capsys.readouterr().out
     assert reproduce.main([str(a), str(d)]) == 0  # without --tol it only reports
+    capsys.readouterr()
+    assert reproduce.main([str(_run(tmp_path, "e")), str(_run(tmp_path, "f")), "--tol", "5"]) == 0
+    assert "one commit: unknown (no commit recorded)" in capsys.readouterr().out  # neither run has call records
