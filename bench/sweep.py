@@ -143,7 +143,7 @@ class Settings:
     gpus: int = 1  # GPUs the sweep spreads its rows over (bench.multi_gpu: one process each); 1: as always
     shard: tuple[int, int] = (0, 1)  # (this worker's GPU, workers): its share of the plan (bench.multi_gpu)
     render: bool = True  # render the report at the end (the multi-GPU workers leave it to the parent)
-    render_when: str = "auto"  # --render: auto (only once no row is left for a later call), always, never
+    render_when: str = "auto"  # --render: auto (on a GPU only once no row is left for a later call), always, never
     autotune_cache: str | None = None  # --autotune-cache: Triton autotune choices to share (bench.autotune); "auto":
     # resolved by Sweep (CUDA: <out>/raw/autotune_<gpu>.json, CPU: none)
     run_id: str | None = None  # the call's id (None: its start time; the multi-GPU workers get their parent's)
@@ -232,8 +232,8 @@ def build_parser() -> ArgParser:
                         "calls and runs that share one file run the same configs). auto (default): on CUDA, "
                         "<out>/raw/autotune_<gpu>.json; off: none")  # fmt: skip
     p.add_argument("--render", default="auto", metavar="WHEN",
-                   help="render tables and plots at the end: auto (default: only when no row is left for a "
-                        "later call, so a resumed GPU run renders once), always, never")  # fmt: skip
+                   help="render tables and plots at the end: auto (default: on a GPU only when no row is left for "
+                        "a later call, so a resumed GPU run renders once; on a CPU always), always, never")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny smoke sweep (CI)")
     p.add_argument("--fresh", action="store_true", help="ignore rows already done")
     p.add_argument(
@@ -1166,13 +1166,20 @@ def _run_sweep(s: Settings) -> None:
         print(f"sweep share {s.shard[0] + 1}/{s.shard[1]} on {s.device} done in {env['wall_s']:.0f} s", flush=True)
         return
     left = rows_left(sweep.store.rows.values())
-    if s.render_when == "never" or (s.render_when == "auto" and left):
+    if not should_render(s.render_when, left, sweep.device.type):
         why = f"{left} rows left for the next call (the same command continues)" if left else "--render never"
         print(f"sweep done in {env['wall_s']:.0f} s; {why}; not rendered (--render {s.render_when}): "
               f"`python -m bench.report --out {s.out}` renders what is there", flush=True)  # fmt: skip
         return
     print(f"sweep done in {env['wall_s']:.0f} s; rendering tables and plots", flush=True)
     render_report(s)
+
+
+def should_render(when: str, left: int, device_type: str) -> bool:
+    """--render: always / never; auto renders unless a GPU call leaves rows for the next call (that call redraws
+    every plot, and GPU time is the scarce part). A CPU call renders even when its budget cut the plan: the
+    reduced sweep is usually run once, and its tables are what it is for."""
+    return when == "always" or (when == "auto" and not (left and device_type == "cuda"))
 
 
 def rows_left(rows) -> int:

@@ -377,18 +377,25 @@ def test_time_budget_skips_rows_that_a_rerun_then_measures(tmp_path):
     assert set(rows(tmp_path)["status"]) == {"ok"}
 
 
-def test_a_call_that_leaves_rows_does_not_render_unless_asked(tmp_path, capsys):
-    """--render auto: a resumable call that the time budget cut short leaves the rendering to the call that
-    finishes the plan (GPU time not spent on plots that the next call redraws); always / never override it."""
+def test_a_gpu_call_that_leaves_rows_does_not_render_unless_asked():
+    """--render auto: a GPU call that the time budget cut short leaves the rendering to the call that finishes the
+    plan (GPU time not spent on plots that the next call redraws); a CPU call renders anyway (the reduced sweep is
+    usually run once); always / never override it."""
+    assert not sweep.should_render("auto", 3, "cuda") and sweep.should_render("auto", 0, "cuda")
+    assert sweep.should_render("auto", 3, "cpu") and sweep.should_render("auto", 0, "cpu")
+    assert sweep.should_render("always", 3, "cuda") and not sweep.should_render("never", 0, "cpu")
+
+
+def test_render_flag_on_a_cpu_run_and_rows_left(tmp_path, capsys):
     args = ["--quick", "--models", "v4", "--backends", "sdpa", "--levels", "mixer", "--res", "8", "--no-flops",
             "--out", str(tmp_path)]  # fmt: skip
-    assert sweep.main([*args, "--time-budget", "1e-6"]) == 0
+    assert sweep.main([*args, "--time-budget", "1e-6", "--render", "never"]) == 0
     out = capsys.readouterr().out
     assert "rows left for the next call" in out and "not rendered" in out
     assert not (tmp_path / "README.md").exists()
     assert sweep.rows_left(sweep.RowStore(tmp_path, sweep.settings_from_args(sweep.build_parser().parse_args(
         args)).tag).rows.values()) == len(rows(tmp_path))  # fmt: skip
-    assert sweep.main([*args, "--time-budget", "1e-6", "--render", "always"]) == 0
+    assert sweep.main([*args, "--time-budget", "1e-6"]) == 0  # auto on a CPU: rendered although rows are left
     assert (tmp_path / "README.md").exists()
     (tmp_path / "README.md").unlink()
     assert sweep.main([*args, "--render", "never"]) == 0
