@@ -36,4 +36,5 @@ def test_tiny_gpu_sweep_has_device_time_on_every_timed_row(tmp_path):
     assert env["matmul_peak_tflops"] > 100 and env["global_warmup"]["warmup_s"] >= 0.5
     assert sweep.main([*args, "--out", str(tmp_path / "b")]) == 0
     text, _ = reproduce.report(tmp_path / "a", tmp_path / "b", min_res=16)  # a tiny sweep has no r >= 96 rows
-    assert "worst deviation, device time" in text and "no matched rows" not in text
+    device_line = next(line for line in text.splitlines() if line.startswith("- worst deviation, device time"))
+    assert "no matched rows" not in device_line, device_line  # tiny rows are host-bound: the wall lines may be empty
