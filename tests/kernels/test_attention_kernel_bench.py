@@ -93,6 +93,22 @@ def test_model_step_times_both_backends_in_the_same_rounds(tmp_path, monkeypatch
     assert (df["n_rounds"] == 3).all() and (df["n_reps"] >= 3).all() and df["round_spread_pct"].notna().all()
 
 
+def test_step_bar_says_how_a_host_bound_miss_compares_with_the_round_spread():
+    def point(sdpa_ms, triton_ms, kernel_ms, spread):
+        rows = [dict(backend=b, status="ok", median_ms=ms, kernel_ms=kernel_ms, round_spread_pct=spread)
+                for b, ms in (("sdpa", sdpa_ms), ("triton", triton_ms))]  # fmt: skip
+        return pd.DataFrame(rows).set_index("backend")
+
+    assert ak._step_bar(point(10, 9, 9, 1), 32, 0.9) == "-"
+    assert ak._step_bar(point(10, 9, 9, 1), 64, 0.9) == "met"
+    assert ak._step_bar(point(10, 11, 10, 1), 64, 1.1) == "NOT met"  # device-bound: no excuse line
+    assert ak._step_bar(point(20, 21, 10, 25), 48, 1.05) == "NOT met (host-bound: +5.0 %, within the round spread 25 %)"
+    outside = "NOT met (host-bound: +50.0 %, outside the round spread 25 %)"
+    assert ak._step_bar(point(20, 30, 10, 25), 48, 1.5) == outside
+    assert ak._step_bar(point(20, 21, 10, float("nan")), 48, 1.05) == "NOT met (host-bound: +5.0 %)"
+    assert ak._step_bar(point(20, 21, 10, 1), 48, float("nan")) == "unknown"
+
+
 def test_model_step_rejects_bad_rounds_and_point_budget(capsys):
     for argv in (["--model-step", "--rounds", "0"], ["--model-step", "--point-s", "nan"]):
         with pytest.raises(SystemExit) as e:
