@@ -1,6 +1,6 @@
 """Attention kernel benchmark: our Triton FlashAttention vs torch SDPA backends, FlexAttention and naive math.
 
-    python -m bench.attention_kernel --points 64x32 64x64 8x128 --dims 32 64 --dropout 0 0.1 --out results/
+    python -m bench.attention_kernel --points 64x32 64x64 8x128 --dims 32 64 128 --dropout 0 0.1 --out results/
     python -m bench.attention_kernel --batch 64 --res 32 64 128 --dims 32      # points = batch x res
     python -m bench.attention_kernel --quick --out /tmp/ak          # tiny sizes (CPU: Triton interpreter)
     python -m bench.attention_kernel --replot results/attention_kernel_B64_H8_bf16.csv   # MD + PNG from data
@@ -124,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=_positive_int, default=64, help="batch size B (default 64)")
     p.add_argument("--heads", type=_positive_int, default=8, help="heads H (default 8)")
-    p.add_argument("--dims", type=_head_dim, nargs="+", default=[32, 64], help="head dims D (default 32 64)")
+    p.add_argument(
+        "--dims",
+        type=_head_dim,
+        nargs="+",
+        default=[32, 64, 128],
+        help="head dims D (default 32 64 128; with several, D != 32 runs self-attention without dropout only)",
+    )
     p.add_argument("--res", type=_positive_int, nargs="+", default=[32, 48, 64, 96, 128], help="resolutions r, N = r*r")
     p.add_argument("--points", type=_point, nargs="+", default=None, help="BxR points (override --batch x --res)")
     p.add_argument("--cases", nargs="+", choices=CASES, default=["self"], help="model calls (default self)")

@@ -137,6 +137,10 @@ def test_replot_from_csv(tmp_path):
     assert csv.with_suffix(".png").is_file()
 
 
+def test_default_head_dims_cover_the_issue_12_dims():
+    assert ak.build_parser().parse_args([]).dims == [32, 64, 128]  # the model's D = 32, then D = 64 and 128
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--dims", "48"], ["--batch", "0"], ["--res", "x"], ["--dtype", "fp64"], ["--backends", "nope"]],
