@@ -928,15 +928,23 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
     return rows
 
 
-def _step_kernel_cells(at) -> list[str]:
-    """[kernel ms of sdpa and triton, their ratio, the regime] of one r (– where a kernel time is missing)."""
+def _step_host_bound(at) -> list[str] | None:
+    """Which of sdpa and triton are host-bound at one r (host_bound on the median and kernel time); None where
+    either row failed or has no kernel time."""
     if "kernel_ms" not in at.columns or not {"sdpa", "triton"} <= set(at.index):
-        return ["–", "–", "–"]
+        return None
     ok = at[at["status"] == "ok"]
     if len(ok) < 2 or ok["kernel_ms"].isna().any():
+        return None
+    return [b for b in ("sdpa", "triton") if host_bound(ok.loc[b, "median_ms"], ok.loc[b, "kernel_ms"])]
+
+
+def _step_kernel_cells(at) -> list[str]:
+    """[kernel ms of sdpa and triton, their ratio, the regime] of one r (– where a kernel time is missing)."""
+    host = _step_host_bound(at)
+    if host is None:
         return ["–", "–", "–"]
-    k, t = ok["kernel_ms"], ok["median_ms"]
-    host = [b for b in ("sdpa", "triton") if host_bound(t[b], k[b])]
+    k = at["kernel_ms"]
     regime = f"host-bound ({', '.join(host)})" if host else "device-bound"
     return [f"{k['sdpa']:.3g}, {k['triton']:.3g}", f"{k['triton'] / k['sdpa']:.3f}", regime]
 
@@ -950,13 +958,9 @@ def _step_bar(at, r: int, ratio: float) -> str:
         return "unknown"
     if ratio <= 1.0:
         return "met"
-    ok = at[at["status"] == "ok"]
-    kernel = ok["kernel_ms"] if "kernel_ms" in ok.columns else None
-    if kernel is None or kernel.isna().any():
+    if not _step_host_bound(at):  # device-bound, or no kernel time to tell
         return "NOT met"
-    if not any(host_bound(ok.loc[b, "median_ms"], kernel[b]) for b in ok.index):
-        return "NOT met"
-    spread = ok["round_spread_pct"].max() if "round_spread_pct" in ok.columns else float("nan")
+    spread = at["round_spread_pct"].max() if "round_spread_pct" in at.columns else float("nan")
     within = "within" if (ratio - 1) * 100 <= spread else "outside"
     cell = f"NOT met (host-bound: +{(ratio - 1) * 100:.1f} %"
     return cell + (f", {within} the round spread {spread:.0f} %)" if spread == spread else ")")
