@@ -846,6 +846,9 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
     csv_path = Path(csv_path)
     df = pd.read_csv(csv_path, keep_default_na=True)
     md = csv_path.with_suffix(".md")
+    if set(STEP_COLUMNS) - {"round_medians_ms"} <= set(df.columns):  # a --model-step table: no PNG
+        atomic_write_text(md, render_step_markdown(df))
+        return md, None
     header = ""
     if len(df):
         header = f"B={sorted(set(df['B']))}, H={df['H'].iloc[0]}, dtype={df['dtype'].iloc[0]} (from {csv_path.name})"
@@ -859,7 +862,7 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
 # ----------------------------------------------------------------------------------------------------
 
 STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note",
-                "kernel_ms", "n_rounds", "round_spread_pct", "sm_clock_mhz"]  # fmt: skip
+                "kernel_ms", "n_rounds", "round_spread_pct", "round_medians_ms", "sm_clock_mhz"]  # fmt: skip
 STEP_BACKENDS = ("sdpa", "triton")
 
 
@@ -912,7 +915,8 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
                         continue
                     sm = res[b].summary()
                     point[b].update({k: sm[k] for k in ("median_ms", "q1_ms", "q3_ms", "n_reps", "n_rounds",
-                                                        "round_spread_pct", "sm_clock_mhz")})  # fmt: skip
+                                                        "round_spread_pct", "round_medians_ms",
+                                                        "sm_clock_mhz")})  # fmt: skip
                     point[b]["kernel_ms"] = kernel_time_ms(steps[b], device, sm["median_ms"], budget_ms=200.0,
                                                            cold_l2=False)  # fmt: skip
             finally:
@@ -949,6 +953,25 @@ def _step_kernel_cells(at) -> list[str]:
     return [f"{k['sdpa']:.3g}, {k['triton']:.3g}", f"{k['triton'] / k['sdpa']:.3f}", regime]
 
 
+def _step_paired(at) -> str:
+    """The paired comparison of one r: triton / sdpa of each round's medians (the two backends ran back to back in
+    that round, so a drift of the host between rounds cancels), as 'median [min–max], k/n faster' (k: rounds where
+    triton's median is the lower); '–' where a row failed or the CSV predates round_medians_ms."""
+    if "round_medians_ms" not in at.columns or not {"sdpa", "triton"} <= set(at.index):
+        return "–"
+    meds = {}
+    for b in ("sdpa", "triton"):
+        cell = at.loc[b, "round_medians_ms"]  # "m1,m2,..." (pandas reads a single round as a float)
+        if at.loc[b, "status"] != "ok" or cell is None or cell != cell or cell == "":
+            return "–"
+        meds[b] = [float(t) for t in str(cell).split(",")]
+    if len(meds["sdpa"]) != len(meds["triton"]) or not all(t > 0 for t in meds["sdpa"]):
+        return "–"
+    ratios = [t / s for t, s in zip(meds["triton"], meds["sdpa"])]  # round j: the same j on both
+    faster = sum(x < 1.0 for x in ratios)
+    return f"{statistics.median(ratios):.3f} [{min(ratios):.3f}–{max(ratios):.3f}], {faster}/{len(ratios)} faster"
+
+
 def _step_bar(at, r: int, ratio: float) -> str:
     """The bar cell of one r: '-' below 48, met / NOT met on the wall-time ratio; a host-bound miss also says by how
     much, next to the larger of the two rows' spreads across rounds (what the host varies within one run)."""
@@ -972,16 +995,18 @@ def render_step_markdown(df) -> str:
              "bench.measure's V4 workload, both backends timed in the same interleaved rounds (the order rotated "
              "each round); bar: triton ≤ sdpa at every r ≥ 48. Kernel ms: the summed GPU kernel "
              f"time per step (torch.profiler); a step whose median is > {HOST_BOUND:g}× it is host-bound, and a "
-             "host-bound miss of the bar says by how much, beside the larger of the two rows' spreads across rounds.",
+             "host-bound miss of the bar says by how much, beside the larger of the two rows' spreads across rounds. "
+             "Per round: triton / sdpa of the two round medians of each round (run back to back, so a drift of the "
+             "host between rounds cancels): median [range], and in how many rounds triton was the faster.",
              ""]  # fmt: skip
     for p in sorted(set(df["dropout"]), reverse=True):
         sub = df[df["dropout"] == p]
         lines += [
             f"## dropout {p:g}",
             "",
-            "| r | N | sdpa | triton | triton / sdpa (time) | bar | kernel ms: sdpa, triton | triton / sdpa (kernels) "
-            "| regime |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| r | N | sdpa | triton | triton / sdpa (time) | per round | bar | kernel ms: sdpa, triton "
+            "| triton / sdpa (kernels) | regime |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(set(sub["res"])):
             at = sub[sub["res"] == r].set_index("backend")
@@ -1000,7 +1025,7 @@ def render_step_markdown(df) -> str:
                 ratio = float("nan")
             bar = _step_bar(at, r, ratio)
             lines.append(
-                f"| {r} | {r * r} | {cell['sdpa']} | {cell['triton']} | {ratio:.3f} | {bar} | "
+                f"| {r} | {r * r} | {cell['sdpa']} | {cell['triton']} | {ratio:.3f} | {_step_paired(at)} | {bar} | "
                 + " | ".join(_step_kernel_cells(at))
                 + " |"
             )

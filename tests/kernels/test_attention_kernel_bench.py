@@ -91,6 +91,11 @@ def test_model_step_times_both_backends_in_the_same_rounds(tmp_path, monkeypatch
     assert groups == [(("sdpa", "triton"), 3)] * 2  # one group per (dropout, r)
     df = pd.read_csv(tmp_path / "attention_kernel_v4step_B1_fp32.csv")
     assert (df["n_rounds"] == 3).all() and (df["n_reps"] >= 3).all() and df["round_spread_pct"].notna().all()
+    assert (df["round_medians_ms"].str.count(",") == 2).all()  # three round medians per row, read back from the CSV
+    md = (tmp_path / "attention_kernel_v4step_B1_fp32.md").read_text()
+    assert md.count("/3 faster |") == 2  # the paired per-round cell of each (dropout, r)
+    assert ak.main(["--replot", str(tmp_path / "attention_kernel_v4step_B1_fp32.csv")]) == 0  # MD from the CSV alone
+    assert (tmp_path / "attention_kernel_v4step_B1_fp32.md").read_text() == md
 
 
 def test_step_bar_says_how_a_host_bound_miss_compares_with_the_round_spread():
@@ -107,6 +112,23 @@ def test_step_bar_says_how_a_host_bound_miss_compares_with_the_round_spread():
     assert ak._step_bar(point(20, 30, 10, 25), 48, 1.5) == outside
     assert ak._step_bar(point(20, 21, 10, float("nan")), 48, 1.05) == "NOT met (host-bound: +5.0 %)"
     assert ak._step_bar(point(20, 21, 10, 1), 48, float("nan")) == "unknown"
+
+
+def test_step_paired_compares_the_two_backends_round_by_round():
+    def point(sdpa, triton, status="ok"):
+        rows = [dict(backend="sdpa", status="ok", round_medians_ms=sdpa),
+                dict(backend="triton", status=status, round_medians_ms=triton)]  # fmt: skip
+        return pd.DataFrame(rows).set_index("backend")
+
+    # the host drifts 20 -> 30 ms across rounds; triton is 2 % faster within every round but one
+    cell = ak._step_paired(point("20,25,30,22", "19.6,24.5,30.3,21.56"))
+    assert cell == "0.980 [0.980–1.010], 3/4 faster"
+    assert ak._step_paired(point(20.0, 19.0)) == "0.950 [0.950–0.950], 1/1 faster"  # one round: pandas reads a float
+    assert ak._step_paired(point("20,25", "19,24", status="oom")) == "–"
+    assert ak._step_paired(point("20,25", "19")) == "–"  # a backend that left the rounds early
+    assert ak._step_paired(point(float("nan"), "19")) == "–"
+    old = pd.DataFrame([dict(backend=b, status="ok") for b in ("sdpa", "triton")]).set_index("backend")
+    assert ak._step_paired(old) == "–"  # a CSV from before round_medians_ms
 
 
 def test_model_step_rejects_bad_rounds_and_point_budget(capsys):
