@@ -846,7 +846,7 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
     csv_path = Path(csv_path)
     df = pd.read_csv(csv_path, keep_default_na=True)
     md = csv_path.with_suffix(".md")
-    if set(STEP_COLUMNS) - {"round_medians_ms"} <= set(df.columns):  # a --model-step table: no PNG
+    if set(STEP_COLUMNS) - {"round_medians_ms", *GRAPH_COLUMNS} <= set(df.columns):  # a --model-step table: no PNG
         atomic_write_text(md, render_step_markdown(df))
         return md, None
     header = ""
@@ -862,7 +862,9 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
 # ----------------------------------------------------------------------------------------------------
 
 STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note",
-                "kernel_ms", "n_rounds", "round_spread_pct", "round_medians_ms", "sm_clock_mhz"]  # fmt: skip
+                "kernel_ms", "n_rounds", "round_spread_pct", "round_medians_ms", "sm_clock_mhz",
+                "graph_ms", "graph_q1_ms", "graph_q3_ms", "graph_round_medians_ms", "graph_note"]  # fmt: skip
+GRAPH_COLUMNS = ["graph_ms", "graph_q1_ms", "graph_q3_ms", "graph_round_medians_ms", "graph_note"]
 STEP_BACKENDS = ("sdpa", "triton")
 
 
@@ -876,7 +878,12 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
 
     Both backends' steps are built side by side and timed in --rounds interleaved rounds (bench.rounds, the order
     rotated each round), so a drift of the host (these steps are host-bound at r <= 48) lands on both alike; at
-    least --min-reps steps each, fewer where a point would pass --point-s seconds (at least one per round)."""
+    least --min-reps steps each, fewer where a point would pass --point-s seconds (at least one per round).
+
+    Then the same training step captured in one CUDA graph per backend (bench.device_time: static inputs,
+    AdamW(capturable=True)) and both graphs replayed in the same interleaved rounds: the step without the host.
+    It is a real training step, not a timing proxy: SDPA's dropout and the Triton kernel's (its seed drawn on the
+    device under capture, kernels.flash_attention) draw a fresh mask on every replay."""
     import pandas as pd
 
     from bench import measure
@@ -890,14 +897,14 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
         for r in args.res:
             N = r * r
             point = {b: dict(backend=b, res=r, N=N, batch=B, dropout=p, status="ok", note="") for b in STEP_BACKENDS}
-            steps = {}
+            steps, wls = {}, {}
             try:
                 for b in STEP_BACKENDS:
                     try:
                         wl = measure.build_workload("v4", b, "model", "tiny" if args.quick else "default", device,
                                                     overrides={"dropout": p})  # fmt: skip
-                        steps[b] = measure.make_train_step(wl, wl.inputs(B, N, device), device,
-                                                           amp=device.type == "cuda")  # fmt: skip
+                        wls[b] = (wl, wl.inputs(B, N, device))
+                        steps[b] = measure.make_train_step(*wls[b], device, amp=device.type == "cuda")
                         steps[b]()  # compile, autotune, launch plans
                     except Exception as e:  # noqa: BLE001
                         steps.pop(b, None)
@@ -919,8 +926,13 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
                                                         "sm_clock_mhz")})  # fmt: skip
                     point[b]["kernel_ms"] = kernel_time_ms(steps[b], device, sm["median_ms"], budget_ms=200.0,
                                                            cold_l2=False)  # fmt: skip
-            finally:
+                ok = [b for b in steps if point[b]["status"] == "ok"]
                 steps = None
+                measure.free_memory(device)
+                for b, fields in _graph_rounds({b: wls[b] for b in ok}, device, cfg, {b: est[b] for b in ok}).items():
+                    point[b].update(fields)
+            finally:
+                steps = wls = None
                 measure.free_memory(device)
             for b in STEP_BACKENDS:
                 row = point[b]
@@ -930,6 +942,43 @@ def model_step(args, device: torch.device, paths: dict) -> list[dict]:
             write_csv_atomic(paths["csv"], rows, STEP_COLUMNS)
     atomic_write_text(paths["md"], render_step_markdown(pd.DataFrame(rows, columns=STEP_COLUMNS)))
     return rows
+
+
+def _graph_rounds(wls: dict, device: torch.device, cfg, est: dict) -> dict:
+    """{backend: graph_ms, graph_q1_ms, graph_q3_ms, graph_round_medians_ms} of each backend's training step
+    captured in a CUDA graph (a fresh AdamW(capturable=True) on the same workload and inputs), all graphs replayed
+    in the same interleaved rounds; {backend: graph_note} where there is no graph (CPU, a failed capture, OOM)."""
+    from bench import device_time as dt
+    from bench import measure
+    from bench.rounds import reps_per_round, run_rounds
+
+    if device.type != "cuda":
+        return {b: {"graph_note": "CUDA graphs need CUDA"} for b in wls}
+    out, graphs = {}, {}
+    try:
+        for b, (wl, inputs) in wls.items():
+            try:
+                graphs[b] = dt.capture(measure.make_train_step(wl, inputs, device, amp=True, capturable=True), device)
+            except Exception as e:  # noqa: BLE001 (GraphUnavailable, OOM: the row says why)
+                why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+                out[b] = {"graph_note": ("OOM in capture: " if measure.is_oom(e) else "") + why}
+                measure.free_memory(device)
+        if graphs:
+            timers = {b: (lambda n, g=g: dt.time_replay(g, device, n)) for b, g in graphs.items()}
+            res = run_rounds(timers, {b: reps_per_round(est[b], cfg) for b in graphs}, cfg.rounds)
+            for b in graphs:
+                if res[b].error is not None:
+                    out[b] = {"graph_note": f"replay failed: {str(res[b].error).splitlines()[0][:160]}"}
+                    continue
+                sm = res[b].summary()
+                out[b] = {"graph_ms": sm["median_ms"], "graph_q1_ms": sm["q1_ms"], "graph_q3_ms": sm["q3_ms"],
+                          "graph_round_medians_ms": sm["round_medians_ms"], "graph_note": ""}  # fmt: skip
+    finally:
+        for g in graphs.values():
+            g.release()
+        graphs = None
+        measure.free_memory(device)
+    return out
 
 
 def _step_host_bound(at) -> list[str] | None:
@@ -953,15 +1002,16 @@ def _step_kernel_cells(at) -> list[str]:
     return [f"{k['sdpa']:.3g}, {k['triton']:.3g}", f"{k['triton'] / k['sdpa']:.3f}", regime]
 
 
-def _step_paired(at) -> str:
+def _step_paired(at, column: str = "round_medians_ms") -> str:
     """The paired comparison of one r: triton / sdpa of each round's medians (the two backends ran back to back in
     that round, so a drift of the host between rounds cancels), as 'median [min–max], k/n faster' (k: rounds where
-    triton's median is the lower); '–' where a row failed or the CSV predates round_medians_ms."""
-    if "round_medians_ms" not in at.columns or not {"sdpa", "triton"} <= set(at.index):
+    triton's median is the lower); '–' where a row failed or the CSV predates the column. ``column``: the eager
+    steps' round medians, or graph_round_medians_ms (the CUDA-graph replays')."""
+    if column not in at.columns or not {"sdpa", "triton"} <= set(at.index):
         return "–"
     meds = {}
     for b in ("sdpa", "triton"):
-        cell = at.loc[b, "round_medians_ms"]  # "m1,m2,..." (pandas reads a single round as a float)
+        cell = at.loc[b, column]  # "m1,m2,..." (pandas reads a single round as a float)
         if at.loc[b, "status"] != "ok" or cell is None or cell != cell or cell == "":
             return "–"
         meds[b] = [float(t) for t in str(cell).split(",")]
@@ -989,6 +1039,20 @@ def _step_bar(at, r: int, ratio: float) -> str:
     return cell + (f", {within} the round spread {spread:.0f} %)" if spread == spread else ")")
 
 
+def _graph_cells(at, r: int) -> list[str]:
+    """[CUDA-graph ms of sdpa and triton, their ratio, its per-round pairing, the bar on it] of one r."""
+    if "graph_ms" not in at.columns or not {"sdpa", "triton"} <= set(at.index):
+        return ["–"] * 4
+    g = at["graph_ms"]
+    if g.isna().any():
+        notes = at["graph_note"].fillna("") if "graph_note" in at.columns else None
+        why = "; ".join(f"{b}: {notes[b]}" for b in ("sdpa", "triton") if notes is not None and notes[b])
+        return [f"– ({why})" if why else "–", "–", "–", "–"]
+    ratio = g["triton"] / g["sdpa"]
+    bar = "-" if r < 48 else ("met" if ratio <= 1.0 else "NOT met")
+    return [f"{g['sdpa']:.3g}, {g['triton']:.3g}", f"{ratio:.3f}", _step_paired(at, "graph_round_medians_ms"), bar]
+
+
 def render_step_markdown(df) -> str:
     lines = ["# V4 training step: attention on sdpa vs triton", "",
              "Median ms [IQR] of one training step (forward + backward + AdamW, bf16 autocast), "
@@ -998,6 +1062,12 @@ def render_step_markdown(df) -> str:
              "host-bound miss of the bar says by how much, beside the larger of the two rows' spreads across rounds. "
              "Per round: triton / sdpa of the two round medians of each round (run back to back, so a drift of the "
              "host between rounds cancels): median [range], and in how many rounds triton was the faster.",
+             "",
+             "CUDA graph: the same training step captured in one CUDA graph per backend (static inputs, "
+             "AdamW(capturable=True)) and the two graphs replayed in interleaved rounds: median ms per step without "
+             "the host (no Python, no launches), with its own per-round pairing and bar. It trains as the eager step "
+             "does: both backends draw a fresh dropout mask on every replay (the Triton kernel reads its seed from "
+             "a device tensor that torch's CUDA generator refills per replay).",
              ""]  # fmt: skip
     for p in sorted(set(df["dropout"]), reverse=True):
         sub = df[df["dropout"] == p]
@@ -1005,8 +1075,9 @@ def render_step_markdown(df) -> str:
             f"## dropout {p:g}",
             "",
             "| r | N | sdpa | triton | triton / sdpa (time) | per round | bar | kernel ms: sdpa, triton "
-            "| triton / sdpa (kernels) | regime |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| triton / sdpa (kernels) | regime | CUDA graph ms: sdpa, triton | triton / sdpa (graph) "
+            "| per round (graph) | bar (graph) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sorted(set(sub["res"])):
             at = sub[sub["res"] == r].set_index("backend")
@@ -1026,7 +1097,7 @@ def render_step_markdown(df) -> str:
             bar = _step_bar(at, r, ratio)
             lines.append(
                 f"| {r} | {r * r} | {cell['sdpa']} | {cell['triton']} | {ratio:.3f} | {_step_paired(at)} | {bar} | "
-                + " | ".join(_step_kernel_cells(at))
+                + " | ".join(_step_kernel_cells(at) + _graph_cells(at, r))
                 + " |"
             )
         lines.append("")

@@ -10,8 +10,9 @@ tensor, a data-dependent shape), static input tensors (the same storage every re
 `capturable=True` (AdamW keeps its step count on the device). autocast's weight-cast cache is switched off for
 the warm-up and the capture (the cached casts would otherwise be made outside the graph and read inside it).
 Random numbers (torch.rand in the loss, dropout) are fine: the CUDA generator registers its offsets with the
-graph, so every replay draws new ones (a seed drawn on the host, like the Triton kernel's dropout seed, is baked
-into the graph: every replay reuses it, which changes no timing). Anything else that fails makes capture() raise
+graph, so every replay draws new ones. The Triton kernel's dropout does too: under capture it draws its seed on
+the device from that generator and reads it at run time (kernels.flash_attention), where eagerly it draws it on
+the host; a seed drawn on the host would be baked into the graph. Anything else that fails makes capture() raise
 GraphUnavailable with a one-line reason, which the row records; the eager time is kept.
 
 kernels_from_trace() reads the Chrome trace that torch.profiler exports (events with "ph": "X" and "cat"

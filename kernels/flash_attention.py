@@ -24,15 +24,19 @@ Public API
       with ``is_causal=True``: key ``j`` is visible to query ``i`` iff ``j <= i`` (also when Nq != Nk).
       Key blocks entirely above the diagonal are skipped.
     * Dropout (``0 <= dropout_p < 1``) is applied to the softmax probabilities with an in-kernel
-      counter-based RNG (Philox-4x32, 7 rounds, ``tl.randint4x``). The keep decision for element
-      ``(b, h, i, j)`` depends only on ``(seed, b*H + h, i, j)`` and ``Nk``: the Philox key is
-      ``(seed, b*H + h)`` and the counter is ``i * ceil(Nk/4) + j // 4``, whose four 32-bit outputs
-      serve the four columns ``4*(j//4) .. 4*(j//4)+3``. An element is kept iff ``(r >> 1) >=
-      round(p * 2**31)``, i.e. with probability ``1 - p``; kept elements are scaled by ``1/(1-p)``.
-      The softmax normalisation and the saved log-sum-exp use the *undropped* scores, so the backward
-      regenerates the identical mask from the same counters, and ``delta = rowsum(dO * O)`` still holds.
+      counter-based RNG (Philox-4x32, 7 rounds). The keep decision for element ``(b, h, i, j)`` depends
+      only on ``(seed, b*H + h, i, j)``: the Philox key is ``(seed, b*H + h)``, and one Philox call (16
+      random bytes) serves 16 elements, one byte each (see ``_dropout_bytes`` for the counter layout). An
+      element is kept iff its byte is ``>= round(256 p)``, so the drop probability is
+      ``effective_dropout_p(p) = round(256 p) / 256`` (p = 0.1 drops 0.1015625); kept elements are scaled
+      by ``256 / (256 - round(256 p))``. The softmax normalisation and the saved log-sum-exp use the
+      *undropped* scores, so the backward regenerates the identical mask from the same counters.
       ``seed=None`` draws a seed from torch's default CPU generator (``torch.randint``), so
       ``torch.manual_seed`` makes runs reproducible; an explicit integer seed is used modulo 2**31.
+      ``seed`` may also be a one-element int32/int64 tensor on the inputs' device, which the kernels read
+      at run time (modulo 2**31): the same mask as that int. Under CUDA-graph capture, ``seed=None``
+      draws that tensor on the device from torch's CUDA generator, which the graph advances on every
+      replay, so every replay drops a fresh mask (an int seed would be baked into the graph).
       ``dropout_mask(seed, B, H, Nq, Nk, p, device)`` returns the kernel's keep-mask (same RNG code path).
       Dropout is a compile-time switch: ``dropout_p == 0`` compiles it away.
     * Gradients for q, k and v (a ``torch.autograd.Function``): the forward saves the log-sum-exp per row;
@@ -344,6 +348,18 @@ def _dropout_bytes(seed_bh, start_m, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl
 
 
 @triton.jit
+def _philox_key(off_bh, seed, SEED_PTR, SEED_FROM_PTR: tl.constexpr):
+    """The Philox key (lo, hi) = (seed, b*H + h) of slab ``off_bh`` as one int64. SEED_FROM_PTR: the seed is
+    read from device memory at ``SEED_PTR`` (one int32/int64 element, taken modulo 2**31), so a CUDA graph
+    that refreshes that element replays with a new mask; else the ``seed`` argument, fixed at launch."""
+    if SEED_FROM_PTR:
+        key_lo = tl.load(SEED_PTR).to(tl.int64) & 2147483647
+    else:
+        key_lo = seed
+    return off_bh.to(tl.int64) * 4294967296 + key_lo
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc,
     l_i,
@@ -420,6 +436,7 @@ def _attn_fwd_kernel(
     qk_scale,
     drop_scale,
     seed,
+    SEED_PTR,
     DROP_THRESH,
     stride_qb,
     stride_qh,
@@ -449,6 +466,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
     STORE_RES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
@@ -483,7 +501,7 @@ def _attn_fwd_kernel(
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
         v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
 
-    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed  # Philox key (lo, hi) = (seed, b*H + h)
+    seed_bh = _philox_key(off_bh, seed, SEED_PTR, SEED_FROM_PTR)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -652,6 +670,7 @@ def _attn_bwd_dkdv_kernel(
     qk_scale,
     drop_scale,
     seed,
+    SEED_PTR,
     DROP_THRESH,
     stride_qb,
     stride_qh,
@@ -685,6 +704,7 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -711,7 +731,7 @@ def _attn_bwd_dkdv_kernel(
     do_ptrs = _tile(DO, off_b, off_h, offs_mb, offs_d, stride_dob, stride_doh, stride_dom, stride_dod)
     lse_ptr = LSE + off_bh.to(tl.int64) * N_Q
     delta_ptr = DELTA + off_bh.to(tl.int64) * N_Q
-    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed
+    seed_bh = _philox_key(off_bh, seed, SEED_PTR, SEED_FROM_PTR)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -818,6 +838,7 @@ def _attn_bwd_dq_kernel(
     ds_scale,
     qk_scale,
     seed,
+    SEED_PTR,
     DROP_THRESH,
     stride_qb,
     stride_qh,
@@ -847,6 +868,7 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     N_ROUNDS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -875,7 +897,7 @@ def _attn_bwd_dq_kernel(
 
     k_ptrs = _tile(K, off_b, off_h, offs_nb, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
     v_ptrs = _tile(V, off_b, off_h, offs_nb, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
-    seed_bh = off_bh.to(tl.int64) * 4294967296 + seed
+    seed_bh = _philox_key(off_bh, seed, SEED_PTR, SEED_FROM_PTR)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     n_full = (N_K // BLOCK_N) * BLOCK_N
@@ -1154,6 +1176,17 @@ def _layout(t: torch.Tensor) -> tuple:
     return (t.shape, t.stride())
 
 
+def _seed_args(seed, lse: torch.Tensor) -> tuple:
+    """(seed argument, SEED_PTR argument, SEED_FROM_PTR) of a launch: an int seed is passed by value, with the
+    call's ``lse`` seen as int32 standing in for the unused SEED_PTR; a one-element int32 device tensor is read
+    by the kernels at run time (its address as SEED_PTR, the seed argument 0). SEED_PTR is int32 either way:
+    triton's autotuner keys on the arguments' dtypes, so both share one tuned config (a seed tensor under CUDA-
+    graph capture then reuses the config the eager warm-up tuned, where tuning could not run)."""
+    if isinstance(seed, torch.Tensor):
+        return 0, seed, True
+    return seed, lse.view(torch.int32), False
+
+
 def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True, out=None, record=None):
     """Forward launch; returns ``(o, lse, res)``. ``record``: see :func:`_launch`.
 
@@ -1168,9 +1201,10 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     dropout = dropout_p > 0.0
     thresh = _drop_thresh(dropout_p)
     r = o if res is None else res
+    seed, seed_ptr, from_ptr = _seed_args(seed, lse)
     tma = _want_tma(q) and _tma_ok(k) and _tma_ok(v)
     key = ("fwd", q.dtype, q.device, _layout(q), _layout(k), _layout(v), o.stride(), r.stride(),
-           _aligned(q, k, v), causal, dropout, res is not None, tma)  # fmt: skip
+           _aligned(q, k, v, seed_ptr), causal, dropout, res is not None, tma, from_ptr)  # fmt: skip
     if tma:
         _ensure_allocator()
 
@@ -1180,11 +1214,11 @@ def _fwd(q, k, v, sm_scale, dropout_p, causal, seed, config=None, residual=True,
     with _device_ctx(q):
         _launch(_attn_fwd_kernel, key, grid, (
             q, k, v, o, r, lse,
-            sm_scale * _LOG2E, 256.0 / (256 - thresh), seed, thresh,
+            sm_scale * _LOG2E, 256.0 / (256 - thresh), seed, seed_ptr, thresh,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *r.stride(),
             H, Nq, Nk, _bucket(Nq), _bucket(Nk),
         ), dict(
-            HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, STORE_RES=res is not None,
+            HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, SEED_FROM_PTR=from_ptr, STORE_RES=res is not None,
             DOT_PRECISION=_dot_precision(q.dtype), N_ROUNDS=_PHILOX_ROUNDS, TMA=tma,
         ), config, record, seed_at=(8,))  # fmt: skip
     return o, lse, res
@@ -1262,8 +1296,11 @@ def _bwd(
     drop_scale = 256.0 / (256 - thresh)
     prec = _dot_precision(q.dtype)
     dq = dk = dv = None
-    consts = dict(HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, DOT_PRECISION=prec, N_ROUNDS=_PHILOX_ROUNDS)
-    base = (q.dtype, q.device, _layout(q), _layout(k), _layout(v), do.stride(), _aligned(q, k, v, do), causal, dropout)
+    seed, seed_ptr, from_ptr = _seed_args(seed, lse)
+    consts = dict(HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout, SEED_FROM_PTR=from_ptr, DOT_PRECISION=prec,
+                  N_ROUNDS=_PHILOX_ROUNDS)  # fmt: skip
+    base = (q.dtype, q.device, _layout(q), _layout(k), _layout(v), do.stride(), _aligned(q, k, v, do, seed_ptr), causal,
+            dropout, from_ptr)  # fmt: skip
     r = o if res is None else res
     with _device_ctx(q):
         delta = _new_buffer((B * H, Nq), q.device) if delta is None else delta
@@ -1281,7 +1318,7 @@ def _bwd(
             cfg = configs and configs[0]
             _launch(_attn_bwd_dkdv_kernel, ("dkdv", *base, dk.stride(), dv.stride()), grid_kv, (
                 q, k, v, do, dk, dv, lse, delta,
-                sm_scale * drop_scale, sm_scale * _LOG2E, drop_scale, seed, thresh,
+                sm_scale * drop_scale, sm_scale * _LOG2E, drop_scale, seed, seed_ptr, thresh,
                 *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
                 H, Nq, Nk, _bucket(Nq), _bucket(Nk),
             ), consts, cfg, record, seed_at=(11,))  # fmt: skip
@@ -1294,7 +1331,7 @@ def _bwd(
             cfg = configs and configs[1]
             _launch(_attn_bwd_dq_kernel, ("dq", *base, dq.stride()), grid_q, (
                 q, k, v, do, dq, lse, delta,
-                sm_scale * drop_scale, sm_scale * _LOG2E, seed, thresh,
+                sm_scale * drop_scale, sm_scale * _LOG2E, seed, seed_ptr, thresh,
                 *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
                 H, Nq, Nk, _bucket(Nq), _bucket(Nk),
             ), consts, cfg, record, seed_at=(9,))  # fmt: skip
@@ -1335,12 +1372,13 @@ class FlashAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, sm_scale, dropout_p, causal, seed, needs_grad=True):
         # the rounding residual of O is only needed by the backward (not stored under no_grad)
         with_res = needs_grad and q.dtype != torch.float32
-        sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v), sm_scale, dropout_p, causal, with_res,
-               _FWD_VARIANT)  # fmt: skip
+        seed_t = _seed_tensor(seed)
+        sig = ("attn", q.shape, k.shape, q.dtype, q.device, _layouts(q, k, v, seed_t), sm_scale, dropout_p, causal,
+               with_res, _FWD_VARIANT)  # fmt: skip
         o, res, lse = _fwd_outputs(q, with_res)
         if _want_tma(q):  # a replay launches without _fwd, which sets the descriptors' allocator
             _ensure_allocator()
-        _replay_or_run(sig, _sources(q, k, v, o, lse, res=res), seed, q, 1, lambda record: _fwd(
+        _replay_or_run(sig, _sources(q, k, v, o, lse, seed_t, res=res), _seed_value(seed), q, 1, lambda record: _fwd(
             q, k, v, sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, res)
         ctx.sm_scale = sm_scale
@@ -1363,8 +1401,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         delta = _new_buffer((q.shape[0] * q.shape[1], q.shape[2]), q.device)
         # the saved tensors' own layouts: saved-tensor hooks (e.g. save_on_cpu) may hand back copies
         sig = (ctx.sig, _layouts(q, k, v, o, res, lse, do), need_dq, need_dkdv)
-        sources = _sources(q, k, v, o, lse, do, delta, *grads, res=res)
-        _replay_or_run(sig, sources, ctx.seed, q, 1 + need_dq + need_dkdv, lambda record: _bwd(
+        sources = _sources(q, k, v, o, lse, do, delta, *grads, _seed_tensor(ctx.seed), res=res)
+        _replay_or_run(sig, sources, _seed_value(ctx.seed), q, 1 + need_dq + need_dkdv, lambda record: _bwd(
             do, q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, need_dq, need_dkdv, res=res,
             out=grads, delta=delta, record=record))  # fmt: skip
         return *grads, None, None, None, None, None
@@ -1383,12 +1421,13 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         B, N, W = qkv.shape
         H, D = num_heads, W // (3 * num_heads)
         with_res = needs_grad and qkv.dtype != torch.float32
+        seed_t = _seed_tensor(seed)
         sig = ("qkv", qkv.shape, qkv.stride(), qkv.dtype, qkv.device, qkv.data_ptr() % 16, H, sm_scale, dropout_p,
-               causal, with_res, _FWD_VARIANT)  # fmt: skip
+               causal, with_res, _FWD_VARIANT, _layouts(seed_t))  # fmt: skip
         o, res, lse = _bnhd_outputs(B, H, N, D, qkv.dtype, qkv.device, with_res)
         if _want_tma(o):  # as in FlashAttentionFunction
             _ensure_allocator()
-        _replay_or_run(sig, _sources(qkv, o, lse, res=res), seed, qkv, 1, lambda record: _fwd(
+        _replay_or_run(sig, _sources(qkv, o, lse, seed_t, res=res), _seed_value(seed), qkv, 1, lambda record: _fwd(
             *_unpack_qkv(qkv, H), sm_scale, dropout_p, causal, seed, out=(o, res, lse), record=record))  # fmt: skip
         ctx.save_for_backward(qkv, o, lse, res)
         ctx.num_heads, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed = num_heads, sm_scale, dropout_p, causal, seed
@@ -1412,10 +1451,21 @@ class FlashAttentionQKVFunction(torch.autograd.Function):
         delta = _new_buffer((B * H, N), qkv.device)
         # the saved tensors' own layouts: saved-tensor hooks (e.g. save_on_cpu) may hand back copies
         sig = (ctx.sig, _layouts(qkv, o, res, lse, do))
-        _replay_or_run(sig, _sources(qkv, o, lse, do, delta, dqkv, res=res), ctx.seed, qkv, 3, lambda record: _bwd(
+        sources = _sources(qkv, o, lse, do, delta, dqkv, _seed_tensor(ctx.seed), res=res)
+        _replay_or_run(sig, sources, _seed_value(ctx.seed), qkv, 3, lambda record: _bwd(
             do, *_unpack_qkv(qkv, H), o, lse, ctx.sm_scale, ctx.dropout_p, ctx.causal, ctx.seed, res=res,
             out=_head_views(dqkv, H, 3), delta=delta, record=record))  # fmt: skip
         return dqkv, None, None, None, None, None, None
+
+
+def _seed_tensor(seed):
+    """The seed tensor of a call (read by the kernels at run time), or None for an int seed."""
+    return seed if isinstance(seed, torch.Tensor) else None
+
+
+def _seed_value(seed) -> int:
+    """The seed argument a replay writes: the int seed, or 0 when the kernels read a seed tensor."""
+    return 0 if isinstance(seed, torch.Tensor) else seed
 
 
 def _sources(*ts, res=None) -> tuple:
@@ -1519,8 +1569,6 @@ def _validate(q, k, v, sm_scale, dropout_p, causal, seed) -> tuple[float, float,
         _fail(f"attention: sm_scale must be a finite positive number, got {sm_scale!r}")
     if not isinstance(causal, bool):
         _fail(f"attention: causal must be a bool, got {causal!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
-        _fail(f"attention: seed must be an int or None, got {seed!r}")
     if q.device.type == "cpu":
         if not _INTERPRET:
             _fail(
@@ -1541,9 +1589,7 @@ def _validate(q, k, v, sm_scale, dropout_p, causal, seed) -> tuple[float, float,
         )
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_slab_int32(name, t)
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
-    return float(sm_scale), dropout_p, causal, int(seed) % 2**31
+    return float(sm_scale), dropout_p, causal, _seed(seed, dropout_p, q)
 
 
 def _autocast_inputs(*tensors):
@@ -1576,14 +1622,33 @@ def _checked(q, k, v, sm_scale, dropout_p, causal, seed) -> tuple[float, float, 
             _CHECKED[key] = (sm_scale, dropout_p, causal)
         return sm_scale, dropout_p, causal, seed
     sm_scale, dropout_p, causal = hit
-    return sm_scale, dropout_p, causal, _seed(seed, dropout_p)
+    return sm_scale, dropout_p, causal, _seed(seed, dropout_p, q)
 
 
-def _seed(seed, dropout_p: float) -> int:
+def _seed(seed, dropout_p: float, like: torch.Tensor):
+    """The call's seed: an int in [0, 2**31), or a one-element int32 tensor on ``like``'s device, which the
+    kernels read at run time (modulo 2**31; an int64 tensor is converted per call, a copy kernel that a CUDA graph
+    captures with the call). ``seed=None`` with dropout draws one from torch's CPU generator;
+    while a CUDA graph is being captured, on the device from torch's CUDA generator instead, which the graph
+    advances on every replay, so each replay drops a new mask (a seed drawn on the host would be baked into the
+    graph). Without dropout the seed is checked and ignored (0)."""
     if seed is None:
-        return int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
+        if dropout_p <= 0.0:
+            return 0
+        if like.is_cuda and torch.cuda.is_current_stream_capturing():
+            return torch.randint(0, 2**31 - 1, (1,), device=like.device, dtype=torch.int32)
+        return int(torch.randint(0, 2**31 - 1, (1,)).item())
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype not in (torch.int32, torch.int64) or seed.device != like.device:
+            _fail(
+                f"attention: a seed tensor must hold one int32 or int64 element on {like.device}, got shape "
+                f"{tuple(seed.shape)}, {seed.dtype} on {seed.device}"
+            )
+        if dropout_p <= 0.0:
+            return 0
+        return seed if seed.dtype == torch.int32 else seed.to(torch.int32)  # (int64: wraps, same value mod 2**31)
     if isinstance(seed, bool) or not isinstance(seed, Integral):
-        _fail(f"attention: seed must be an int or None, got {seed!r}")
+        _fail(f"attention: seed must be an int, a one-element integer tensor or None, got {seed!r}")
     return int(seed) % 2**31
 
 
@@ -1612,7 +1677,7 @@ def attention_qkv(qkv, num_heads, *, sm_scale=None, dropout_p=0.0, causal=False,
         _CHECKED[key] = (sm_scale, dropout_p, causal)
     else:
         sm_scale, dropout_p, causal = hit
-        seed = _seed(seed, dropout_p)
+        seed = _seed(seed, dropout_p, qkv)
     needs_grad = torch.is_grad_enabled() and qkv.requires_grad
     return FlashAttentionQKVFunction.apply(qkv, num_heads, sm_scale, dropout_p, causal, seed, needs_grad)
 

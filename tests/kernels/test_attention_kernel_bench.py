@@ -70,6 +70,33 @@ def test_model_step_quick(tmp_path):
     assert set(df["backend"]) == {"sdpa", "triton"} and (df["status"] == "ok").all() and (df["median_ms"] > 0).all()
     md = (tmp_path / "attention_kernel_v4step_B1_fp32.md").read_text()
     assert "| 4 | 16 |" in md and "| regime |" in md and "| – | – | – |" in md  # no kernel time on a CPU
+    assert (df["graph_note"] == "CUDA graphs need CUDA").all() and df["graph_ms"].isna().all()
+    assert "– (sdpa: CUDA graphs need CUDA; triton: CUDA graphs need CUDA)" in md
+
+
+def test_step_graph_cells_pair_the_replays_and_judge_the_bar():
+    def point(sdpa, triton, meds=("10,11", "9,10.5"), notes=("", "")):
+        rows = [dict(backend=b, status="ok", graph_ms=ms, graph_round_medians_ms=m, graph_note=n)
+                for b, ms, m, n in zip(("sdpa", "triton"), (sdpa, triton), meds, notes)]  # fmt: skip
+        return pd.DataFrame(rows).set_index("backend")
+
+    assert ak._graph_cells(point(10.0, 9.5), 48) == ["10, 9.5", "0.950", "0.927 [0.900–0.955], 2/2 faster", "met"]
+    assert ak._graph_cells(point(10.0, 10.5), 64)[-1] == "NOT met"
+    assert ak._graph_cells(point(10.0, 9.5), 32)[-1] == "-"  # below the bar's range
+    failed = point(10.0, float("nan"), notes=("", "OOM in capture: CUDA out of memory"))
+    assert ak._graph_cells(failed, 64) == ["– (triton: OOM in capture: CUDA out of memory)", "–", "–", "–"]
+    old = pd.DataFrame([dict(backend=b, status="ok") for b in ("sdpa", "triton")]).set_index("backend")
+    assert ak._graph_cells(old, 64) == ["–"] * 4  # a CSV from before the graph columns
+
+
+@pytest.mark.gpu
+def test_gpu_model_step_captures_both_backends(tmp_path):
+    """On CUDA each backend's step is also captured in a CUDA graph and the replays timed in rounds."""
+    argv = ["--model-step", "--quick", "--res", "8", "--dropout", "0.1", "--batch", "2", "--rounds", "2",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert ak.main(argv) == 0
+    df = pd.read_csv(next(tmp_path.glob("attention_kernel_v4step_B2_*.csv")))
+    assert (df["graph_ms"] > 0).all() and (df["graph_round_medians_ms"].astype(str).str.count(",") == 1).all()
 
 
 def test_model_step_times_both_backends_in_the_same_rounds(tmp_path, monkeypatch):

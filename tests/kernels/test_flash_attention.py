@@ -834,7 +834,7 @@ def fake_launches(monkeypatch):
     monkeypatch.setattr(fa, "_make_plan", fake_plan)
     monkeypatch.setattr(fa, "_current_stream", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(fa, "_validate", lambda q, k, v, s, p, c, seed: (0.25, p, c, fa._seed(seed, p)))
+    monkeypatch.setattr(fa, "_validate", lambda q, k, v, s, p, c, seed: (0.25, p, c, fa._seed(seed, p, q)))
     for name in ("_new_buffer", "_grad_buffer", "_bnhd_outputs", "_out_like"):
         make = getattr(fa, name)
 
@@ -875,6 +875,30 @@ def test_packed_call_replays_the_launches_of_its_regular_path(fake_launches, mon
     regular = _packed_call(runs, pool, "b", x2, go2, 5, dropout_p)  # plan hits, no replay
     assert fa._PLAN_STATS["hits"] == hits + 4 and replayed == regular
     assert x2.data_ptr() in regular[0][2] and x1.data_ptr() not in regular[0][2]  # this call's addresses
+
+
+def test_packed_replay_with_a_seed_tensor_passes_its_address(fake_launches, monkeypatch):
+    """A seed tensor is one of the call's sources: the replay hands each attention kernel its address as
+    SEED_PTR (seed argument 0, SEED_FROM_PTR on), the regular path's launches for another seed tensor; an int
+    seed puts the call's lse, seen as int32, there (one dtype for triton's autotuner key either way)."""
+    runs, pool = fake_launches
+    B, N, E = 2, 24, 32
+    x1, x2 = (torch.randn(B, N, 3 * E, dtype=torch.float16, requires_grad=True) for _ in range(2))  # (B, N, 3E)
+    go = torch.randn(B, N, E, dtype=torch.float16)
+    s1, s2 = torch.tensor([3], dtype=torch.int32), torch.tensor([4], dtype=torch.int32)
+    _packed_call(runs, pool, "a", x1, go, s1, 0.1)
+    replays = fa._PLAN_STATS["replays"]
+    replayed = _packed_call(runs, pool, "b", x2, go, s2, 0.1)
+    assert fa._PLAN_STATS["replays"] == replays + 2
+    for name, _grid, args in replayed:
+        if name != "_attn_bwd_preprocess":
+            assert s2.data_ptr() in args and s1.data_ptr() not in args
+    fa._REPLAYS.clear()
+    monkeypatch.setattr(fa, "_remember", lambda *a: None)
+    assert _packed_call(runs, pool, "b", x2, go, s2, 0.1) == replayed
+    _packed_call(runs, pool, "c", x2, go, 5, 0.1)  # an int seed: other launch keys (dispatched, then planned)
+    as_int = _packed_call(runs, pool, "c", x2, go, 5, 0.1)
+    assert s2.data_ptr() not in as_int[0][2] and 5 in as_int[0][2]
 
 
 @pytest.mark.parametrize("need_dq", [True, False], ids=["dq", "no-dq"])
@@ -1174,3 +1198,139 @@ def test_gpu_fwd_variant_matches_default_bf16(fwd_variant, D):
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, expected)
+
+
+# ----------------------------------------------------------------------------------------------------
+# seed tensors (read by the kernels at run time: what a CUDA graph replays with a fresh mask)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("value", [5, 2**31 + 5, -7])
+def test_seed_tensor_is_the_int_seed(dtype, value):
+    """A one-element int tensor seed drops exactly the mask of the int seed (modulo 2**31), forward and backward,
+    for the unpacked (cross-shaped) call and the packed one."""
+    q, k, v = qkv(2, 2, 37, 50, 16, dtype, layout="bnhd", seed=11)
+    for seed_dtype in (torch.int64, torch.int32) if abs(value) < 2**31 else (torch.int64,):
+        st = torch.tensor([value], dtype=seed_dtype, device=DEVICE)
+        o1, g1, _ = run_fwd_bwd(q, k, v, dropout_p=0.2, seed=st)
+        o2, g2, _ = run_fwd_bwd(q, k, v, dropout_p=0.2, seed=value % 2**31)
+        assert torch.equal(o1, o2)
+        for a, b in zip(g1, g2):
+            assert torch.equal(a, b)
+    B, N, H, D = 2, 45, 2, 16
+    g = torch.Generator(device=DEVICE).manual_seed(5)
+    base = torch.randn(B, N, 3 * H * D, generator=g, device=DEVICE).to(dtype)
+    dout = torch.randn(B, N, H * D, generator=g, device=DEVICE).to(dtype)
+    outs = []
+    for seed in (torch.tensor([value], device=DEVICE), value):
+        x = base.clone().requires_grad_()
+        o = attention_qkv(x, H, dropout_p=0.2, seed=seed)
+        o.backward(dout)
+        outs.append((o, x.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_seed_tensor_is_read_at_run_time():
+    """The kernels read the tensor's value when they run: changing it in place changes the mask (after the
+    call's launches are cached and replayed), and the result equals the reference with that seed's mask."""
+    q, k, v = qkv(1, 2, 33, 40, 16, torch.float32, seed=12)
+    st = torch.tensor([1], device=DEVICE)
+    outs = []
+    for value in (1, 2, 1):
+        st.fill_(value)
+        out, grads, dout = run_fwd_bwd(q, k, v, dropout_p=0.3, seed=st)
+        mask = dropout_mask(value, 1, 2, 33, 40, 0.3, DEVICE)
+        ref, ref_grads = run_ref(q, k, v, dout, dropout_p=0.3, mask=mask)
+        assert rel_err(out, ref) < TOL[torch.float32][0]
+        for a, b in zip(grads, ref_grads):
+            assert rel_err(a, b) < TOL[torch.float32][1]
+        outs.append(out)
+    assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_seed_tensor_without_dropout_is_ignored():
+    q, k, v = qkv(1, 2, 20, 24, 16, torch.float32, seed=13)
+    o1, _, _ = run_fwd_bwd(q, k, v)
+    o2, _, _ = run_fwd_bwd(q, k, v, seed=torch.tensor([3], device=DEVICE))
+    assert torch.equal(o1, o2)
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        torch.tensor([1.0]),
+        torch.tensor([1, 2]),
+        torch.tensor([], dtype=torch.int64),
+        torch.tensor([True]),
+    ],
+    ids=["float", "two", "empty", "bool"],
+)
+def test_bad_seed_tensor_is_a_one_line_error(seed):
+    x = _t(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="seed tensor") as info:
+        attention(x, x, x, dropout_p=0.1, seed=seed.to(DEVICE))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="seed tensor"):
+        attention_qkv(_t(1, 8, 96), 2, dropout_p=0.1, seed=seed.to(DEVICE))
+
+
+def test_seed_tensor_on_another_device_is_refused():
+    x = _t(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="seed tensor"):
+        attention(x, x, x, dropout_p=0.1, seed=torch.tensor([1], device="meta"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("packed", [False, True], ids=["cross", "packed"])
+def test_gpu_cuda_graph_replays_draw_fresh_masks(packed):
+    """Captured in a CUDA graph, seed=None draws its seed on the device (torch's CUDA generator, which the graph
+    advances per replay): every replay drops a new mask, and torch.cuda.manual_seed makes the sequence
+    reproducible. An explicit seed tensor, refilled between replays, gives exactly the eager call's result."""
+    B, H, N, D = 2, 8, 300, 32
+    g = torch.Generator(device=DEVICE).manual_seed(2)
+    x = torch.randn(B, N, 3 * H * D, generator=g, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    q, k, v = qkv(B, H, 240, 60, D, torch.bfloat16, layout="bnhd", seed=3)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    go = torch.randn(B, N if packed else 240, H * D, generator=g, device=DEVICE).to(torch.bfloat16)
+    seed_box = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+
+    def step(seed):
+        ins = (x,) if packed else (q, k, v)
+        for t in ins:
+            t.grad = None
+        if packed:
+            o = attention_qkv(x, H, dropout_p=0.1, seed=seed)
+        else:
+            o = attention(q, k, v, dropout_p=0.1, seed=seed).transpose(1, 2).reshape(B, 240, H * D)
+        o.backward(go)
+        return [o, *(t.grad for t in ins)]
+
+    def capture(seed):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                step(seed)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step(seed)
+        return graph, out
+
+    graph, out = capture(None)
+    torch.cuda.manual_seed(77)
+    runs = []
+    for _ in range(3):
+        graph.replay()
+        runs.append([t.clone() for t in out])
+    torch.cuda.manual_seed(77)
+    graph.replay()
+    assert all(torch.equal(a, b) for a, b in zip(out, runs[0]))  # reproducible from the CUDA generator
+    assert not torch.equal(runs[0][0], runs[1][0]) and not torch.equal(runs[1][0], runs[2][0])  # fresh masks
+    graph2, out2 = capture(seed_box)
+    for value in (11, 12):
+        seed_box.fill_(value)
+        graph2.replay()
+        eager = step(value)
+        assert all(torch.equal(a, b) for a, b in zip(out2, eager))
