@@ -64,6 +64,9 @@ class Graph:
     graph: object  # torch.cuda.CUDAGraph
     output: object  # what the captured call returned (static tensors, refreshed by every replay)
     pool_mb: float  # memory the capture took from the allocator (its private pool), MiB
+    # the captured callable, kept alive with the graph: what it holds that was allocated outside the graph's pool
+    # (an optimizer's state, made in the warm-up) is read and written by every replay, and must not be freed first
+    step: object = None
 
     def replay(self):
         self.graph.replay()
@@ -71,7 +74,7 @@ class Graph:
 
     def release(self) -> None:
         self.graph.reset()
-        self.output = None
+        self.output = self.step = None
 
 
 def capture(step: Callable, device: torch.device, warmup: int = 3) -> Graph:
@@ -95,7 +98,7 @@ def capture(step: Callable, device: torch.device, warmup: int = 3) -> Graph:
             with torch.cuda.graph(graph):
                 out = step()
             torch.cuda.synchronize(device)
-            g = Graph(graph, out, (torch.cuda.memory_reserved(device) - before) / 2**20)
+            g = Graph(graph, out, (torch.cuda.memory_reserved(device) - before) / 2**20, step)
             g.replay()  # a first replay: a graph that captured but cannot run fails here, not in the timing
             torch.cuda.synchronize(device)
             return g

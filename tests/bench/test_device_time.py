@@ -86,6 +86,27 @@ def test_graph_training_step_updates_the_parameters(model, backend):
 
 
 @pytest.mark.gpu
+def test_graph_keeps_the_captured_step_alive_until_released():
+    """A captured training step's optimizer state is allocated in the warm-up, outside the graph's pool, and every
+    replay writes it: the Graph holds the step (and so that state) until release(), even when the caller drops it
+    (a step left to the garbage collector let the next capture reuse that memory: an illegal access on replay)."""
+    import gc
+    import weakref
+
+    wl = measure.build_workload("v4", "triton", "model", "tiny", GPU)
+    step = measure.make_train_step(wl, wl.inputs(2, 256, GPU), GPU, True, capturable=True)
+    alive = weakref.ref(step.optimizer)
+    g = dt.capture(step, GPU)
+    del step
+    gc.collect()
+    assert alive() is not None and len(alive().state) > 0
+    g.replay()
+    torch.cuda.synchronize()
+    g.release()
+    assert g.step is None
+
+
+@pytest.mark.gpu
 def test_peak_probe_and_warm_up_on_gpu():
     w = dt.warm_up(GPU, 0.3, n=2048)
     assert w["warmup_s"] >= 0.3 and w["warmup_gemms"] > 0
