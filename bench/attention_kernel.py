@@ -861,16 +861,22 @@ def render_from_csv(csv_path: Path, plot: bool = True) -> tuple[Path, Path | Non
 # V4's training step, sdpa vs triton (bench.measure's workload and timer)
 # ----------------------------------------------------------------------------------------------------
 
+GRAPH_COLUMNS = ["graph_ms", "graph_q1_ms", "graph_q3_ms", "graph_round_medians_ms", "graph_note"]
 STEP_COLUMNS = ["backend", "res", "N", "batch", "dropout", "status", "median_ms", "q1_ms", "q3_ms", "n_reps", "note",
                 "kernel_ms", "n_rounds", "round_spread_pct", "round_medians_ms", "sm_clock_mhz",
-                "graph_ms", "graph_q1_ms", "graph_q3_ms", "graph_round_medians_ms", "graph_note"]  # fmt: skip
-GRAPH_COLUMNS = ["graph_ms", "graph_q1_ms", "graph_q3_ms", "graph_round_medians_ms", "graph_note"]
+                *GRAPH_COLUMNS]  # fmt: skip
 STEP_BACKENDS = ("sdpa", "triton")
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line (160 characters at most), or its type's name when its message is empty."""
+    lines = str(e).splitlines()
+    return lines[0][:160] if lines else type(e).__name__
 
 
 def _failed(e: BaseException, measure) -> dict:
     """A step's row fields for an exception: oom or error, with its first line."""
-    return dict(status="oom" if measure.is_oom(e) else "error", note=str(e).splitlines()[0][:160])
+    return dict(status="oom" if measure.is_oom(e) else "error", note=_first_line(e))
 
 
 def model_step(args, device: torch.device, paths: dict) -> list[dict]:
@@ -960,15 +966,14 @@ def _graph_rounds(wls: dict, device: torch.device, cfg, est: dict) -> dict:
             try:
                 graphs[b] = dt.capture(measure.make_train_step(wl, inputs, device, amp=True, capturable=True), device)
             except Exception as e:  # noqa: BLE001 (GraphUnavailable, OOM: the row says why)
-                why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                out[b] = {"graph_note": ("OOM in capture: " if measure.is_oom(e) else "") + why}
+                out[b] = {"graph_note": ("OOM in capture: " if measure.is_oom(e) else "") + _first_line(e)}
                 measure.free_memory(device)
         if graphs:
             timers = {b: (lambda n, g=g: dt.time_replay(g, device, n)) for b, g in graphs.items()}
             res = run_rounds(timers, {b: reps_per_round(est[b], cfg) for b in graphs}, cfg.rounds)
             for b in graphs:
                 if res[b].error is not None:
-                    out[b] = {"graph_note": f"replay failed: {str(res[b].error).splitlines()[0][:160]}"}
+                    out[b] = {"graph_note": f"replay failed: {_first_line(res[b].error)}"}
                     continue
                 sm = res[b].summary()
                 out[b] = {"graph_ms": sm["median_ms"], "graph_q1_ms": sm["q1_ms"], "graph_q3_ms": sm["q3_ms"],

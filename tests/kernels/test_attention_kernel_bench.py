@@ -331,3 +331,10 @@ def test_bad_fwd_variant_is_a_one_line_error(tmp_path, argv):
     err = p.stderr.strip()
     assert p.returncode != 0 and len(err.splitlines()) == 1 and "FLASH_ATTN_FWD: unknown ['tmaa']" in err, err
     assert not out.exists()
+
+
+def test_step_failure_note_is_the_first_line_or_the_type():
+    from bench import measure
+
+    assert ak._failed(RuntimeError("boom\nmore"), measure) == {"status": "error", "note": "boom"}
+    assert ak._failed(RuntimeError(""), measure)["note"] == "RuntimeError"  # an empty message names its type
